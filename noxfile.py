@@ -1,0 +1,58 @@
+"""Developer sessions: ``nox -s tests lint typecheck bench soak docs demo``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+TEST_DEPS = [".[test]"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (nginx tests need nginx on PATH or in /usr/sbin)."""
+    session.install("-e", *TEST_DEPS, "pytest-cov")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "trio_pool", "tests", "benchmarks")
+    session.run("ruff", "format", "--check", "trio_pool")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[httpx,anyio,prometheus]", "mypy", "pyright", "trustme")
+    session.run("mypy")
+    session.run("pyright", "--verifytypes", "trio_pool", "--ignoreexternal")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ratios against baselines measured in the same run (JSON in benchmarks/results)."""
+    session.install("-e", ".[httpx]", "trustme", "aiohttp", "httpx")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The long fault-injection soak (issue 7)."""
+    session.install("-e", *TEST_DEPS)
+    session.run("pytest", "-m", "slow", "--run-slow", "tests/", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[httpx,anyio,prometheus]", "sphinx")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    session.install("-e", ".", "trustme")
+    session.run("python", "-m", "trio_pool", "demo", *session.posargs)

@@ -1,0 +1,149 @@
+"""Pool configuration: :class:`PoolConfig`, its presets and a sizing helper."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["PoolConfig", "recommended_max_size"]
+
+
+def _check_positive_time(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or math.isnan(value):
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How a :class:`~trio_pool.ConnectionPool` sizes, times out and maintains connections.
+
+    All times are seconds as ``float`` (trio's unit), measured with
+    :func:`trio.current_time` so :class:`trio.testing.MockClock` drives them in tests.
+
+    Args:
+        max_size: Most connections per host key, idle and in use together.
+        min_size: Connections kept open per host key once it has been used or prewarmed.
+        max_idle_time: An idle connection older than this is closed.
+        connection_timeout: Limit for TCP connect plus TLS handshake.
+        health_check_interval: How often the maintenance task checks idle connections.
+        acquire_timeout: Default wait for a connection when the host is at ``max_size``;
+            ``0`` fails fast and ``None`` waits forever.
+        max_lifetime: A connection older than this (less a random 0-2.5% jitter) is closed
+            when next released or found idle. ``None``: no limit.
+        max_total: Most connections across all hosts. ``None``: no global cap.
+        leak_detection_threshold: Log a warning, with where it was acquired, for a
+            connection held longer than this. ``None``: off.
+
+    Raises:
+        ValueError: A field is out of range; the message names it.
+        TypeError: A field has the wrong type.
+    """
+
+    max_size: int = 100
+    min_size: int = 0
+    max_idle_time: float = 90.0
+    connection_timeout: float = 5.0
+    health_check_interval: float = 30.0
+    acquire_timeout: float | None = 30.0
+    max_lifetime: float | None = None
+    max_total: int | None = None
+    leak_detection_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if _check_int("max_size", self.max_size) < 1:
+            raise ValueError(f"max_size must be >= 1, got {self.max_size!r}")
+        if not 0 <= _check_int("min_size", self.min_size) <= self.max_size:
+            raise ValueError(
+                f"min_size must be between 0 and max_size ({self.max_size}), got {self.min_size!r}"
+            )
+        _check_positive_time("max_idle_time", self.max_idle_time)
+        _check_positive_time("connection_timeout", self.connection_timeout)
+        _check_positive_time("health_check_interval", self.health_check_interval)
+        if self.acquire_timeout is not None:
+            if isinstance(self.acquire_timeout, bool) or not isinstance(
+                self.acquire_timeout, (int, float)
+            ):
+                raise TypeError(
+                    "acquire_timeout must be a number of seconds or None, "
+                    f"not {type(self.acquire_timeout).__name__}"
+                )
+            if not self.acquire_timeout >= 0:
+                raise ValueError(
+                    f"acquire_timeout must be >= 0 or None, got {self.acquire_timeout!r}"
+                )
+        _check_positive_time("max_lifetime", self.max_lifetime, allow_none=True)
+        if self.max_total is not None and _check_int("max_total", self.max_total) < 1:
+            raise ValueError(f"max_total must be >= 1 or None, got {self.max_total!r}")
+        _check_positive_time(
+            "leak_detection_threshold", self.leak_detection_threshold, allow_none=True
+        )
+
+    def replace(self, **overrides: Any) -> PoolConfig:
+        """Return a copy with some fields changed (validated again).
+
+        Raises:
+            TypeError: An override names no field of :class:`PoolConfig`.
+        """
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown PoolConfig field(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
+
+    @classmethod
+    def high_traffic(cls, **overrides: Any) -> PoolConfig:
+        """Many concurrent requests to few hosts: 500 / 50 warm / 120 s idle / 3 s connect."""
+        return cls(max_size=500, min_size=50, max_idle_time=120.0, connection_timeout=3.0).replace(
+            **overrides
+        )
+
+    @classmethod
+    def low_latency(cls, **overrides: Any) -> PoolConfig:
+        """Fail and recover fast: 200 / 20 warm / 60 s idle / 1 s connect, checks every 10 s."""
+        return cls(
+            max_size=200,
+            min_size=20,
+            max_idle_time=60.0,
+            connection_timeout=1.0,
+            health_check_interval=10.0,
+        ).replace(**overrides)
+
+    @classmethod
+    def resource_constrained(cls, **overrides: Any) -> PoolConfig:
+        """Few sockets: 20 / none warm / 30 s idle / 10 s connect."""
+        return cls(max_size=20, min_size=0, max_idle_time=30.0, connection_timeout=10.0).replace(
+            **overrides
+        )
+
+
+def recommended_max_size(peak_rps: float, avg_response_time: float) -> int:
+    """Size a host's pool by Little's law: connections in use = arrival rate x time held.
+
+    Args:
+        peak_rps: Peak requests per second to one host.
+        avg_response_time: Average seconds a request holds its connection.
+
+    Returns:
+        ``ceil(peak_rps * avg_response_time)``, at least 1.
+
+    Raises:
+        ValueError: A negative or non-finite argument (the message names it).
+    """
+    for name, value in (("peak_rps", peak_rps), ("avg_response_time", avg_response_time)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    # round first so float noise (1000 * 0.1 == 100.00000000000001) does not add one
+    return max(1, math.ceil(round(peak_rps * avg_response_time, 9)))

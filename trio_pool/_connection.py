@@ -1,0 +1,252 @@
+"""The pooled connection: a :class:`trio.abc.Stream` that knows its pool and its health."""
+
+from __future__ import annotations
+
+import enum
+import select
+import socket
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+    from ._state import KeyState
+
+__all__ = ["ConnectionState", "Health", "PooledConnection"]
+
+_POLLIN: Final = select.POLLIN | select.POLLPRI
+
+
+class ConnectionState(enum.Enum):
+    """Where a :class:`PooledConnection` is in its life."""
+
+    IN_USE = "in_use"
+    IDLE = "idle"
+    CLOSED = "closed"
+
+
+class Health(enum.Enum):
+    """What a non-blocking look at a connection's socket found."""
+
+    OK = "ok"
+    PENDING = "pending"  # bytes nobody asked for: reusing it would desync the protocol
+    CLOSED = "closed"  # the peer closed or reset it
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):  # pragma: no cover - we only open these
+        raise TypeError(f"trio_pool pools trio.SocketStream and trio.SSLStream, not {stream!r}")
+    return stream.socket
+
+
+def _peek(fd: int, size: int, flags: int) -> bytes | None:
+    """Non-blocking ``recv`` on a socket we don't own; ``None`` if nothing is there."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.recv(size, flags | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    finally:
+        sock.detach()
+
+
+class PooledConnection(trio.abc.Stream):
+    """A connection borrowed from a :class:`~trio_pool.ConnectionPool`.
+
+    It is a :class:`trio.abc.Stream`: ``send_all``, ``receive_some`` and
+    ``wait_send_all_might_not_block`` go to the underlying :attr:`stream`, and
+    :meth:`aclose` discards it (closes it for good). Give it back with
+    :meth:`ConnectionPool.release` when the conversation on it is complete.
+
+    A connection that raised from ``send_all`` or ``receive_some``, or that saw the peer
+    close, is never pooled again: release closes it instead.
+
+    Attributes:
+        host: Host it was opened to.
+        port: Port it was opened to.
+        stream: The underlying :class:`trio.SocketStream` or :class:`trio.SSLStream`.
+        created_at: :func:`trio.current_time` when it was opened.
+        last_used_at: :func:`trio.current_time` when it was last handed out or returned.
+        use_count: How many times it has been handed out.
+        reused: Whether the current hand-out came from the pool (a hit) rather than a connect.
+        session_reused: For TLS, whether its handshake resumed a saved session.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_expires_at",
+        "_key",
+        "_lease",
+        "_poller",
+        "_pool",
+        "_session_fresh",
+        "_state",
+        "acquired_at",
+        "acquired_by",
+        "created_at",
+        "host",
+        "last_used_at",
+        "port",
+        "reused",
+        "session_reused",
+        "stream",
+        "use_count",
+    )
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        key: KeyState,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        now: float,
+        expires_at: float,
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self.stream = stream
+        self.host: str = key.key.host
+        self.port: int = key.key.port
+        self.created_at = now
+        self.last_used_at = now
+        self.acquired_at = now
+        self.acquired_by: str | None = None
+        self.use_count = 0
+        self.reused = False
+        self._lease = 0
+        self._state = ConnectionState.IN_USE
+        self._broken = False
+        self._expires_at = expires_at
+        self.session_reused = False
+        # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
+        # for the key, look again whenever data has come in.
+        self._session_fresh = False
+        if isinstance(stream, trio.SSLStream):
+            self.session_reused = bool(stream.session_reused)
+            self._session_fresh = not key.save_session(stream)
+        self._poller = select.poll()
+        self._poller.register(_socket_of(stream).fileno(), _POLLIN)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PooledConnection {self.host}:{self.port} {self._state.value}"
+            f" uses={self.use_count}{' tls' if self.is_tls else ''}>"
+        )
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed (discarded, evicted, or found dead)."""
+        return self._state is ConnectionState.CLOSED
+
+    @property
+    def state(self) -> ConnectionState:
+        """``IN_USE`` while borrowed, ``IDLE`` while in the pool, ``CLOSED`` at the end."""
+        return self._state
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether this is a TLS connection (:attr:`stream` is a :class:`trio.SSLStream`)."""
+        return isinstance(self.stream, trio.SSLStream)
+
+    @property
+    def idle_time(self) -> float:
+        """Seconds since it was last handed out or returned."""
+        return trio.current_time() - self.last_used_at
+
+    @property
+    def age(self) -> float:
+        """Seconds since it was opened."""
+        return trio.current_time() - self.created_at
+
+    def has_pending_data(self) -> bool:
+        """Whether unread bytes wait on it (including bytes buffered inside TLS)."""
+        return self._probe() is Health.PENDING
+
+    def validate(self) -> bool:
+        """Whether it could be reused now: open, not broken, no unread bytes, peer still there.
+
+        Never blocks: one ``poll`` with a zero timeout.
+        """
+        return (
+            self._state is not ConnectionState.CLOSED
+            and not self._broken
+            and (self._probe() is Health.OK)
+        )
+
+    def _probe(self) -> Health:
+        if self._state is ConnectionState.CLOSED:
+            return Health.CLOSED
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            from ._tls import probe_tls
+
+            health = probe_tls(stream, self._poller)
+            if health is Health.OK and self._session_fresh:
+                self._session_fresh = not self._key.save_session(stream)
+            return health
+        if not self._poller.poll(0):
+            return Health.OK
+        fd = stream.socket.fileno()
+        if fd < 0:
+            return Health.CLOSED
+        try:
+            data = _peek(fd, 1, socket.MSG_PEEK)
+        except OSError:
+            return Health.CLOSED
+        if data is None:
+            return Health.OK
+        return Health.PENDING if data else Health.CLOSED
+
+    def _reusable(self) -> bool:
+        return not self._broken and self._probe() is Health.OK
+
+    # -- trio.abc.Stream -------------------------------------------------------
+
+    def _check_in_use(self) -> None:
+        if self._state is not ConnectionState.IN_USE:
+            raise trio.ClosedResourceError(
+                f"connection is {self._state.value}: it was released or discarded"
+            )
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of *data* (see :meth:`trio.abc.SendStream.send_all`)."""
+        self._check_in_use()
+        try:
+            await self.stream.send_all(data)
+        except BaseException:
+            # Cancelled or failed part-way: an unknown amount was sent. Never reuse it.
+            self._broken = True
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
+        self._check_in_use()
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Receive some bytes (see :meth:`trio.abc.ReceiveStream.receive_some`).
+
+        Returns ``b""`` at end of file, after which the connection is never reused.
+        """
+        self._check_in_use()
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except BaseException:
+            self._broken = True
+            raise
+        if not data:
+            self._broken = True
+        elif self._session_fresh:
+            assert isinstance(self.stream, trio.SSLStream)
+            self._session_fresh = not self._key.save_session(self.stream)
+        return data
+
+    async def aclose(self) -> None:
+        """Discard the connection (close it for good); a no-op if already closed or returned."""
+        if self._state is ConnectionState.IN_USE:
+            self._pool.discard(self)
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,682 @@
+"""The pool's I/O layer: acquire, connect, close, and the maintenance task.
+
+Every decision is taken by :class:`~trio_pool._state.PoolState` in synchronous code;
+this module only waits, connects and closes around those decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final
+
+import trio
+
+from ._config import PoolConfig
+from ._connection import ConnectionState, PooledConnection, _socket_of
+from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
+from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
+from ._stats import PoolStatistics
+from ._tls import default_context
+from ._util import NoPublicConstructor
+
+__all__ = ["ConnectionPool", "open_pool"]
+
+logger: Final = logging.getLogger("trio_pool")
+
+IN_USE: Final = ConnectionState.IN_USE
+_TLS_CLOSE_TIMEOUT: Final = 0.5
+_MAX_PASS_FAILURES: Final = 5
+_MAX_REFILL_BACKOFF: Final = 30.0
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Cancelled, or a group of nothing but Cancelled (happy eyeballs raises those)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _check_timeout(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
+
+
+def make_key(
+    host: object,
+    port: object,
+    tls: object,
+    sni: object,
+    verify_cert: object,
+    ssl_context: object,
+) -> PoolKey:
+    """Validate acquire arguments and build their :class:`PoolKey`.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument is out of range (the message names it).
+    """
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if not host or host != host.strip():
+        raise ValueError(f"host must be a non-empty name or address, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port!r}")
+    if not isinstance(tls, bool):
+        raise TypeError(f"tls must be a bool, not {type(tls).__name__}")
+    if not isinstance(verify_cert, bool):
+        raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
+    if sni is not None and (not isinstance(sni, str) or not sni):
+        raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    if not tls:
+        # Plain TCP: the TLS arguments mean nothing, and must not split the key.
+        return PoolKey(host, port, False, None, True, None)
+    return PoolKey(host, port, True, sni if sni is not None else host, verify_cert, ssl_context)
+
+
+class ConnectionPool(metaclass=NoPublicConstructor):
+    """Per-host pools of TCP and TLS connections, scoped to a nursery.
+
+    Get one from :func:`open_pool`. Connections are keyed by host, port and TLS
+    settings (:class:`~trio_pool.PoolKey`); each key holds at most ``max_size``
+    connections, idle and in use together.
+    """
+
+    def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
+        self._config = config
+        self._nursery = nursery
+        self._state = PoolState(self, config, self._close_stream)
+        self._aliases: dict[tuple[object, ...], KeyState] = {}
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._maintenance_scope: trio.CancelScope | None = None
+        self._background: trio.Nursery | None = None
+        self._warned: dict[tuple[PoolKey, str], float] = {}
+        self._leaks_reported: set[tuple[int, int]] = set()
+
+    def __repr__(self) -> str:
+        s = self._state
+        return f"<ConnectionPool keys={len(s.keys)} total={s.total}{' closed' if s.closed else ''}>"
+
+    @property
+    def config(self) -> PoolConfig:
+        """The pool's :class:`~trio_pool.PoolConfig`."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has been called (or :func:`open_pool` exited)."""
+        return self._state.closed
+
+    # -- keys ------------------------------------------------------------------
+
+    def _lookup(
+        self,
+        host: str,
+        port: int,
+        tls: bool,
+        sni: str | None,
+        verify_cert: bool,
+        ssl_context: ssl.SSLContext | None,
+    ) -> KeyState:
+        args = (host, port, tls, sni, verify_cert, ssl_context)
+        try:
+            return self._aliases[args]
+        except (KeyError, TypeError):
+            pass
+        key = make_key(host, port, tls, sni, verify_cert, ssl_context)
+        state = self._state.key_state(key, trio.current_time())
+        self._aliases[args] = state
+        state.aliases.append(args)
+        return state
+
+    # -- acquire -------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+    ) -> PooledConnection:
+        """Borrow a connection to ``host:port``.
+
+        A healthy idle connection of the same key is reused (a hit, warmest first); else a
+        new one is opened within ``connection_timeout`` (a miss); else, when the key is at
+        ``max_size`` (or the pool at ``max_total``), the task waits in FIFO order for a
+        connection to be released or discarded. Give the connection back with
+        :meth:`release` or :meth:`discard`, or use :meth:`connection`.
+
+        Cancellation at any point leaks nothing: no slot, no socket, no place in line.
+
+        Args:
+            host: Host name or address.
+            port: TCP port, 1-65535.
+            tls: Open a :class:`trio.SSLStream` instead of plain TCP.
+            sni: Server name for TLS (SNI and certificate check); defaults to ``host``.
+            verify_cert: Check the certificate and host name (ignored with
+                ``ssl_context``, whose own settings apply).
+            ssl_context: The :class:`ssl.SSLContext` to use; connections made with it
+                are never shared with other contexts.
+            timeout: Longest wait in line, overriding ``acquire_timeout``; ``0`` fails
+                fast.
+
+        Returns:
+            The borrowed :class:`~trio_pool.PooledConnection`.
+
+        Raises:
+            PoolExhausted: No connection became free within the timeout.
+            ConnectError: Connecting failed (the cause is chained).
+            ConnectTimeout: Connecting took longer than ``connection_timeout``.
+            PoolClosed: The pool is closed, or closed while waiting.
+            ValueError: A bad argument (before any I/O).
+            TypeError: An argument of the wrong type (before any I/O).
+        """
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        return await self._acquire(state, timeout, False)
+
+    async def acquire_tls(
+        self,
+        host: str,
+        port: int,
+        *,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+    ) -> PooledConnection:
+        """:meth:`acquire` with ``tls=True``."""
+        return await self.acquire(
+            host,
+            port,
+            tls=True,
+            sni=sni,
+            verify_cert=verify_cert,
+            ssl_context=ssl_context,
+            timeout=timeout,
+        )
+
+    async def acquire_new(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+    ) -> PooledConnection:
+        """Like :meth:`acquire`, but always open a new connection.
+
+        It still counts toward ``max_size``: with the key full, its coldest idle
+        connection is closed to make room; with none idle, the task waits in line.
+        """
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        return await self._acquire(state, timeout, True)
+
+    async def _acquire(self, state: KeyState, timeout: float | None, new: bool) -> PooledConnection:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        now = trio.current_time()
+        grant = self._state.take(state, now, new=new)
+        if grant is None:
+            grant = await self._wait(state, now, timeout, new)
+        elif grant is not CONNECT:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if grant is CONNECT:
+            conn = await self._connect(state)
+        else:
+            assert isinstance(grant, PooledConnection)
+            conn = grant
+        if self._state.borrowed is not None:
+            conn.acquired_by = "".join(traceback.format_stack(limit=12)[:-2])
+        return conn
+
+    async def _wait(self, state: KeyState, now: float, timeout: float | None, new: bool) -> Grant:
+        if timeout is None:
+            timeout = self._config.acquire_timeout
+        if timeout is not None and timeout <= 0:
+            state.acquire_timeouts += 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
+        waiter = Waiter(state, now, new)
+        self._state.enqueue(waiter)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._state.cancel_wait(waiter, timed_out=False)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if timeout is None:
+            grant: Grant = await trio.lowlevel.wait_task_rescheduled(abort)
+            return grant
+        with trio.CancelScope(deadline=now + timeout):
+            grant = await trio.lowlevel.wait_task_rescheduled(abort)
+            return grant
+        state.acquire_timeouts += 1
+        raise PoolExhausted(
+            f"no connection to {state.key.host}:{state.key.port} became free within {timeout} s"
+        )
+
+    # -- connect --------------------------------------------------------------------
+
+    async def _connect(self, state: KeyState, *, to_idle: bool = False) -> PooledConnection:
+        """Open a connection in a slot already reserved for ``state``; whatever happens,
+        the slot is either filled or given back before this returns or raises."""
+        key = state.key
+        tcp: trio.SocketStream | None = None
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        try:
+            with trio.move_on_after(self._config.connection_timeout) as scope:
+                tcp = await trio.open_tcp_stream(key.host, key.port)
+                stream = tcp
+                if key.tls:
+                    stream = await self._handshake(state, tcp)
+            if scope.cancelled_caught:
+                raise ConnectTimeout(
+                    f"connecting to {key.host}:{key.port} took longer than"
+                    f" {self._config.connection_timeout} s"
+                )
+        except BaseException as exc:
+            if tcp is not None:
+                tcp.socket.close()
+            self._state.connect_failed(state, failed=not _is_cancellation(exc))
+            if isinstance(exc, ConnectError):
+                raise
+            if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+                raise ConnectError(
+                    f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
+                ) from exc.__cause__
+            if isinstance(exc, OSError):
+                raise ConnectError(f"cannot connect to {key.host}:{key.port}: {exc}") from exc
+            raise
+        return self._state.connected(state, stream, trio.current_time(), to_idle=to_idle)
+
+    def _context(self, key: PoolKey) -> ssl.SSLContext:
+        if key.ssl_context is not None:
+            return key.ssl_context
+        context = self._contexts.get(key.verify_cert)
+        if context is None:
+            context = self._contexts[key.verify_cert] = default_context(key.verify_cert)
+        return context
+
+    async def _handshake(
+        self, state: KeyState, tcp: trio.SocketStream
+    ) -> trio.SSLStream[trio.SocketStream]:
+        key = state.key
+        stream = trio.SSLStream(
+            tcp, self._context(key), server_hostname=key.server_hostname, https_compatible=True
+        )
+        if state.tls_session is not None:
+            stream.session = state.tls_session
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError:
+            state.tls_session = None  # never offer a session again after a TLS error
+            raise
+        state.tls_handshakes += 1
+        if stream.session_reused:
+            state.tls_resumptions += 1
+        return stream
+
+    # -- give back -------------------------------------------------------------------
+
+    def release(self, conn: PooledConnection) -> None:
+        """Give a borrowed connection back. Synchronous: never blocks, safe in ``finally``.
+
+        The longest waiting acquirer of the same key gets it at once; otherwise it is
+        pooled. It is closed instead if it is closed, broken, holds unread bytes, is past
+        its lifetime, or the pool is closing.
+
+        Raises:
+            RuntimeError: It was already released or discarded, or is another pool's.
+        """
+        self._state.release(conn, trio.current_time())
+
+    def discard(self, conn: PooledConnection) -> None:
+        """Close a borrowed connection for good and free its slot. Synchronous.
+
+        ``conn.is_closed`` is True and ``connections_closed`` counts it at once; a TLS
+        ``close_notify`` may still finish in the pool's nursery.
+
+        Raises:
+            RuntimeError: It was already released or discarded, or is another pool's.
+        """
+        self._state.discard(conn, trio.current_time())
+
+    def connection(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+    ) -> ConnectionContext:
+        """Borrow a connection for the body of an ``async with`` block.
+
+        On a clean exit it is released; on any exception, ``Cancelled`` included, it is
+        discarded. If the body released or discarded it already, exit does nothing.
+        Arguments are those of :meth:`acquire`, and are checked right away.
+        """
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        return ConnectionContext(self, state, timeout)
+
+    def _close_stream(self, conn: PooledConnection) -> None:
+        stream = conn.stream
+        if isinstance(stream, trio.SSLStream) and not conn._broken:
+            try:
+                self._nursery.start_soon(self._close_tls, stream)
+            except RuntimeError:  # the nursery is closed: close abruptly
+                pass
+            else:
+                return
+        _socket_of(stream).close()
+
+    @staticmethod
+    async def _close_tls(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        """Send ``close_notify`` (so the peer may keep our session), briefly."""
+        with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
+            try:
+                await stream.aclose()
+            except Exception:  # already broken or busy: nothing to say goodbye on
+                pass
+        _socket_of(stream).close()
+
+    # -- prewarm --------------------------------------------------------------------
+
+    async def prewarm(
+        self,
+        host: str,
+        port: int,
+        *,
+        count: int | None = None,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> int:
+        """Open connections until the key has ``count`` idle ones (default ``min_size``).
+
+        Connects run concurrently, never beyond ``max_size`` or ``max_total``.
+
+        Returns:
+            The number of idle connections of the key afterwards.
+
+        Raises:
+            ValueError: ``count`` is negative or above ``max_size``.
+            ConnectError: A connect failed (the others still complete).
+        """
+        if count is None:
+            count = self._config.min_size
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int, not {type(count).__name__}")
+        if not 0 <= count <= self._config.max_size:
+            raise ValueError(f"count must be between 0 and max_size, got {count!r}")
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        errors: list[ConnectError] = []
+
+        async def one() -> None:
+            if not self._state.reserve(state):
+                return
+            try:
+                await self._connect(state, to_idle=True)
+            except ConnectError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count - len(state.idle) - state.connecting):
+                nursery.start_soon(one)
+        if errors:
+            raise errors[0]
+        return len(state.idle)
+
+    # -- statistics -------------------------------------------------------------------
+
+    def statistics(self, host: str | None = None, port: int | None = None) -> PoolStatistics:
+        """A snapshot of the pool's counters, or of one host (and port), all its keys
+        together (plain and TLS, every SNI)."""
+        if host is None and port is None:
+            return self._state.statistics()
+        states = [
+            s
+            for key, s in self._state.keys.items()
+            if (host is None or key.host == host) and (port is None or key.port == port)
+        ]
+        return self._state.statistics(states)
+
+    def host_statistics(self) -> dict[tuple[str, int], PoolStatistics]:
+        """Statistics of every ``(host, port)`` the pool holds state for, in one pass."""
+        by_host: dict[tuple[str, int], list[KeyState]] = {}
+        for key, state in self._state.keys.items():
+            by_host.setdefault((key.host, key.port), []).append(state)
+        return {hp: self._state.statistics(states) for hp, states in by_host.items()}
+
+    # -- close ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the pool (idempotent).
+
+        Idle connections close now, borrowed ones when they are released or discarded,
+        waiting tasks get :class:`~trio_pool.PoolClosed`, and so does every later acquire.
+        """
+        self._state.close()
+        if self._maintenance_scope is not None:
+            self._maintenance_scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def _maintain(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The supervised background task: eviction, health, warm floor, monitoring."""
+        with trio.CancelScope() as self._maintenance_scope:
+            async with trio.open_nursery() as self._background:
+                task_status.started()
+                failures = 0
+                interval = self._config.health_check_interval
+                while True:
+                    wake = min(trio.current_time() + interval, self._state.next_idle_deadline())
+                    await trio.sleep_until(wake)
+                    try:
+                        self._maintenance_pass(trio.current_time())
+                    except Exception:
+                        failures += 1
+                        logger.exception(
+                            "trio_pool maintenance pass failed (%d in a row)", failures
+                        )
+                        if failures >= _MAX_PASS_FAILURES:
+                            raise
+                        await trio.sleep(min(interval, 0.1 * 2**failures))
+                    else:
+                        failures = 0
+
+    def _maintenance_pass(self, now: float) -> None:
+        state = self._state
+        state.sweep(now)
+        self._check_leaks(now)
+        min_size = self._config.min_size
+        for key_state in list(state.keys.values()):
+            self._monitor(key_state, now)
+            if min_size and now >= key_state.refill_not_before:
+                for _ in range(min_size - key_state.total):
+                    if not state.reserve(key_state):
+                        break
+                    assert self._background is not None
+                    self._background.start_soon(self._refill, key_state)
+            elif (
+                not min_size
+                and key_state.is_empty
+                and now - key_state.last_active > self._config.max_idle_time
+            ):
+                for args in key_state.aliases:
+                    self._aliases.pop(args, None)
+                state.drop_key(key_state)
+
+    async def _refill(self, state: KeyState) -> None:
+        """One warm-floor connect, in a slot already reserved (it is freed on failure)."""
+        try:
+            await self._connect(state, to_idle=True)
+        except ConnectError as exc:
+            state.refill_failures += 1
+            backoff = min(_MAX_REFILL_BACKOFF, 0.5 * 2 ** (state.refill_failures - 1))
+            state.refill_not_before = trio.current_time() + backoff
+            logger.warning(
+                "trio_pool: refilling %s:%d failed (%s); retrying in %.1f s",
+                state.key.host,
+                state.key.port,
+                exc,
+                backoff,
+            )
+        else:
+            state.refill_failures = 0
+
+    def _warn(self, key: PoolKey, kind: str, now: float, message: str, *args: object) -> None:
+        period = max(60.0, self._config.health_check_interval)
+        last = self._warned.get((key, kind), -math.inf)
+        if now - last >= period:
+            self._warned[(key, kind)] = now
+            logger.warning(message, *args)
+
+    def _monitor(self, state: KeyState, now: float) -> None:
+        hits = state.hits - state.monitor_hits
+        misses = state.misses - state.monitor_misses
+        state.monitor_hits, state.monitor_misses = state.hits, state.misses
+        host, port = state.key.host, state.key.port
+        if hits + misses and hits / (hits + misses) < 0.8:
+            self._warn(
+                state.key,
+                "hit_rate",
+                now,
+                "trio_pool: hit rate for %s:%d was %.0f%% over the last interval (%d acquires)",
+                host,
+                port,
+                100 * hits / (hits + misses),
+                hits + misses,
+            )
+        if state.in_use > 0.9 * self._config.max_size:
+            self._warn(
+                state.key,
+                "busy",
+                now,
+                "trio_pool: %s:%d has %d of max_size=%d connections in use",
+                host,
+                port,
+                state.in_use,
+                self._config.max_size,
+            )
+
+    def _check_leaks(self, now: float) -> None:
+        threshold = self._config.leak_detection_threshold
+        borrowed = self._state.borrowed
+        if threshold is None or borrowed is None:
+            return
+        for conn in borrowed:
+            token = (id(conn), conn._lease)
+            if now - conn.acquired_at > threshold and token not in self._leaks_reported:
+                self._leaks_reported.add(token)
+                logger.warning(
+                    "trio_pool: connection to %s:%d held for %.1f s (leak_detection_threshold"
+                    " %.1f s); acquired at:\n%s",
+                    conn.host,
+                    conn.port,
+                    now - conn.acquired_at,
+                    threshold,
+                    conn.acquired_by or "(unknown)",
+                )
+        live = {(id(c), c._lease) for c in borrowed}
+        self._leaks_reported &= live
+
+
+class ConnectionContext:
+    """What :meth:`ConnectionPool.connection` returns: ``async with`` it."""
+
+    __slots__ = ("_conn", "_lease", "_pool", "_state", "_timeout")
+
+    def __init__(self, pool: ConnectionPool, state: KeyState, timeout: float | None) -> None:
+        self._pool = pool
+        self._state = state
+        self._timeout = timeout
+        self._conn: PooledConnection | None = None
+        self._lease = 0
+
+    async def __aenter__(self) -> PooledConnection:
+        if self._conn is not None:
+            raise RuntimeError("this connection() context was entered already")
+        conn = await self._pool._acquire(self._state, self._timeout, False)
+        self._conn = conn
+        self._lease = conn._lease
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        if conn._state is IN_USE and conn._lease == self._lease:
+            if exc_type is None:
+                self._pool.release(conn)
+            else:
+                self._pool.discard(conn)
+
+
+@asynccontextmanager
+async def open_pool(
+    config: PoolConfig | None = None, **overrides: Any
+) -> AsyncIterator[ConnectionPool]:
+    """Open a connection pool living in its own nursery.
+
+    Args:
+        config: The configuration; :class:`~trio_pool.PoolConfig` defaults if ``None``.
+        **overrides: :class:`~trio_pool.PoolConfig` fields replacing those of ``config``.
+
+    Yields:
+        The :class:`ConnectionPool`. Leaving the block closes it (see
+        :meth:`ConnectionPool.aclose`) and waits for its background tasks.
+
+    Raises:
+        TypeError: An override names no :class:`~trio_pool.PoolConfig` field.
+        ValueError: A field is out of range.
+    """
+    if config is None:
+        config = PoolConfig()
+    elif not isinstance(config, PoolConfig):
+        raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
+    if overrides:
+        config = config.replace(**overrides)
+    async with trio.open_nursery() as nursery:
+        pool = ConnectionPool._create(config, nursery)
+        await nursery.start(pool._maintain)
+        try:
+            yield pool
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
