@@ -1,0 +1,29 @@
+"""Shared fixtures. Servers live in tests/servers.py; fixtures of one area stay in its tests."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from .servers import echo, start_server
+
+
+@pytest.fixture
+async def echo_port(nursery: trio.Nursery) -> int:
+    """Port of a loopback echo server running for the test."""
+    return await start_server(nursery, echo)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", default=False, help="also run the long soak tests"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip_slow = pytest.mark.skip(reason="soak test: run with --run-slow (nox -s soak)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
