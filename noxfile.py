@@ -48,7 +48,7 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    session.install("-e", ".[httpx,anyio,prometheus]", "sphinx")
+    session.install("-e", ".[httpx,anyio,prometheus]", "sphinx", "myst-parser")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 

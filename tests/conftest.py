@@ -27,3 +27,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems_anyio(items: list[pytest.Item]) -> None:
+    """Let ``@pytest.mark.anyio`` tests run under anyio's plugin, not pytest-trio.
+
+    With ``trio_mode = true`` pytest-trio marks every ``async def`` test ``trio`` and then
+    replaces the test function with its own ``trio.run`` runner, so anyio's plugin never
+    sees a coroutine function and the test silently runs under pytest-trio. This runs
+    after that automark and takes the ``trio`` mark off tests marked ``anyio``.
+    """
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]

@@ -84,6 +84,7 @@ class PooledConnection(trio.abc.Stream):
         "_pool",
         "_session_fresh",
         "_state",
+        "_unread",
         "acquired_at",
         "acquired_by",
         "created_at",
@@ -123,6 +124,8 @@ class PooledConnection(trio.abc.Stream):
         # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
         # for the key, look again whenever data has come in.
         self._session_fresh = False
+        # Application bytes the TLS probe had to decrypt to see them: read them first.
+        self._unread = b""
         if isinstance(stream, trio.SSLStream):
             self.session_reused = bool(stream.session_reused)
             self._session_fresh = not key.save_session(stream)
@@ -181,11 +184,14 @@ class PooledConnection(trio.abc.Stream):
         if self._state is ConnectionState.CLOSED:
             return Health.CLOSED
         stream = self.stream
-        if isinstance(stream, trio.SSLStream):
+        # Plain streams skip the ABC isinstance (~0.5 µs on every hand-out and release).
+        if type(stream) is not trio.SocketStream and isinstance(stream, trio.SSLStream):
             from ._tls import probe_tls
 
-            health = probe_tls(stream, self._poller)
-            if health is Health.OK and self._session_fresh:
+            if self._unread:
+                return Health.PENDING
+            health, self._unread = probe_tls(stream, self._poller)
+            if health is not Health.CLOSED and self._session_fresh:
                 self._session_fresh = not self._key.save_session(stream)
             return health
         if not self._poller.poll(0):
@@ -217,9 +223,10 @@ class PooledConnection(trio.abc.Stream):
         self._check_in_use()
         try:
             await self.stream.send_all(data)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled or failed part-way: an unknown amount was sent. Never reuse it.
             self._broken = True
+            self._drop_session_on_tls_error(exc)
             raise
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -233,10 +240,18 @@ class PooledConnection(trio.abc.Stream):
         Returns ``b""`` at end of file, after which the connection is never reused.
         """
         self._check_in_use()
+        if self._unread:
+            if max_bytes is not None and max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+            await trio.lowlevel.checkpoint()
+            size = len(self._unread) if max_bytes is None else max_bytes
+            chunk, self._unread = self._unread[:size], self._unread[size:]
+            return chunk
         try:
             data = await self.stream.receive_some(max_bytes)
-        except BaseException:
+        except BaseException as exc:
             self._broken = True
+            self._drop_session_on_tls_error(exc)
             raise
         if not data:
             self._broken = True
@@ -244,6 +259,13 @@ class PooledConnection(trio.abc.Stream):
             assert isinstance(self.stream, trio.SSLStream)
             self._session_fresh = not self._key.save_session(self.stream)
         return data
+
+    def _drop_session_on_tls_error(self, exc: BaseException) -> None:
+        if self._key.tls_session is not None and isinstance(self.stream, trio.SSLStream):
+            from ._tls import is_tls_error
+
+            if is_tls_error(exc):
+                self._key.tls_session = None  # never offer a session again after a TLS error
 
     async def aclose(self) -> None:
         """Discard the connection (close it for good); a no-op if already closed or returned."""

@@ -22,7 +22,7 @@ from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
 from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
-from ._tls import default_context
+from ._tls import close_tls, default_context
 from ._util import NoPublicConstructor
 
 __all__ = ["ConnectionPool", "open_pool"]
@@ -33,6 +33,7 @@ IN_USE: Final = ConnectionState.IN_USE
 _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
+_WARNING_KINDS: Final = ("hit_rate", "busy")
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -81,6 +82,13 @@ def make_key(
         raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+    if tls and ssl_context is not None and not verify_cert:
+        # The context's own verify_mode/check_hostname decide; a flag it would silently
+        # ignore is an error, not a way to turn checks off.
+        raise ValueError(
+            "verify_cert=False cannot be combined with ssl_context: configure the"
+            " context instead (check_hostname=False, verify_mode=ssl.CERT_NONE)"
+        )
     if not tls:
         # Plain TCP: the TLS arguments mean nothing, and must not split the key.
         return PoolKey(host, port, False, None, True, None)
@@ -104,6 +112,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self._maintenance_scope: trio.CancelScope | None = None
         self._background: trio.Nursery | None = None
         self._warned: dict[tuple[PoolKey, str], float] = {}
+        self._sleep_scope: trio.CancelScope | None = None
+        self._next_refill = math.inf
         self._leaks_reported: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
@@ -170,8 +180,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             port: TCP port, 1-65535.
             tls: Open a :class:`trio.SSLStream` instead of plain TCP.
             sni: Server name for TLS (SNI and certificate check); defaults to ``host``.
-            verify_cert: Check the certificate and host name (ignored with
-                ``ssl_context``, whose own settings apply).
+            verify_cert: Check the certificate and host name. ``False`` uses a separate
+                context without checks (its own key); it cannot be combined with
+                ``ssl_context``, whose own settings apply (``ValueError``).
             ssl_context: The :class:`ssl.SSLContext` to use; connections made with it
                 are never shared with other contexts.
             timeout: Longest wait in line, overriding ``acquire_timeout``; ``0`` fails
@@ -399,12 +410,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     @staticmethod
     async def _close_tls(stream: trio.SSLStream[trio.SocketStream]) -> None:
         """Send ``close_notify`` (so the peer may keep our session), briefly."""
-        with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
-            try:
-                await stream.aclose()
-            except Exception:  # already broken or busy: nothing to say goodbye on
-                pass
-        _socket_of(stream).close()
+        await close_tls(stream, _TLS_CLOSE_TIMEOUT)
 
     # -- prewarm --------------------------------------------------------------------
 
@@ -437,6 +443,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if not 0 <= count <= self._config.max_size:
             raise ValueError(f"count must be between 0 and max_size, got {count!r}")
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        state.last_active = trio.current_time()  # not forgotten before its connects start
         await trio.lowlevel.checkpoint_if_cancelled()
         errors: list[ConnectError] = []
 
@@ -494,17 +501,41 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     async def _maintain(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """The supervised background task: eviction, health, warm floor, monitoring."""
+        """The supervised background task: eviction, health, warm floor, monitoring.
+
+        Started with ``nursery.start`` in the pool's nursery and cancelled by
+        :meth:`aclose`. A full pass (health probes, monitoring, leak checks, dropping
+        forgotten keys) runs every ``health_check_interval``; in between, the task also
+        wakes exactly at the next idle deadline (``max_idle_time`` after last use, or a
+        connection's lifetime) and at the next refill retry, and then only closes what is
+        due and refills. So idle connections are closed on time, never up to an interval
+        late, and dead ones within one interval.
+
+        Supervision: an unexpected exception in a pass is logged with its traceback; after
+        the k-th failure in a row a full pass is retried after ``min(interval, 0.1 * 2**k)``
+        seconds. The 5th failure in a row propagates (inside an :class:`ExceptionGroup`)
+        out of :func:`open_pool`, cancelling its body, so a broken pool is not hidden.
+        """
+        state = self._state
+        interval = self._config.health_check_interval
         with trio.CancelScope() as self._maintenance_scope:
             async with trio.open_nursery() as self._background:
                 task_status.started()
                 failures = 0
-                interval = self._config.health_check_interval
+                next_check = trio.current_time() + interval
                 while True:
-                    wake = min(trio.current_time() + interval, self._state.next_idle_deadline())
-                    await trio.sleep_until(wake)
+                    wake = min(next_check, state.next_idle_deadline(), self._next_refill)
+                    with trio.CancelScope(deadline=wake) as self._sleep_scope:
+                        state.wake_at = wake
+                        await trio.sleep_forever()
+                    state.wake_at = -math.inf
+                    self._sleep_scope = None
+                    now = trio.current_time()
+                    check = now >= next_check
+                    if check:
+                        next_check = now + interval
                     try:
-                        self._maintenance_pass(trio.current_time())
+                        self._maintenance_pass(now, check=check)
                     except Exception:
                         failures += 1
                         logger.exception(
@@ -513,50 +544,113 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                         if failures >= _MAX_PASS_FAILURES:
                             raise
                         await trio.sleep(min(interval, 0.1 * 2**failures))
+                        next_check = trio.current_time()
                     else:
                         failures = 0
 
-    def _maintenance_pass(self, now: float) -> None:
-        state = self._state
-        state.sweep(now)
-        self._check_leaks(now)
-        min_size = self._config.min_size
-        for key_state in list(state.keys.values()):
-            self._monitor(key_state, now)
-            if min_size and now >= key_state.refill_not_before:
-                for _ in range(min_size - key_state.total):
-                    if not state.reserve(key_state):
-                        break
-                    assert self._background is not None
-                    self._background.start_soon(self._refill, key_state)
-            elif (
-                not min_size
-                and key_state.is_empty
-                and now - key_state.last_active > self._config.max_idle_time
-            ):
-                for args in key_state.aliases:
-                    self._aliases.pop(args, None)
-                state.drop_key(key_state)
+    def _wake_by(self, when: float) -> None:
+        """Bring the sleeping maintenance task's next wake-up forward to ``when``."""
+        self._state.wake_at = when
+        if self._sleep_scope is not None:
+            self._sleep_scope.deadline = when
 
-    async def _refill(self, state: KeyState) -> None:
-        """One warm-floor connect, in a slot already reserved (it is freed on failure)."""
+    def _maintenance_pass(self, now: float, *, check: bool = True) -> None:
+        """One synchronous maintenance pass.
+
+        Args:
+            now: The current trio time.
+            check: A full pass (every ``health_check_interval``): probe every idle
+                socket, log monitoring warnings and leaks, forget keys unused for
+                ``max_idle_time`` when ``min_size`` is 0. Otherwise only connections due
+                by the clock are closed, and the warm floor refilled.
+        """
+        state = self._state
+        state.sweep(now, probe=check)
+        if check:
+            self._check_leaks(now)
+        min_size = self._config.min_size
+        next_refill = math.inf
+        for key_state in list(state.keys.values()):
+            if check:
+                self._monitor(key_state, now)
+            if min_size:
+                if key_state.total < min_size:
+                    if now >= key_state.refill_not_before:
+                        self._fill(key_state)
+                    else:
+                        next_refill = min(next_refill, key_state.refill_not_before)
+            elif (
+                check
+                and key_state.is_empty
+                and now - key_state.last_active >= self._config.max_idle_time
+            ):
+                self._drop_key(key_state)
+        self._next_refill = next_refill
+
+    def _drop_key(self, key_state: KeyState) -> None:
+        """Forget a key nobody used for ``max_idle_time`` (``min_size == 0`` only).
+
+        Its counters stay in the whole-pool totals; ``statistics(host, port)`` starts
+        from zero for it when it is used again.
+        """
+        for args in key_state.aliases:
+            self._aliases.pop(args, None)
+        for kind in _WARNING_KINDS:
+            self._warned.pop((key_state.key, kind), None)
+        self._state.drop_key(key_state)
+
+    def _fill(self, key_state: KeyState) -> None:
+        """Start connects (in the pool's nursery) up to the key's ``min_size``.
+
+        ``min_size`` counts every open connection of the key, idle, in use or
+        connecting. While the key's host is failing only one connect at a time probes
+        it; the first success fills the rest at once. Refills never wait in line and
+        never evict: at ``max_size`` or ``max_total`` they are skipped.
+        """
+        missing = self._config.min_size - key_state.total
+        if key_state.refill_failures:
+            missing = min(missing, 1 - key_state.connecting)
+        assert self._background is not None
+        for _ in range(missing):
+            if not self._state.reserve(key_state):
+                break
+            self._background.start_soon(self._refill, key_state)
+
+    async def _refill(self, key_state: KeyState) -> None:
+        """One warm-floor connect, in a slot already reserved (it is freed on failure).
+
+        A failure backs the key off for ``0.5 * 2**(n-1)`` seconds after the n-th
+        failing round in a row, at most 30 s; connects that fail together count as one
+        round (and one log line). Success resets the back-off.
+        """
         try:
-            await self._connect(state, to_idle=True)
-        except ConnectError as exc:
-            state.refill_failures += 1
-            backoff = min(_MAX_REFILL_BACKOFF, 0.5 * 2 ** (state.refill_failures - 1))
-            state.refill_not_before = trio.current_time() + backoff
+            await self._connect(key_state, to_idle=True)
+        except Exception as exc:
+            now = trio.current_time()
+            if now < key_state.refill_not_before:
+                return  # a sibling connect of the same round failed first
+            key_state.refill_failures += 1
+            backoff = min(_MAX_REFILL_BACKOFF, 0.5 * 2 ** (key_state.refill_failures - 1))
+            key_state.refill_not_before = now + backoff
+            self._next_refill = min(self._next_refill, key_state.refill_not_before)
+            if key_state.refill_not_before < self._state.wake_at:
+                self._wake_by(key_state.refill_not_before)
             logger.warning(
                 "trio_pool: refilling %s:%d failed (%s); retrying in %.1f s",
-                state.key.host,
-                state.key.port,
+                key_state.key.host,
+                key_state.key.port,
                 exc,
                 backoff,
+                exc_info=not isinstance(exc, ConnectError),
             )
         else:
-            state.refill_failures = 0
+            if key_state.refill_failures:
+                key_state.refill_failures = 0
+                self._fill(key_state)
 
     def _warn(self, key: PoolKey, kind: str, now: float, message: str, *args: object) -> None:
+        """Log a monitoring warning, at most once a minute (or once an interval, if
+        longer) per key and kind."""
         period = max(60.0, self._config.health_check_interval)
         last = self._warned.get((key, kind), -math.inf)
         if now - last >= period:
@@ -564,6 +658,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             logger.warning(message, *args)
 
     def _monitor(self, state: KeyState, now: float) -> None:
+        """Warn about a key whose hit rate over the last interval fell below 0.8 (only
+        with traffic in that interval) or whose in-use connections exceed 90% of
+        ``max_size``."""
         hits = state.hits - state.monitor_hits
         misses = state.misses - state.monitor_misses
         state.monitor_hits, state.monitor_misses = state.hits, state.misses
@@ -628,6 +725,8 @@ class ConnectionContext:
     async def __aenter__(self) -> PooledConnection:
         if self._conn is not None:
             raise RuntimeError("this connection() context was entered already")
+        if self._state.dropped:  # unused for max_idle_time since connection() was called
+            self._state = self._pool._lookup(*self._state.aliases[0])  # type: ignore[arg-type]
         conn = await self._pool._acquire(self._state, self._timeout, False)
         self._conn = conn
         self._lease = conn._lease

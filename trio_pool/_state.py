@@ -96,6 +96,7 @@ class KeyState:
         "connect_failures",
         "connecting",
         "created",
+        "dropped",
         "evicted",
         "hits",
         "idle",
@@ -136,6 +137,7 @@ class KeyState:
         self.monitor_hits = self.monitor_misses = 0
         self.last_active = now
         self.aliases: list[tuple[object, ...]] = []
+        self.dropped = False  # forgotten by drop_key: look the key up again
 
     @property
     def total(self) -> int:
@@ -200,6 +202,7 @@ class PoolState:
         self.pool = pool
         self.config = config
         self.max_size = config.max_size
+        self.min_size = config.min_size
         self.max_total = config.max_total
         self.max_idle_time = config.max_idle_time
         self._close_stream = close_stream
@@ -215,6 +218,12 @@ class PoolState:
         )
         # Counters of key states dropped after a long idle spell, so totals stay right.
         self.retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        # When the sleeping maintenance task wakes next (-inf while it is not asleep): a
+        # connection going idle with an earlier deadline brings the wake-up forward.
+        self.wake_at = -float("inf")
+        # Called (synchronously; must not raise) with the key and the seconds waited each
+        # time a waiting acquire is served: the metrics' acquire-wait histogram.
+        self.wait_observers: list[Callable[[PoolKey, float], None]] = []
 
     # -- keys ------------------------------------------------------------------
 
@@ -230,6 +239,7 @@ class PoolState:
         for name in _COUNTERS:
             self.retired[name] += getattr(state, name)
         del self.keys[state.key]
+        state.dropped = True
 
     def expiry(self, now: float) -> float:
         """When a connection opened now must be closed (``max_lifetime`` less 0-2.5%)."""
@@ -260,7 +270,7 @@ class PoolState:
                 conn = idle.popitem()[0]
                 del self.idle_lru[conn]
                 if (
-                    now - conn.last_used_at <= max_idle
+                    now < conn.last_used_at + max_idle
                     and now < conn._expires_at
                     and conn._reusable()
                 ):
@@ -347,7 +357,8 @@ class PoolState:
         self.total -= 1
         if failed:
             state.connect_failures += 1
-        self._freed(state, trio.current_time())
+        # A failing host is refilled on the back-off schedule, not at every failure.
+        self._freed(state, trio.current_time(), refill=not failed)
 
     # -- return ----------------------------------------------------------------------
 
@@ -390,18 +401,26 @@ class PoolState:
 
     # -- maintenance --------------------------------------------------------------
 
-    def sweep(self, now: float) -> int:
+    def sweep(self, now: float, *, probe: bool = True) -> int:
         """Close idle connections that are stale, past their lifetime, or unhealthy.
+
+        Args:
+            probe: Also look at every idle socket (one ``poll`` each) and close those
+                the peer closed or that hold unexpected bytes. Without it only what is
+                due by the clock is closed (passes woken early by a deadline).
 
         Returns:
             How many were closed.
         """
+        max_idle = self.max_idle_time
+        # The same comparisons as next_idle_deadline: a pass woken at a deadline
+        # always closes what made it wake (no busy loop on float rounding).
         doomed = [
             conn
             for conn in self.idle_lru
-            if now - conn.last_used_at > self.max_idle_time
+            if now >= conn.last_used_at + max_idle
             or now >= conn._expires_at
-            or not conn._reusable()
+            or (probe and not conn._reusable())
         ]
         for conn in doomed:
             self._evict(conn)
@@ -409,10 +428,22 @@ class PoolState:
         return len(doomed)
 
     def next_idle_deadline(self) -> float:
-        """When the coldest idle connection goes stale (``inf`` with nothing idle)."""
+        """When the next idle connection goes stale or reaches its lifetime (``inf``
+        with nothing idle).
+
+        O(1) without ``max_lifetime`` (``idle_lru`` is in last-use order, so the coldest
+        goes stale first); with it, lifetimes are in no order and every idle connection
+        is looked at (no I/O, once per maintenance pass).
+        """
         for conn in self.idle_lru:
-            return min(conn.last_used_at + self.max_idle_time, conn._expires_at)
-        return float("inf")
+            deadline = conn.last_used_at + self.max_idle_time
+            break
+        else:
+            return float("inf")
+        if self.config.max_lifetime is not None:
+            for conn in self.idle_lru:
+                deadline = min(deadline, conn._expires_at)
+        return deadline
 
     def close(self) -> None:
         """Close the pool: idle connections now, borrowed ones when they come back,
@@ -447,7 +478,13 @@ class PoolState:
 
     def _offer(self, state: KeyState, conn: PooledConnection, now: float) -> None:
         """A usable connection is free: the longest waiter of its key gets it, else the
-        pool keeps it (and gives its place up to a waiter held back by ``max_total``)."""
+        pool keeps it (and gives its place up to a waiter held back by ``max_total``).
+
+        A waiter held back by ``max_total`` whose own key this connection belongs to
+        gets it directly (a hit) rather than a connect paid for by closing another idle
+        connection.
+        """
+        waiter_of_cap = self._next_global_waiter() if self.global_waiters else None
         if state.waiters:
             waiter = _first(state.waiters)
             self._note_wait(state, waiter, now)
@@ -462,21 +499,42 @@ class PoolState:
                 state.hits += 1
                 waiter.wake(outcome.Value(conn))
             return
+        if waiter_of_cap is not None and waiter_of_cap.key is state and not waiter_of_cap.new:
+            self._note_wait(state, waiter_of_cap, now)
+            self._hand_out(state, conn, now, reused=True)
+            state.hits += 1
+            waiter_of_cap.wake(outcome.Value(conn))
+            return
         conn._state = IDLE
         state.idle[conn] = None
         self.idle_lru[conn] = None
-        if self.global_waiters and self._next_global_waiter() is not None:
+        if waiter_of_cap is not None:
+            # The coldest idle connection anywhere (maybe this one) makes room for it.
             self._evict(next(iter(self.idle_lru)))
-            self._grant_global(now)
+            self._grant(waiter_of_cap, now)
+            return
+        deadline = min(now + self.max_idle_time, conn._expires_at)
+        if deadline < self.wake_at:
+            self.pool._wake_by(deadline)
 
-    def _freed(self, state: KeyState, now: float) -> None:
-        """One slot of ``state`` (and one of the global cap) just became free."""
+    def _freed(self, state: KeyState, now: float, *, refill: bool = True) -> None:
+        """One slot of ``state`` (and one of the global cap) just became free.
+
+        If that leaves the key below ``min_size`` (and ``refill``), the maintenance task
+        wakes now to refill it, unless the key's host is being backed off.
+        """
         if self.closed:
             return
         if state.waiters:
             self._grant(_first(state.waiters), now)
         elif self.global_waiters:
             self._grant_global(now)
+        if (
+            refill
+            and state.total < self.min_size
+            and state.refill_not_before <= now < self.wake_at
+        ):
+            self.pool._wake_by(now)
 
     def _next_global_waiter(self) -> Waiter | None:
         """The first globally waiting task whose own key has room; waiters whose key
@@ -503,10 +561,12 @@ class PoolState:
         state.misses += 1
         waiter.wake(outcome.Value(CONNECT))
 
-    @staticmethod
-    def _note_wait(state: KeyState, waiter: Waiter, now: float) -> None:
+    def _note_wait(self, state: KeyState, waiter: Waiter, now: float) -> None:
+        waited = now - waiter.since
         state.wait_count += 1
-        state.wait_seconds += now - waiter.since
+        state.wait_seconds += waited
+        for observe in self.wait_observers:
+            observe(state.key, waited)
 
     def _evict(self, conn: PooledConnection, *, counted: bool = True) -> None:
         """Close an idle connection (it leaves both idle indexes)."""

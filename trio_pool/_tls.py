@@ -1,4 +1,4 @@
-"""TLS helpers: default contexts, session saving and a non-blocking health probe.
+"""TLS helpers: default contexts, a non-blocking health probe, graceful close.
 
 The probe is the one place trio_pool looks inside :class:`trio.SSLStream`: an idle TLS
 1.3 connection usually has the server's session tickets waiting in its socket, and only
@@ -15,7 +15,7 @@ import trio
 
 from ._connection import Health, _peek
 
-__all__ = ["default_context", "probe_tls"]
+__all__ = ["close_tls", "default_context", "is_tls_error", "probe_tls"]
 
 
 def default_context(verify: bool) -> ssl.SSLContext:
@@ -23,6 +23,9 @@ def default_context(verify: bool) -> ssl.SSLContext:
 
     Args:
         verify: Check the certificate chain and the host name (the default), or neither.
+
+    Returns:
+        :func:`ssl.create_default_context`, with checks turned off if ``verify`` is False.
     """
     context = ssl.create_default_context()
     if not verify:
@@ -31,32 +34,46 @@ def default_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
-def probe_tls(stream: trio.SSLStream[trio.SocketStream], poller: select.poll) -> Health:
-    """Look at an idle TLS connection without blocking.
+def is_tls_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio's wrapping of a TLS protocol error (not a plain socket error)."""
+    return isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError)
+
+
+def probe_tls(
+    stream: trio.SSLStream[trio.SocketStream], poller: select.poll
+) -> tuple[Health, bytes]:
+    """Look at a TLS connection without blocking and without losing any byte.
 
     Decrypted bytes waiting in the SSL object count as pending. Bytes waiting in the
-    socket are fed through the SSL object: post-handshake messages (session tickets,
-    key updates) are consumed and the connection stays healthy; application data means
-    pending; ``close_notify`` or EOF means closed.
+    socket are moved into the stream's incoming buffer (where :class:`trio.SSLStream`
+    reads them next anyway) and run through the SSL object: post-handshake messages
+    (session tickets, key updates) are consumed and the connection stays healthy;
+    ``close_notify`` or EOF means closed; application data means pending.
+
+    Returns:
+        The health, and the application bytes the probe had to decrypt to see them
+        (``b""`` unless pending): the caller must hand those out before reading the
+        stream again.
     """
     ssl_object: ssl.SSLObject | None = getattr(stream, "_ssl_object", None)
     incoming: ssl.MemoryBIO | None = getattr(stream, "_incoming", None)
     if ssl_object is None or incoming is None:  # pragma: no cover - trio internals moved
         if stream.pending():
-            return Health.PENDING
-        return Health.PENDING if poller.poll(0) else Health.OK
+            return Health.PENDING, b""
+        return (Health.PENDING if poller.poll(0) else Health.OK), b""
     if ssl_object.pending():
-        return Health.PENDING
-    if not poller.poll(0) and not incoming.pending:
-        return Health.OK
-    if poller.poll(0):
+        return Health.PENDING, b""
+    readable = bool(poller.poll(0))
+    if not readable and not incoming.pending:
+        return Health.OK, b""
+    if readable and not incoming.eof:
         fd = stream.transport_stream.socket.fileno()
         if fd < 0:
-            return Health.CLOSED
+            return Health.CLOSED, b""
         try:
             data = _peek(fd, 65536, 0)
         except OSError:
-            return Health.CLOSED
+            return Health.CLOSED, b""
         if data == b"":
             incoming.write_eof()
         elif data is not None:
@@ -64,11 +81,34 @@ def probe_tls(stream: trio.SSLStream[trio.SocketStream], poller: select.poll) ->
     try:
         chunk = ssl_object.read(1)
     except ssl.SSLWantReadError:
-        return Health.OK
+        return Health.OK, b""
     except ssl.SSLWantWriteError:  # pragma: no cover - a key update asking for a reply
-        return Health.PENDING
-    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-        return Health.CLOSED
-    except (ssl.SSLError, OSError):
-        return Health.CLOSED
-    return Health.PENDING if chunk else Health.CLOSED
+        return Health.PENDING, b""
+    except (ssl.SSLError, OSError):  # close_notify, EOF, or garbage
+        return Health.CLOSED, b""
+    if not chunk:  # pragma: no cover - SSLObject raises at EOF rather than return b""
+        return Health.CLOSED, b""
+    # Application data: keep what was decrypted (and the rest of its record) for the reader.
+    rest = ssl_object.pending()
+    return Health.PENDING, chunk + (ssl_object.read(rest) if rest else b"")
+
+
+async def close_tls(stream: trio.SSLStream[trio.SocketStream], timeout: float) -> None:
+    """Send ``close_notify`` and close, giving up after ``timeout`` seconds.
+
+    A clean TLS close lets servers with a session cache keep the session (OpenSSL drops
+    the sessions of connections that end without one). Pooled streams are opened
+    ``https_compatible`` so a peer's missing ``close_notify`` reads as a plain EOF; that
+    mode would also skip sending ours, so it is switched off for the close alone.
+    """
+    sock = stream.transport_stream.socket
+    try:
+        with trio.move_on_after(timeout):
+            if hasattr(stream, "_https_compatible"):
+                stream._https_compatible = False
+            try:
+                await stream.aclose()
+            except Exception:  # already broken or busy: nothing to say goodbye on
+                pass
+    finally:
+        sock.close()

@@ -1,0 +1,147 @@
+"""End-to-end: request throughput through ``pool.connection()`` vs dedicated connections.
+
+A request is 16 bytes sent and the 16-byte echo read back over a keep-alive socket, to an
+echo server in its own process. At concurrency C, C tasks loop for a fixed time:
+
+* baseline: each task owns one persistent :class:`trio.SocketStream` (C streams);
+* pooled: each request borrows through ``async with pool.connection(...)`` from a pool
+  of ``max_size=C`` prewarmed connections.
+
+Target: pooled / dedicated >= 0.8 at concurrency 10, 100 and 1000, and flat.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import trio
+
+import trio_pool
+
+from ._common import HOST, MESSAGE, echo_server, median, print_table
+
+CONCURRENCY = (10, 100, 1000)
+
+
+async def _request(stream: trio.abc.Stream) -> None:
+    await stream.send_all(MESSAGE)
+    got = 0
+    while got < len(MESSAGE):
+        data = await stream.receive_some(len(MESSAGE) - got)
+        if not data:
+            raise RuntimeError("echo server closed the connection")
+        got += len(data)
+
+
+async def _drive(tasks: int, seconds: float, one_task: Any) -> float:
+    """Run ``one_task(index, counts, stop)`` in ``tasks`` tasks for ``seconds``; req/s."""
+    counts = [0] * tasks
+    stop = [False]
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(tasks):
+            nursery.start_soon(one_task, index, counts, stop)
+        await trio.sleep(seconds)
+        stop[0] = True
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def _dedicated(streams: list[trio.SocketStream], seconds: float) -> float:
+    async def worker(index: int, counts: list[int], stop: list[bool]) -> None:
+        stream = streams[index]
+        while not stop[0]:
+            await _request(stream)
+            counts[index] += 1
+
+    return await _drive(len(streams), seconds, worker)
+
+
+async def _pooled(pool: trio_pool.ConnectionPool, port: int, tasks: int, seconds: float) -> float:
+    connection = pool.connection
+
+    async def worker(index: int, counts: list[int], stop: list[bool]) -> None:
+        while not stop[0]:
+            async with connection(HOST, port) as conn:
+                await _request(conn)
+            counts[index] += 1
+
+    return await _drive(tasks, seconds, worker)
+
+
+async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any]]:
+    results = []
+    for tasks in CONCURRENCY:
+        streams: list[trio.SocketStream] = []
+
+        async def open_one() -> None:
+            streams.append(await trio.open_tcp_stream(HOST, port))  # noqa: B023
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                nursery.start_soon(open_one)
+        try:
+            async with trio_pool.open_pool(max_size=tasks, acquire_timeout=None) as pool:
+                await pool.prewarm(HOST, port, count=tasks)
+                await _dedicated(streams, seconds / 4)  # warm up both
+                await _pooled(pool, port, tasks, seconds / 4)
+                dedicated, pooled = [], []
+                for _ in range(rounds):
+                    dedicated.append(await _dedicated(streams, seconds))
+                    pooled.append(await _pooled(pool, port, tasks, seconds))
+                stats = pool.statistics()
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        results.append(
+            {
+                "concurrency": tasks,
+                "dedicated_rps": median(dedicated),
+                "pooled_rps": median(pooled),
+                "ratio": median(pooled) / median(dedicated),
+                "ratio_per_round": [p / d for p, d in zip(pooled, dedicated, strict=True)],
+                "pool_hit_rate": stats.hit_rate,
+                "pool_connections_created": stats.connections_created,
+            }
+        )
+    return results
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    rounds, seconds = (2, 0.5) if quick else (5, 2.0)
+    with echo_server() as [(_, port)]:
+        results = trio.run(_measure, port, rounds, seconds)
+    rows = [
+        [
+            r["concurrency"],
+            f"{r['dedicated_rps']:,.0f}",
+            f"{r['pooled_rps']:,.0f}",
+            f"{r['ratio']:.2f}x",
+            f"{min(r['ratio_per_round']):.2f}-{max(r['ratio_per_round']):.2f}",
+            f"{r['pool_hit_rate']:.3f}",
+        ]
+        for r in results
+    ]
+    print_table(
+        f"end-to-end 16-byte echo, median of {rounds} rounds x {seconds} s"
+        " (target: pooled/dedicated >= 0.8, flat)",
+        ["concurrency", "dedicated req/s", "pooled req/s", "ratio", "ratio range", "hit rate"],
+        rows,
+    )
+    ratios: dict[str, float] = {
+        f"pooled_vs_dedicated_c{r['concurrency']}": r["ratio"] for r in results
+    }
+    spread = max(ratios.values()) - min(ratios.values())
+    ratios["spread_across_concurrency"] = spread
+    return {
+        "name": "e2e",
+        "results": results,
+        "ratios": ratios,
+        "targets": {"pooled_vs_dedicated": ">= 0.8 at every concurrency, flat"},
+        "met": {"pooled_vs_dedicated": all(r["ratio"] >= 0.8 for r in results)},
+    }
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

@@ -1,0 +1,382 @@
+"""HTTP/1.1 requests per second against a local nginx, at concurrency 10, 100 and 1000.
+
+Clients, all measured in one run against the same nginx (``return 200 "ok"``, its own
+process, one worker, keep-alive without limits):
+
+- ``trio_pool.http``: :class:`trio_pool.http.HTTPClient` on a pool of ``max_size=N``;
+- ``httpx+PoolTransport``: httpx over :class:`trio_pool.httpx.PoolTransport`;
+- ``httpx (httpcore)``: httpx with its default transport, on trio, limits of N
+  connections (it can collapse at high concurrency: each cell is capped by the same
+  measuring window and reports what it achieved);
+- ``aiohttp``: aiohttp on asyncio, in its own process;
+- ``h11 ceiling``: N dedicated persistent connections, each driving its own
+  :class:`h11.Connection` with a prebuilt request, no pool at all.
+
+Each cell: N tasks loop for a warm-up (connections get opened) and then a measuring
+window; the rate counts the window only. Client and server share the machine's cores.
+Targets: ``trio_pool.http`` >= 0.8x the ceiling at every concurrency, >= 50x httpcore at
+100, and >= 1.0x aiohttp.
+
+``python -m benchmarks.bench_http profile`` prints a cProfile of trio_pool.http at 100.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+import trio.lowlevel
+
+import trio_pool
+from trio_pool.http import HTTPClient
+
+from ._common import HOST, print_table, raise_nofile
+
+CONCURRENCIES = (10, 100, 1000)
+CLIENTS = ("trio_pool.http", "httpx+PoolTransport", "httpx (httpcore)", "aiohttp", "h11 ceiling")
+
+Worker = Callable[[list[int]], Awaitable[None]]
+_WARMUP_CAP = 5.0
+_last_cpu = [0.0]  # client CPU seconds per request in the last window
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+def _nginx_binary() -> str | None:
+    if os.access("/usr/sbin/nginx", os.X_OK):
+        return "/usr/sbin/nginx"
+    from shutil import which
+
+    return which("nginx")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def nginx_server() -> Iterator[int]:
+    """nginx in its own process on a free port: ``return 200 "ok"`` for every request."""
+    binary = _nginx_binary()
+    if binary is None:
+        raise RuntimeError("bench_http needs nginx (apt-get install nginx-light)")
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        root = Path(tmp)
+        port = _free_port()
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf = root / "nginx.conf"
+        conf.write_text(
+            f"daemon off;\nmaster_process on;\nworker_processes 1;\n{user}"
+            f"worker_rlimit_nofile 65536;\nerror_log stderr warn;\npid {root}/nginx.pid;\n"
+            "events { worker_connections 16384; }\n"
+            "http {\n  access_log off;\n  default_type text/plain;\n"
+            f"  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n"
+            f"  fastcgi_temp_path {root}/fcgi;\n  uwsgi_temp_path {root}/uwsgi;\n"
+            f"  scgi_temp_path {root}/scgi;\n"
+            "  keepalive_timeout 300s;\n  keepalive_requests 100000000;\n"
+            f"  server {{\n    listen {HOST}:{port} backlog=4096;\n"
+            '    location / { return 200 "ok"; }\n  }\n}\n'
+        )
+        log = open(root / "stderr", "wb")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [binary, "-p", str(root), "-c", str(conf), "-e", "stderr"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError("nginx failed:\n" + (root / "stderr").read_text())
+                try:
+                    socket.create_connection((HOST, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            yield port
+        finally:
+            process.send_signal(signal.SIGQUIT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+# -- one cell: N tasks for warm-up + window ---------------------------------------------------
+
+
+async def _measure(
+    worker: Worker, concurrency: int, warmup: float, window: float
+) -> tuple[float, int]:
+    """Run ``concurrency`` copies of ``worker`` and count completions in the window.
+
+    Returns:
+        Requests per second in the window, and the errors counted over the run.
+    """
+    counter = [0, 0]  # done, errors
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker, counter)
+        # Warm up until about every worker has had a response (its connection is open),
+        # within a cap: a client that collapses still gets measured.
+        with trio.move_on_after(_WARMUP_CAP):
+            while counter[0] < concurrency:  # noqa: ASYNC110 - no per-request Event cost
+                await trio.sleep(0.01)
+        await trio.sleep(warmup)
+        start_count, start, cpu = counter[0], time.perf_counter(), time.process_time()
+        await trio.sleep(window)
+        done, elapsed = counter[0] - start_count, time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    _last_cpu[0] = cpu / max(done, 1)
+    return done / elapsed, counter[1]
+
+
+def _run_trio_pool(port: int, n: int, warmup: float, window: float) -> tuple[float, int]:
+    url = f"http://{HOST}:{port}/"
+
+    async def main() -> tuple[float, int]:
+        async with trio_pool.open_pool(max_size=n, acquire_timeout=None) as pool:
+            client = HTTPClient(pool)
+
+            async def worker(counter: list[int]) -> None:
+                request = client.request
+                while True:
+                    try:
+                        await request("GET", url)
+                        counter[0] += 1
+                    except trio_pool.PoolError:
+                        counter[1] += 1
+
+            return await _measure(worker, n, warmup, window)
+
+    return trio.run(main)
+
+
+def _run_httpx(port: int, n: int, warmup: float, window: float, *, ours: bool) -> tuple[float, int]:
+    import httpx
+
+    url = f"http://{HOST}:{port}/"
+
+    async def main() -> tuple[float, int]:
+        async with trio_pool.open_pool(max_size=n, acquire_timeout=None) as pool:
+            transport: httpx.AsyncBaseTransport | None = None
+            if ours:
+                from trio_pool.httpx import PoolTransport
+
+                transport = PoolTransport(pool)
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            async with httpx.AsyncClient(
+                transport=transport, limits=limits, timeout=None
+            ) as client:
+
+                async def worker(counter: list[int]) -> None:
+                    while True:
+                        try:
+                            response = await client.get(url)
+                            response.content  # noqa: B018 - read already
+                            counter[0] += 1
+                        except httpx.HTTPError:
+                            counter[1] += 1
+                            await trio.lowlevel.checkpoint()
+
+                return await _measure(worker, n, warmup, window)
+
+    return trio.run(main)
+
+
+def _run_ceiling(port: int, n: int, warmup: float, window: float) -> tuple[float, int]:
+    async def worker(counter: list[int]) -> None:
+        stream = await trio.open_tcp_stream(HOST, port)
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(method="GET", target="/", headers=[("Host", f"{HOST}:{port}")])
+            end = h11.EndOfMessage()
+            need_data, end_type = h11.NEED_DATA, h11.EndOfMessage
+            while True:
+                await stream.send_all((conn.send(request) or b"") + (conn.send(end) or b""))
+                while True:
+                    event = conn.next_event()
+                    if event is need_data:
+                        conn.receive_data(await stream.receive_some(65536))  # type: ignore[arg-type]
+                    elif type(event) is end_type:
+                        break
+                conn.start_next_cycle()
+                counter[0] += 1
+        finally:
+            stream.socket.close()
+
+    async def main() -> tuple[float, int]:
+        return await _measure(worker, n, warmup, window)
+
+    return trio.run(main)
+
+
+_AIOHTTP_SCRIPT = r"""
+import asyncio, json, sys, time, resource
+import aiohttp
+
+port, concurrencies, warmup, window = json.loads(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(20000, hard), hard))
+url = f"http://127.0.0.1:{port}/"
+
+async def cell(n):
+    counter = [0, 0]
+    connector = aiohttp.TCPConnector(limit=n, limit_per_host=n)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker():
+            while True:
+                try:
+                    async with session.get(url) as response:
+                        await response.read()
+                    counter[0] += 1
+                except aiohttp.ClientError:
+                    counter[1] += 1
+        tasks = [asyncio.ensure_future(worker()) for _ in range(n)]
+        await asyncio.sleep(warmup)
+        c0, t0 = counter[0], time.perf_counter()
+        await asyncio.sleep(window)
+        done, elapsed = counter[0] - c0, time.perf_counter() - t0
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return done / elapsed, counter[1]
+
+results = {}
+for n in concurrencies:
+    results[n] = asyncio.run(cell(n))
+print(json.dumps(results))
+"""
+
+
+def _run_aiohttp(
+    port: int, concurrencies: tuple[int, ...], warmup: float, window: float
+) -> dict[int, tuple[float, int]]:
+    args = json.dumps([port, list(concurrencies), warmup, window])
+    out = subprocess.run(
+        [sys.executable, "-c", _AIOHTTP_SCRIPT, args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return {int(k): (v[0], v[1]) for k, v in json.loads(out.stdout).items()}
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure every client at every concurrency; print the table and the ratios."""
+    raise_nofile(20_000)
+    warmup, window = (0.3, 0.6) if quick else (0.6, 2.0)
+    rounds = 1 if quick else 2
+    best: dict[tuple[str, int], tuple[float, int]] = {}
+
+    def keep(name: str, n: int, result: tuple[float, int]) -> None:
+        if (name, n) not in best or result[0] > best[(name, n)][0]:
+            best[(name, n)] = result
+
+    with nginx_server() as port:
+        for _ in range(rounds):
+            for n in CONCURRENCIES:
+                keep("h11 ceiling", n, _run_ceiling(port, n, warmup, window))
+                keep("trio_pool.http", n, _run_trio_pool(port, n, warmup, window))
+                keep("httpx+PoolTransport", n, _run_httpx(port, n, warmup, window, ours=True))
+                keep("httpx (httpcore)", n, _run_httpx(port, n, warmup, window, ours=False))
+            for n, result in _run_aiohttp(port, CONCURRENCIES, warmup, window).items():
+                keep("aiohttp", n, result)
+
+    def rps(name: str, n: int) -> float:
+        return best[(name, n)][0]
+
+    rows = []
+    results = []
+    for name in CLIENTS:
+        row: list[object] = [name]
+        for n in CONCURRENCIES:
+            value, errors = best[(name, n)]
+            row.append(f"{value:,.0f}" + (f" ({errors} err)" if errors else ""))
+            results.append(
+                {"client": name, "concurrency": n, "requests_per_second": value, "errors": errors}
+            )
+        rows.append(row)
+    print_table(
+        f"HTTP GET req/s vs nginx (best of {rounds}, window {window} s)",
+        ["client", *(f"c={n}" for n in CONCURRENCIES)],
+        rows,
+    )
+    ratios: dict[str, float] = {}
+    for n in CONCURRENCIES:
+        ratios[f"trio_pool.http/ceiling@{n}"] = rps("trio_pool.http", n) / max(
+            rps("h11 ceiling", n), 1e-9
+        )
+    for n in CONCURRENCIES:
+        ratios[f"trio_pool.http/aiohttp@{n}"] = rps("trio_pool.http", n) / max(
+            rps("aiohttp", n), 1e-9
+        )
+    for n in CONCURRENCIES:
+        ratios[f"trio_pool.http/httpcore@{n}"] = rps("trio_pool.http", n) / max(
+            rps("httpx (httpcore)", n), 1e-9
+        )
+    for n in CONCURRENCIES:
+        ratios[f"PoolTransport/httpcore@{n}"] = rps("httpx+PoolTransport", n) / max(
+            rps("httpx (httpcore)", n), 1e-9
+        )
+    targets = {"ceiling": 0.8, "aiohttp": 1.0, "httpcore@100": 50.0}
+    print_table(
+        "ratios (targets: >= 0.8x ceiling, >= 50x httpcore at 100, >= 1.0x aiohttp)",
+        ["ratio", "value", "target"],
+        [
+            [
+                key,
+                f"{value:.2f}x",
+                next((f">= {t}" for k, t in targets.items() if k in key), ""),
+            ]
+            for key, value in ratios.items()
+        ],
+    )
+    return {"name": "http", "results": results, "ratios": ratios}
+
+
+def profile() -> None:
+    """cProfile of trio_pool.http at concurrency 100 (the client side only)."""
+    import cProfile
+    import pstats
+
+    with nginx_server() as port:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        rate, _ = _run_trio_pool(port, 100, 0.3, 3.0)
+        profiler.disable()
+    print(f"trio_pool.http at c=100 under the profiler: {rate:,.0f} req/s")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["profile"]:
+        profile()
+    else:
+        run(quick="--quick" in sys.argv)

@@ -1,0 +1,331 @@
+"""Errors: refused and hanging connects, and bad arguments caught before any I/O."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+import trio_pool
+from trio_pool import ConnectError, ConnectTimeout, PoolError, PoolExhausted, PoolStatistics
+
+from .servers import HOST, open_fds, refused_port, stall, start_server, unroutable_listener
+
+
+def test_exception_hierarchy() -> None:
+    assert issubclass(trio_pool.PoolExhausted, PoolError)
+    assert issubclass(trio_pool.PoolExhausted, TimeoutError)
+    assert issubclass(ConnectError, PoolError)
+    assert issubclass(ConnectError, OSError)
+    assert issubclass(ConnectTimeout, ConnectError)
+    assert issubclass(ConnectTimeout, TimeoutError)
+    assert issubclass(trio_pool.PoolClosed, PoolError)
+    assert issubclass(trio_pool.PoolClosed, trio.ClosedResourceError)
+    assert issubclass(PoolError, Exception)
+
+
+# -- refused --------------------------------------------------------------------------
+
+
+async def test_refused_connect_raises_connect_error() -> None:
+    port = refused_port()
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(ConnectError) as info:
+            await pool.acquire(HOST, port)
+        assert not isinstance(info.value, ConnectTimeout)
+        assert isinstance(info.value.__cause__, OSError)
+        assert str(port) in str(info.value)
+        stats = pool.statistics()
+        assert (stats.connecting, stats.connect_failures, stats.pool_misses) == (0, 1, 1)
+        assert (stats.connections_created, stats.active_connections) == (0, 0)
+        with pytest.raises(ConnectError):
+            async with pool.connection(HOST, port):
+                pytest.fail("must not enter")  # pragma: no cover
+        assert pool.statistics().connect_failures == 2
+
+
+async def test_refused_connect_frees_its_slot_for_a_waiter(nursery: trio.Nursery) -> None:
+    port = refused_port()
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=2.0) as pool:
+        failures: list[tuple[str, ConnectError]] = []
+
+        async def attempt(name: str) -> None:
+            try:
+                await pool.acquire(HOST, port)
+            except ConnectError as exc:
+                failures.append((name, exc))
+
+        # Started in one batch: whichever runs first connects, the other finds the key
+        # full (its slot is reserved from the start of the connect) and waits in line.
+        async with trio.open_nursery() as inner:
+            inner.start_soon(attempt, "a")
+            inner.start_soon(attempt, "b")
+        # The waiter was given the freed slot and tried a connect of its own.
+        assert sorted(name for name, _ in failures) == ["a", "b"]
+        stats = pool.statistics()
+        assert (stats.connect_failures, stats.pool_misses, stats.acquire_timeouts) == (2, 2, 0)
+        assert stats.acquire_wait_count == 1
+        assert (stats.connecting, stats.tasks_waiting, stats.active_connections) == (0, 0, 0)
+        assert stats.connections_created == stats.connections_closed == 0
+
+
+async def test_full_key_slot_is_freed_at_once_by_a_refusal() -> None:
+    port = refused_port()
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=0) as pool:
+        for _ in range(3):  # timeout=0 fails fast only if a slot was still held
+            with pytest.raises(ConnectError):
+                await pool.acquire(HOST, port)
+        stats = pool.statistics()
+        assert (stats.connect_failures, stats.acquire_timeouts) == (3, 0)
+
+
+# -- hanging connects ------------------------------------------------------------------
+
+
+@pytest.fixture
+def hanging_port() -> Iterator[int]:
+    """A port where connects hang: a ``listen(0)`` socket never accepting, its tiny
+    backlog filled with raw connects, so the kernel drops further SYNs."""
+    listener, port = unroutable_listener()
+    fillers = []
+    try:
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((HOST, port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_hanging_connect_raises_connect_timeout(
+    hanging_port: int, mock_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with trio_pool.open_pool(connection_timeout=2.0) as pool:
+        outcome: list[tuple[float, BaseException]] = []
+
+        async def attempt() -> None:
+            start = trio.current_time()
+            try:
+                await pool.acquire(HOST, hanging_port)
+            except ConnectError as exc:
+                outcome.append((trio.current_time() - start, exc))
+
+        nursery.start_soon(attempt)
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.statistics().connecting == 1
+        mock_clock.jump(1.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == []  # still connecting: it really hangs
+        mock_clock.jump(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcome) == 1
+        elapsed, exc = outcome[0]
+        assert elapsed == 2.0
+        assert isinstance(exc, ConnectTimeout)
+        assert isinstance(exc, TimeoutError)
+        stats = pool.statistics()
+        assert (stats.connecting, stats.connect_failures, stats.connections_created) == (0, 1, 0)
+
+
+async def test_connect_timeout_frees_the_slot_for_a_waiter(
+    hanging_port: int, mock_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with trio_pool.open_pool(
+        max_size=1, connection_timeout=1.0, acquire_timeout=None
+    ) as pool:
+        results: list[str] = []
+
+        async def attempt(name: str) -> None:
+            try:
+                await pool.acquire(HOST, hanging_port)
+            except ConnectTimeout:
+                results.append(f"{name}: timeout at {trio.current_time()}")
+
+        start = trio.current_time()
+        nursery.start_soon(attempt, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(attempt, "waiter")
+        await trio.testing.wait_all_tasks_blocked()
+        stats = pool.statistics()
+        assert (stats.connecting, stats.tasks_waiting) == (1, 1)
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        # The first timed out; its slot went straight to the waiter, now connecting.
+        assert results == [f"first: timeout at {start + 1.0}"]
+        stats = pool.statistics()
+        assert (stats.connecting, stats.tasks_waiting, stats.connect_failures) == (1, 0, 1)
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert results[1] == f"waiter: timeout at {start + 2.0}"
+        stats = pool.statistics()
+        assert (stats.connecting, stats.connect_failures, stats.acquire_wait_count) == (0, 2, 1)
+
+
+async def test_hanging_connect_leaves_no_socket_behind(
+    hanging_port: int, mock_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    before = open_fds()
+    async with trio_pool.open_pool(connection_timeout=1.0) as pool:
+        failed = trio.Event()
+
+        async def attempt() -> None:
+            with pytest.raises(ConnectTimeout):
+                await pool.acquire(HOST, hanging_port)
+            failed.set()
+
+        nursery.start_soon(attempt)
+        await trio.testing.wait_all_tasks_blocked()
+        assert open_fds() == before + 1  # the connecting socket
+        mock_clock.jump(1.0)
+        await failed.wait()
+        assert open_fds() == before
+
+
+async def test_hanging_tls_handshake_times_out_and_closes_its_socket(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    port = await start_server(nursery, stall)  # accepts, never answers the ClientHello
+    async with trio_pool.open_pool(connection_timeout=1.0) as pool:
+        failed = trio.Event()
+
+        async def attempt() -> None:
+            with pytest.raises(ConnectTimeout):
+                await pool.acquire_tls(HOST, port)
+            failed.set()
+
+        fds_before = open_fds()
+        nursery.start_soon(attempt)
+        await trio.testing.wait_all_tasks_blocked()
+        # client socket + the server's accepted one: the TCP connect is done
+        assert open_fds() == fds_before + 2
+        assert pool.statistics().connecting == 1
+        mock_clock.jump(1.0)
+        await failed.wait()
+        assert open_fds() == fds_before + 1  # only the stalled server side is left
+        stats = pool.statistics()
+        assert (stats.connecting, stats.connect_failures, stats.tls_handshakes) == (0, 1, 0)
+
+
+async def test_connect_timeout_not_counted_as_acquire_timeout(
+    hanging_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Nothing completes here: the only I/O in flight is a connect that hangs.
+    async with trio_pool.open_pool(connection_timeout=3.0, acquire_timeout=0) as pool:
+        start = trio.current_time()
+        with pytest.raises(ConnectTimeout):
+            await pool.acquire(HOST, hanging_port)
+        assert trio.current_time() - start == pytest.approx(3.0)
+        stats = pool.statistics()
+        assert (stats.acquire_timeouts, stats.connect_failures) == (0, 1)
+        assert not isinstance(ConnectTimeout("x"), PoolExhausted)
+
+
+# -- bad arguments, before any I/O ----------------------------------------------------
+
+
+BAD_HOSTS = [
+    ("", ValueError),
+    (" ", ValueError),
+    (" 127.0.0.1", ValueError),
+    ("127.0.0.1 ", ValueError),
+    (None, TypeError),
+    (b"127.0.0.1", TypeError),
+    (127, TypeError),
+]
+BAD_PORTS = [
+    (0, ValueError),
+    (65536, ValueError),
+    (-1, ValueError),
+    (True, TypeError),
+    ("80", TypeError),
+    (80.0, TypeError),
+    (None, TypeError),
+]
+BAD_TIMEOUTS = [
+    (-1, ValueError),
+    (-0.5, ValueError),
+    (float("nan"), ValueError),
+    ("1", TypeError),
+    (True, TypeError),
+]
+
+
+def assert_untouched(pool: trio_pool.ConnectionPool) -> None:
+    assert pool.statistics() == PoolStatistics()
+    assert pool.host_statistics() == {}
+
+
+@pytest.mark.parametrize(("host", "error"), BAD_HOSTS)
+async def test_bad_host(host: object, error: type[Exception]) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(error, match="host"):
+            await pool.acquire(host, 80)  # type: ignore[arg-type]
+        with pytest.raises(error, match="host"):
+            await pool.acquire_new(host, 80)  # type: ignore[arg-type]
+        with pytest.raises(error, match="host"):
+            pool.connection(host, 80)  # type: ignore[arg-type]
+        with pytest.raises(error, match="host"):
+            await pool.prewarm(host, 80, count=1)  # type: ignore[arg-type]
+        assert_untouched(pool)
+
+
+@pytest.mark.parametrize(("port", "error"), BAD_PORTS)
+async def test_bad_port(port: object, error: type[Exception]) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(error, match="port"):
+            await pool.acquire(HOST, port)  # type: ignore[arg-type]
+        with pytest.raises(error, match="port"):
+            await pool.acquire_tls(HOST, port)  # type: ignore[arg-type]
+        with pytest.raises(error, match="port"):
+            pool.connection(HOST, port)  # type: ignore[arg-type]
+        with pytest.raises(error, match="port"):
+            await pool.prewarm(HOST, port, count=1)  # type: ignore[arg-type]
+        assert_untouched(pool)
+
+
+@pytest.mark.parametrize(("timeout", "error"), BAD_TIMEOUTS)
+async def test_bad_timeout(timeout: object, error: type[Exception]) -> None:
+    port = refused_port()  # never reached
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(error, match="timeout"):
+            await pool.acquire(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(error, match="timeout"):
+            await pool.acquire_new(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(error, match="timeout"):
+            pool.connection(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+        assert_untouched(pool)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"tls": 1}, TypeError, "tls"),
+        ({"verify_cert": "yes"}, TypeError, "verify_cert"),
+        ({"tls": True, "sni": ""}, ValueError, "sni"),
+        ({"tls": True, "ssl_context": object()}, TypeError, "ssl_context"),
+    ],
+)
+async def test_bad_tls_arguments(
+    kwargs: dict[str, object], error: type[Exception], field: str
+) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(error, match=field):
+            await pool.acquire(HOST, refused_port(), **kwargs)  # type: ignore[arg-type]
+        assert_untouched(pool)
+
+
+async def test_bad_arguments_do_not_checkpoint() -> None:
+    """Rejected synchronously: even a cancelled task gets the ValueError, not Cancelled."""
+    async with trio_pool.open_pool() as pool:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(ValueError, match="port"):
+                await pool.acquire(HOST, 0)
+        assert_untouched(pool)

@@ -1,0 +1,47 @@
+"""HTTP/1.1 keep-alive on a :class:`~trio_pool.ConnectionPool`, with h11.
+
+.. code-block:: python
+
+    from trio_pool.http import HTTPClient
+
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        response = await client.request("GET", "http://127.0.0.1:8080/")
+        async with client.stream("GET", "https://example.org/big") as response:
+            async for chunk in response.aiter_bytes():
+                ...
+
+A connection goes back to the pool after a complete response that allows keep-alive,
+and is discarded otherwise. Idempotent requests are retried once on a new connection
+when a reused one turns out to have been closed by the server while idle.
+"""
+
+from ._client import IDEMPOTENT_METHODS as IDEMPOTENT_METHODS
+from ._client import HTTPClient as HTTPClient
+from ._client import StreamContext as StreamContext
+from ._exceptions import HTTPError as HTTPError
+from ._exceptions import NetworkError as NetworkError
+from ._exceptions import PoolTimeout as PoolTimeout
+from ._exceptions import ReadError as ReadError
+from ._exceptions import ReadTimeout as ReadTimeout
+from ._exceptions import RemoteProtocolError as RemoteProtocolError
+from ._exceptions import RequestTimeout as RequestTimeout
+from ._exceptions import WriteError as WriteError
+from ._exceptions import WriteTimeout as WriteTimeout
+from ._models import Response as Response
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "HTTPClient",
+    "HTTPError",
+    "NetworkError",
+    "PoolTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "Response",
+    "StreamContext",
+    "WriteError",
+    "WriteTimeout",
+]

@@ -1,0 +1,647 @@
+"""HTTP/1.1 on pooled connections: :class:`HTTPClient`.
+
+h11 does all the parsing and framing, synchronously; this module only moves bytes
+between h11 and the pooled connection, and decides whether the connection goes back
+to the pool. Each pooled socket keeps one :class:`h11.Connection` for its whole life:
+after a complete exchange h11's ``start_next_cycle()`` readies it for the next request,
+whoever borrows the socket next.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Final, TypeAlias
+
+import h11
+import trio
+
+from .._connection import PooledConnection
+from .._pool import ConnectionPool
+from ._exceptions import (
+    HTTPError,
+    PoolTimeout,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    RequestTimeout,
+    WriteError,
+    WriteTimeout,
+)
+from ._models import Response, Target, check_method, parse_url
+
+__all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
+
+#: Methods retried once on a new connection when a reused one turned out dead.
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+_RECEIVE_SIZE: Final = 65536
+_CACHE_SIZE: Final = 1024
+_NEED_DATA: Final = h11.NEED_DATA
+_IDLE: Final = h11.IDLE
+_DONE: Final = h11.DONE
+_END: Final = h11.EndOfMessage()
+_VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
+_ACQUIRE, _WRITE, _READ = 0, 1, 2
+
+HeaderTypes: TypeAlias = (
+    Mapping[str, str] | Mapping[bytes, bytes] | Sequence[tuple[str | bytes, str | bytes]]
+)
+
+
+def _to_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return value.encode("latin-1")
+        except UnicodeError:
+            raise ValueError(f"{what} must be latin-1 text, got {value!r}") from None
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def _header_list(headers: object) -> list[tuple[bytes, bytes]]:
+    """``headers`` as ``(lowercased name, value)`` byte pairs.
+
+    Raises:
+        TypeError: Not a mapping or a sequence of pairs of str or bytes.
+    """
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        items = list(headers.items())
+    elif isinstance(headers, Sequence) and not isinstance(headers, (str, bytes)):
+        items = list(headers)
+    else:
+        raise TypeError(f"headers must be a mapping or a list of pairs, not {type(headers)}")
+    result = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"headers must be (name, value) pairs, got {item!r}")
+        result.append(
+            (_to_bytes(item[0], "header name").lower(), _to_bytes(item[1], "header value"))
+        )
+    return result
+
+
+def _check_timeout(value: object, name: str = "timeout") -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+    return float(value)
+
+
+class Limits:
+    """Deadlines of one request: for getting a connection and sending (``send_deadline``),
+    for the response (``read_deadline``), and for each single read (``read_timeout``).
+
+    ``phase`` records where the request is, so a deadline that fires names its phase.
+    """
+
+    __slots__ = ("moving", "phase", "read_deadline", "read_timeout", "send_deadline", "timeout")
+
+    def __init__(
+        self, timeout: float, send_deadline: float, read_deadline: float, read_timeout: float | None
+    ) -> None:
+        self.timeout = timeout
+        self.send_deadline = send_deadline
+        self.read_deadline = read_deadline
+        self.read_timeout = read_timeout
+        self.moving = read_timeout is not None or read_deadline != send_deadline
+        self.phase = _ACQUIRE
+
+    def next_read(self) -> float:
+        if self.read_timeout is None:
+            return self.read_deadline
+        return min(self.read_deadline, trio.current_time() + self.read_timeout)
+
+    def error(self, target: Target) -> RequestTimeout:
+        where = f"{target.host}:{target.port}"
+        if self.phase == _ACQUIRE:
+            return PoolTimeout(f"no connection to {where} within {self.timeout} s")
+        if self.phase == _WRITE:
+            return WriteTimeout(f"sending the request to {where} took over {self.timeout} s")
+        return ReadTimeout(f"no response from {where} within {self.timeout} s")
+
+
+class _ConnectionLost(Exception):
+    """The connection failed before any byte of the response came: safe to retry an
+    idempotent request (the server may have closed it while idle)."""
+
+    def __init__(self, error: HTTPError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Exchange:
+    """One request and response on one borrowed connection, until the body ends.
+
+    The response body is read from here; at its end the connection is released if
+    h11 can start a next cycle on it, and discarded otherwise (or on any failure).
+    """
+
+    __slots__ = ("_client", "_conn", "_h11", "done", "limits", "response", "started", "target")
+
+    def __init__(
+        self,
+        client: HTTPClient,
+        conn: PooledConnection,
+        protocol: h11.Connection,
+        response: h11.Response,
+        target: Target,
+    ) -> None:
+        self._client = client
+        self._conn = conn
+        self._h11 = protocol
+        self.response = response
+        self.target = target
+        self.limits: Limits | None = None
+        self.done = False
+        self.started = False
+
+    def make_response(self, content: bytes | None) -> Response:
+        event = self.response
+        version = _VERSIONS.get(event.http_version) or event.http_version.decode("ascii")
+        return Response(
+            event.status_code,
+            event.reason,
+            event.headers,  # type: ignore[arg-type]  # h11's Headers is a sequence of pairs
+            version,
+            content,
+            None if content is not None else self,
+        )
+
+    async def read_all(self) -> bytes:
+        """Read the rest of the body, then release or discard the connection."""
+        h = self._h11
+        chunks: list[bytes] = []
+        try:
+            while True:
+                event = h.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    chunks.append(event.data)  # type: ignore[union-attr]
+                elif kind is h11.EndOfMessage:
+                    break
+                elif event is _NEED_DATA:
+                    await self._receive()
+                else:  # pragma: no cover - h11 sends nothing else inside a body
+                    raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
+        except h11.RemoteProtocolError as exc:
+            self.abandon()
+            raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
+        except BaseException:
+            self.abandon()
+            raise
+        self._finish()
+        if len(chunks) == 1 and type(chunks[0]) is bytes:
+            return chunks[0]
+        return b"".join(chunks)
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body, or ``b""`` at its end (the connection is then
+        released or discarded)."""
+        if self.done:
+            return b""
+        self.started = True
+        h = self._h11
+        try:
+            while True:
+                event = h.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    data = event.data  # type: ignore[union-attr]
+                    if data:
+                        return bytes(data)
+                elif kind is h11.EndOfMessage:
+                    break
+                elif event is _NEED_DATA:
+                    await self._receive()
+                else:  # pragma: no cover - h11 sends nothing else inside a body
+                    raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
+        except h11.RemoteProtocolError as exc:
+            self.abandon()
+            raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
+        except BaseException:
+            self.abandon()
+            raise
+        self._finish()
+        return b""
+
+    async def _receive(self) -> None:
+        conn = self._conn
+        limits = self.limits
+        try:
+            if limits is None:
+                data = await conn.receive_some(_RECEIVE_SIZE)
+            else:
+                with trio.CancelScope(deadline=limits.next_read()) as scope:
+                    data = await conn.receive_some(_RECEIVE_SIZE)
+                if scope.cancelled_caught:
+                    raise limits.error(self.target)
+        except trio.BrokenResourceError as exc:
+            raise ReadError(f"{self._where()}: reading the response failed: {exc}") from exc
+        self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
+
+    def _where(self) -> str:
+        return f"{self.target.host}:{self.target.port}"
+
+    def _finish(self) -> None:
+        self.done = True
+        h = self._h11
+        if h.our_state is _DONE and h.their_state is _DONE and not h.trailing_data[0]:
+            h.start_next_cycle()
+            self._client._pool.release(self._conn)
+        else:
+            self._client._forget(self._conn)
+            self._client._pool.discard(self._conn)
+
+    def abandon(self) -> None:
+        """Give up on the exchange: the connection is discarded (no-op once done)."""
+        if not self.done:
+            self.done = True
+            self._client._forget(self._conn)
+            self._client._pool.discard(self._conn)
+
+
+class HTTPClient:
+    """An HTTP/1.1 client on a :class:`~trio_pool.ConnectionPool`.
+
+    Connections are borrowed per request and returned when the response is complete
+    and both sides allow keep-alive; otherwise (``Connection: close``, HTTP/1.0, a body
+    cut short, any error or cancellation) they are discarded. When a *reused*
+    connection fails before any byte of the response arrives (the server closed it
+    while it sat idle), an idempotent request is retried once on a new connection.
+
+    The client holds no resources of its own: the pool does. Many clients may share
+    one pool.
+
+    Args:
+        pool: The pool to borrow connections from.
+        headers: Headers sent with every request (a request's own headers of the same
+            name replace them).
+        timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`, in seconds;
+            ``None`` (the default) waits as long as it takes.
+        verify_cert: For https: check the server's certificate and host name.
+        ssl_context: For https: the :class:`ssl.SSLContext` to use.
+        retry: Retry idempotent requests once when a reused connection was dead.
+
+    Raises:
+        TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
+            has the wrong type.
+        ValueError: ``timeout`` is not positive.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        headers: HeaderTypes | None = None,
+        timeout: float | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        retry: bool = True,
+    ) -> None:
+        if not isinstance(pool, ConnectionPool):
+            raise TypeError(f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}")
+        if not isinstance(verify_cert, bool):
+            raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)}")
+        self._pool = pool
+        self._headers = _header_list(headers)
+        self._timeout = _check_timeout(timeout)
+        self._verify_cert = verify_cert
+        self._ssl_context = ssl_context
+        self._retry = bool(retry)
+        # One h11 state machine per pooled socket, kept while the socket lives.
+        self._protocols: dict[PooledConnection, h11.Connection] = {}
+        self._prune_at = 256
+        self._targets: dict[str, Target] = {}
+        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool]] = {}
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The pool this client borrows from."""
+        return self._pool
+
+    # -- public API ---------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeaderTypes | None = None,
+        content: bytes = b"",
+        timeout: float | None = None,
+    ) -> Response:
+        """Send a request and read the whole response.
+
+        Args:
+            method: The method, e.g. ``"GET"``.
+            url: An ``http://`` or ``https://`` URL.
+            headers: Extra headers, as a mapping or ``(name, value)`` pairs. ``Host``
+                and ``Content-Length`` are added unless given.
+            content: The request body.
+            timeout: Seconds for the whole request: waiting for a connection,
+                connecting, sending, and reading the response to its end. Defaults to
+                the client's ``timeout``.
+
+        Returns:
+            The complete :class:`Response`; its connection is already back in the pool
+            (or closed).
+
+        Raises:
+            ValueError: A bad method, URL, header or timeout (before any I/O).
+            TypeError: An argument of the wrong type (before any I/O).
+            PoolTimeout: ``timeout`` ran out while getting a connection.
+            WriteTimeout: ``timeout`` ran out while sending.
+            ReadTimeout: ``timeout`` ran out while reading the response.
+            WriteError: The connection failed while sending.
+            ReadError: The connection failed while reading.
+            RemoteProtocolError: The server sent something that is not HTTP/1.1, or
+                closed the connection before the response was complete.
+            trio_pool.ConnectError: Connecting failed (also ``ConnectTimeout``,
+                ``PoolExhausted`` and ``PoolClosed`` from the pool).
+        """
+        target, event, idempotent = self._prepare(method, url, headers, content)
+        timeout = self._timeout if timeout is None else _check_timeout(timeout)
+        if timeout is None:
+            exchange = await self._open(target, event, content, idempotent, None, None)
+            body = await exchange.read_all()
+            return exchange.make_response(body)
+        deadline = trio.current_time() + timeout
+        limits = Limits(timeout, deadline, deadline, None)
+        with trio.CancelScope(deadline=deadline) as scope:
+            exchange = await self._open(target, event, content, idempotent, limits, scope)
+            body = await exchange.read_all()
+            return exchange.make_response(body)
+        raise limits.error(target)
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeaderTypes | None = None,
+        content: bytes = b"",
+        timeout: float | None = None,
+    ) -> StreamContext:
+        """Send a request and stream the response body: ``async with`` the result.
+
+        .. code-block:: python
+
+            async with client.stream("GET", url) as response:
+                async for chunk in response.aiter_bytes():
+                    ...
+
+        Leaving the block with the body read to its end releases the connection; with
+        the body unread or half read, or by an exception, discards it.
+
+        Args:
+            method: As for :meth:`request`.
+            url: As for :meth:`request`.
+            headers: As for :meth:`request`.
+            content: As for :meth:`request`.
+            timeout: Seconds until the response head has arrived (connection, sending,
+                head), and then for each read of the body.
+
+        Raises:
+            ValueError: Bad arguments, right away.
+            TypeError: Arguments of the wrong type, right away.
+
+        The errors of :meth:`request` are raised on entering the block and from reads.
+        """
+        target, event, idempotent = self._prepare(method, url, headers, content)
+        timeout = self._timeout if timeout is None else _check_timeout(timeout)
+        return StreamContext(self, target, event, content, idempotent, timeout)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _prepare(
+        self, method: str, url: str, headers: object, content: object
+    ) -> tuple[Target, h11.Request, bool]:
+        """Check the arguments and build the h11 request (cached for the plain case)."""
+        plain = headers is None and not content
+        if plain:
+            prepared = self._prepared.get((method, url))
+            if prepared is not None and type(content) is bytes:
+                return prepared
+        target = self._targets.get(url) if isinstance(url, str) else None
+        if target is None:
+            target = parse_url(url)
+            if len(self._targets) >= _CACHE_SIZE:
+                self._targets.clear()
+            self._targets[url] = target
+        method_bytes = check_method(method)
+        if not isinstance(content, (bytes, bytearray, memoryview)):
+            raise TypeError(f"content must be bytes, not {type(content).__name__}")
+        extra = _header_list(headers)
+        names = {name for name, _ in extra}
+        fields: list[tuple[bytes, bytes]] = []
+        if b"host" not in names:
+            fields.append((b"host", target.host_header))
+        fields.extend(h for h in self._headers if h[0] not in names)
+        fields.extend(extra)
+        if (
+            (content or method_bytes in _BODY_METHODS)
+            and b"content-length" not in names
+            and b"transfer-encoding" not in names
+        ):
+            fields.append((b"content-length", b"%d" % len(content)))
+        try:
+            event = h11.Request(method=method_bytes, target=target.target, headers=fields)
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"invalid request: {exc}") from None
+        prepared = (target, event, method_bytes in IDEMPOTENT_METHODS)
+        if plain:
+            if len(self._prepared) >= _CACHE_SIZE:
+                self._prepared.clear()
+            self._prepared[(method, url)] = prepared
+        return prepared
+
+    def _forget(self, conn: PooledConnection) -> None:
+        self._protocols.pop(conn, None)
+
+    def _protocol(self, conn: PooledConnection) -> h11.Connection:
+        protocol = self._protocols.get(conn)
+        if protocol is None or protocol.our_state is not _IDLE or protocol.their_state is not _IDLE:
+            protocol = h11.Connection(h11.CLIENT)
+            protocols = self._protocols
+            if len(protocols) >= self._prune_at:
+                # Sockets the pool closed while idle: forget them, amortized O(1).
+                for dead in [c for c in protocols if c.is_closed]:
+                    del protocols[dead]
+                self._prune_at = max(256, 2 * len(protocols))
+            protocols[conn] = protocol
+        return protocol
+
+    async def _acquire(self, target: Target, new: bool) -> PooledConnection:
+        pool = self._pool
+        if target.tls:
+            acquire = pool.acquire_new if new else pool.acquire
+            return await acquire(
+                target.host,
+                target.port,
+                tls=True,
+                sni=target.host,
+                verify_cert=self._verify_cert,
+                ssl_context=self._ssl_context,
+            )
+        if new:
+            return await pool.acquire_new(target.host, target.port)
+        return await pool.acquire(target.host, target.port)
+
+    async def _open(
+        self,
+        target: Target,
+        event: h11.Request,
+        content: bytes,
+        idempotent: bool,
+        limits: Limits | None,
+        scope: trio.CancelScope | None,
+    ) -> Exchange:
+        """Borrow a connection, send the request, read the response head.
+
+        Retries once on a new connection when a reused one dies before answering and
+        the method is idempotent. Any failure or cancellation discards the connection.
+        """
+        pool = self._pool
+        retried = False
+        while True:
+            if limits is not None:
+                limits.phase = _ACQUIRE
+            conn = await self._acquire(target, retried)
+            try:
+                protocol = self._protocol(conn)
+                try:
+                    data = protocol.send(event) or b""
+                    if content:
+                        data += protocol.send(h11.Data(data=content)) or b""
+                    data += protocol.send(_END) or b""
+                except h11.LocalProtocolError as exc:
+                    raise ValueError(f"cannot send this request: {exc}") from exc
+                if limits is not None:
+                    limits.phase = _WRITE
+                try:
+                    await conn.send_all(data)
+                except trio.BrokenResourceError as exc:
+                    error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
+                    raise _ConnectionLost(error) from exc
+                if limits is not None:
+                    limits.phase = _READ
+                response = await self._receive_head(conn, protocol, target, limits, scope)
+            except _ConnectionLost as lost:
+                self._forget(conn)
+                pool.discard(conn)
+                if idempotent and conn.reused and not retried and self._retry:
+                    retried = True
+                    continue
+                raise lost.error from lost.__cause__
+            except BaseException:
+                self._forget(conn)
+                pool.discard(conn)
+                raise
+            return Exchange(self, conn, protocol, response, target)
+
+    @staticmethod
+    async def _receive_head(
+        conn: PooledConnection,
+        protocol: h11.Connection,
+        target: Target,
+        limits: Limits | None,
+        scope: trio.CancelScope | None,
+    ) -> h11.Response:
+        got_bytes = False
+        try:
+            while True:
+                event = protocol.next_event()
+                if event is _NEED_DATA:
+                    if scope is not None and limits is not None and limits.moving:
+                        scope.deadline = limits.next_read()
+                    try:
+                        data = await conn.receive_some(_RECEIVE_SIZE)
+                    except trio.BrokenResourceError as exc:
+                        error = ReadError(
+                            f"{target.host}:{target.port}: reading the response failed: {exc}"
+                        )
+                        if got_bytes:
+                            raise error from exc
+                        raise _ConnectionLost(error) from exc
+                    if not data and not got_bytes:
+                        raise _ConnectionLost(
+                            RemoteProtocolError(
+                                f"{target.host}:{target.port} closed the connection"
+                                " without sending a response"
+                            )
+                        )
+                    got_bytes = True
+                    protocol.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
+                    continue
+                kind = type(event)
+                if kind is h11.Response:
+                    return event  # type: ignore[return-value]
+                if kind is not h11.InformationalResponse:  # pragma: no cover - h11 forbids
+                    raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
+        except h11.RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+class StreamContext:
+    """What :meth:`HTTPClient.stream` returns: ``async with`` it to get the
+    :class:`Response` with its body still to read."""
+
+    __slots__ = ("_client", "_content", "_event", "_exchange", "_idempotent", "_target", "_timeout")
+
+    def __init__(
+        self,
+        client: HTTPClient,
+        target: Target,
+        event: h11.Request,
+        content: bytes,
+        idempotent: bool,
+        timeout: float | None,
+    ) -> None:
+        self._client = client
+        self._target = target
+        self._event = event
+        self._content = content
+        self._idempotent = idempotent
+        self._timeout = timeout
+        self._exchange: Exchange | None = None
+
+    async def __aenter__(self) -> Response:
+        if self._exchange is not None:
+            raise RuntimeError("this stream() context was entered already")
+        client = self._client
+        timeout = self._timeout
+        args = (self._target, self._event, self._content, self._idempotent)
+        if timeout is None:
+            exchange = await client._open(*args, None, None)
+        else:
+            deadline = trio.current_time() + timeout
+            limits = Limits(timeout, deadline, deadline, None)
+            with trio.CancelScope(deadline=deadline) as scope:
+                exchange = await client._open(*args, limits, scope)
+            if scope.cancelled_caught:
+                raise limits.error(self._target)
+            body_limits = Limits(timeout, math.inf, math.inf, timeout)
+            body_limits.phase = _READ
+            exchange.limits = body_limits
+        self._exchange = exchange
+        return exchange.make_response(None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._exchange is not None:
+            self._exchange.abandon()

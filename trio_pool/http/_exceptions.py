@@ -1,0 +1,64 @@
+"""The errors of :mod:`trio_pool.http`, all under :class:`HTTPError`.
+
+:class:`HTTPError` is a :class:`~trio_pool.PoolError`, so ``except trio_pool.PoolError``
+catches everything a request can raise on its own account: the pool's errors
+(:class:`~trio_pool.ConnectError`, :class:`~trio_pool.ConnectTimeout`,
+:class:`~trio_pool.PoolExhausted`, :class:`~trio_pool.PoolClosed`) pass through
+unchanged, and these cover what happens on the connection afterwards. Every one
+chains its cause (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from .._exceptions import PoolError
+
+__all__ = [
+    "HTTPError",
+    "NetworkError",
+    "PoolTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "WriteError",
+    "WriteTimeout",
+]
+
+
+class HTTPError(PoolError):
+    """Base class of the errors raised by :mod:`trio_pool.http` itself."""
+
+
+class RemoteProtocolError(HTTPError):
+    """The server broke HTTP/1.1: a malformed response, or one cut short.
+
+    The :class:`h11.RemoteProtocolError` (or the end of file) is chained as the cause.
+    """
+
+
+class NetworkError(HTTPError, OSError):
+    """The connection failed while the request was sent or the response read."""
+
+
+class WriteError(NetworkError):
+    """Sending the request failed (the peer closed or reset the connection)."""
+
+
+class ReadError(NetworkError):
+    """Reading the response failed (the peer reset the connection)."""
+
+
+class RequestTimeout(HTTPError, TimeoutError):
+    """The request's ``timeout`` ran out. The subclass says in which phase."""
+
+
+class PoolTimeout(RequestTimeout):
+    """The timeout ran out while waiting for a connection or connecting."""
+
+
+class WriteTimeout(RequestTimeout):
+    """The timeout ran out while sending the request."""
+
+
+class ReadTimeout(RequestTimeout):
+    """The timeout ran out while waiting for (part of) the response."""

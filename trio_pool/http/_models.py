@@ -1,0 +1,216 @@
+"""Parsed request targets and :class:`Response`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+import trio
+
+if TYPE_CHECKING:
+    from ._client import Exchange
+
+__all__ = ["Response", "Target", "check_method", "parse_url"]
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# RFC 9110 token: what a method may be made of.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class Target:
+    """Where a URL sends a request: the pool key's parts and the request line's."""
+
+    __slots__ = ("host", "host_header", "port", "target", "tls")
+
+    def __init__(self, host: str, port: int, tls: bool, target: bytes, host_header: bytes) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.target = target
+        self.host_header = host_header
+
+
+def parse_url(url: object) -> Target:
+    """Check an ``http://`` or ``https://`` URL and split it for a request.
+
+    Raises:
+        TypeError: ``url`` is not a str.
+        ValueError: Not an absolute http(s) URL with a host, a bad port, credentials in
+            it, or characters that cannot go on a request line.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"url is not a valid URL: {url!r} ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"url must start with http:// or https://, got {url!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"url has no host: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"url must not contain credentials: {url!r}")
+    if port == 0:
+        raise ValueError(f"url has port 0: {url!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    try:
+        target = path.encode("ascii")
+        host_bytes = host.encode("idna") if not host.isascii() else host.encode("ascii")
+    except UnicodeError:
+        raise ValueError(f"url must be ASCII (percent-encode the path): {url!r}") from None
+    if any(c <= 0x20 or c == 0x7F for c in target):
+        raise ValueError(f"url path contains spaces or control characters: {url!r}")
+    if ":" in host:  # IPv6 literal
+        host_bytes = b"[" + host_bytes + b"]"
+    default = _DEFAULT_PORTS[scheme]
+    if port is not None and port != default:
+        host_bytes += b":%d" % port
+    return Target(host, default if port is None else port, scheme == "https", target, host_bytes)
+
+
+def check_method(method: object) -> bytes:
+    """The method as bytes, after checking it is an HTTP token.
+
+    Raises:
+        TypeError: Not a str.
+        ValueError: Empty, or not a valid token.
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, not {type(method).__name__}")
+    if not _TOKEN.fullmatch(method):
+        raise ValueError(f"method must be an HTTP token such as 'GET', got {method!r}")
+    return method.encode("ascii")
+
+
+class Response:
+    """An HTTP response.
+
+    From :meth:`HTTPClient.request <trio_pool.http.HTTPClient.request>` it is complete
+    and its connection is already back in the pool (or closed). From
+    :meth:`HTTPClient.stream <trio_pool.http.HTTPClient.stream>` the body is still on
+    the wire: read it with :meth:`aiter_bytes` or :meth:`aread`; a body not read to
+    the end when the ``async with`` block exits costs its connection (it is discarded).
+
+    Attributes:
+        status: The status code, e.g. ``200``.
+        reason: The reason phrase, e.g. ``b"OK"``.
+        headers: The headers as ``(name, value)`` byte pairs, names lowercased, in the
+            order received.
+        http_version: ``"1.1"`` or ``"1.0"``.
+    """
+
+    __slots__ = ("_content", "_exchange", "headers", "http_version", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        content: bytes | None,
+        exchange: Exchange | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.http_version = http_version
+        self._content = content
+        self._exchange = exchange
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status} {self.reason.decode('latin-1')}]>"
+
+    def header(self, name: str | bytes) -> bytes | None:
+        """The value of the first header called ``name`` (any case), or ``None``."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        for header, value in self.headers:
+            if header == key:
+                return value
+        return None
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the server let the connection be reused: HTTP/1.1 without
+        ``Connection: close``. (HTTP/1.0 connections are never reused.)"""
+        if self.http_version != "1.1":
+            return False
+        for header, value in self.headers:
+            if header == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+    @property
+    def content(self) -> bytes:
+        """The whole body.
+
+        Raises:
+            RuntimeError: A streamed body that was not read yet (use :meth:`aread`).
+        """
+        if self._content is None:
+            raise RuntimeError("the body was not read: call await response.aread() first")
+        return self._content
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the body was read to the end (always true for ``request``)."""
+        return self._exchange is None or self._exchange.done
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Iterate over the body in chunks as they arrive (the content, if read)."""
+        return _BodyIterator(self)
+
+    async def aread(self) -> bytes:
+        """Read the rest of the body and return all of it (also kept as :attr:`content`).
+
+        Raises:
+            RuntimeError: Part of a streamed body was already consumed by
+                :meth:`aiter_bytes`.
+        """
+        if self._content is None:
+            assert self._exchange is not None
+            if self._exchange.started:
+                raise RuntimeError("aread() after aiter_bytes() consumed part of the body")
+            self._content = await self._exchange.read_all()
+        return self._content
+
+    async def aclose(self) -> None:
+        """Give up the rest of the body: an unfinished exchange discards its connection.
+
+        Idempotent; a no-op on a complete response.
+        """
+        exchange = self._exchange
+        if exchange is not None and not exchange.done:
+            exchange.abandon()
+        await trio.lowlevel.checkpoint()
+
+
+class _BodyIterator:
+    __slots__ = ("_response", "_sent")
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+        self._sent = False
+
+    def __aiter__(self) -> _BodyIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        response = self._response
+        if response._content is not None:
+            if self._sent or not response._content:
+                raise StopAsyncIteration
+            self._sent = True
+            return response._content
+        exchange = response._exchange
+        assert exchange is not None
+        chunk = await exchange.read_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk

@@ -1,0 +1,209 @@
+"""httpx on a trio_pool: :class:`PoolTransport`.
+
+.. code-block:: python
+
+    import httpx
+    import trio_pool
+    from trio_pool.httpx import PoolTransport
+
+    async with trio_pool.open_pool() as pool:
+        async with httpx.AsyncClient(transport=PoolTransport(pool)) as client:
+            response = await client.get("http://127.0.0.1:8080/")
+
+Needs the ``httpx`` extra (``pip install 'trio-pool[httpx]'``); ``import trio_pool``
+alone never imports httpx. Requests go through :mod:`trio_pool.http` (h11), with its
+keep-alive decisions and its safe retry of idempotent requests; response bodies are
+streamed; errors become httpx's exception types.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator
+from typing import Final
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("trio_pool.httpx needs httpx: pip install 'trio-pool[httpx]'") from exc
+
+import h11
+import trio
+
+from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolError, PoolExhausted
+from ._pool import ConnectionPool
+from .http._client import _READ, IDEMPOTENT_METHODS, Exchange, HTTPClient, Limits
+from .http._exceptions import (
+    PoolTimeout,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    WriteError,
+    WriteTimeout,
+)
+from .http._models import Target
+
+__all__ = ["PoolTransport"]
+
+_DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+
+# Most specific first: ConnectTimeout is a ConnectError, PoolTimeout a RequestTimeout.
+_ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
+    (PoolTimeout, httpx.PoolTimeout),
+    (PoolExhausted, httpx.PoolTimeout),
+    (ConnectTimeout, httpx.ConnectTimeout),
+    (ConnectError, httpx.ConnectError),
+    (WriteTimeout, httpx.WriteTimeout),
+    (ReadTimeout, httpx.ReadTimeout),
+    (WriteError, httpx.WriteError),
+    (ReadError, httpx.ReadError),
+    (RemoteProtocolError, httpx.RemoteProtocolError),
+    (PoolClosed, httpx.TransportError),
+    (PoolError, httpx.TransportError),
+)
+
+
+def _to_httpx(exc: Exception, request: httpx.Request) -> Exception:
+    """The httpx exception for one of ours (``exc`` itself if none fits)."""
+    for ours, theirs in _ERRORS:
+        if isinstance(exc, ours):
+            return theirs(str(exc), request=request)
+    return exc
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """An :class:`httpx.AsyncBaseTransport` that sends requests over a trio_pool.
+
+    Args:
+        pool: The pool to borrow connections from; the transport never closes it.
+        verify_cert: For https: check the server's certificate and host name.
+        ssl_context: For https: the :class:`ssl.SSLContext` to use.
+        retry: Retry idempotent requests once when a reused connection was dead.
+
+    httpx's timeouts apply as follows: ``pool + connect + write`` bounds getting a
+    connection and sending the request, and ``read`` bounds each read of the response
+    (its head, then every chunk of the body). Connects are also bounded by the pool's
+    ``connection_timeout``.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        retry: bool = True,
+    ) -> None:
+        self._client = HTTPClient(
+            pool,
+            verify_cert=verify_cert,
+            ssl_context=ssl_context,
+            retry=retry,
+        )
+        self._targets: dict[tuple[bytes, str, int | None], tuple[str, int, bool]] = {}
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The pool requests borrow from."""
+        return self._client.pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and return the response with its body still streaming."""
+        url = request.url
+        scheme = url.raw_scheme
+        host = url.host
+        key = (scheme, host, url.port)
+        where = self._targets.get(key)
+        if where is None:
+            if scheme not in _DEFAULT_PORTS:
+                raise httpx.UnsupportedProtocol(
+                    f"PoolTransport supports http and https URLs, not {url.scheme!r}",
+                    request=request,
+                )
+            if not host:
+                raise httpx.UnsupportedProtocol("the URL has no host", request=request)
+            where = (host, url.port or _DEFAULT_PORTS[scheme], scheme == b"https")
+            self._targets[key] = where
+        method = request.method.encode("ascii")
+        target = Target(where[0], where[1], where[2], url.raw_path, b"")
+        try:
+            event = h11.Request(method=method, target=url.raw_path, headers=request.headers.raw)
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        try:
+            content = request.content
+        except httpx.RequestNotRead:
+            content = await request.aread()
+
+        limits, body_limits = _limits(request)
+        client = self._client
+        idempotent = method in IDEMPOTENT_METHODS
+        try:
+            if limits is None:
+                exchange = await client._open(target, event, content, idempotent, None, None)
+            else:
+                with trio.CancelScope(deadline=limits.send_deadline) as scope:
+                    exchange = await client._open(target, event, content, idempotent, limits, scope)
+                if scope.cancelled_caught:
+                    raise limits.error(target)
+        except ValueError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        except PoolError as exc:
+            raise _to_httpx(exc, request) from exc
+        exchange.limits = body_limits
+        head = exchange.response
+        return httpx.Response(
+            status_code=head.status_code,
+            headers=head.headers.raw_items(),
+            stream=_ResponseStream(exchange, request),
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to close: the pool belongs to whoever opened it."""
+        await trio.lowlevel.checkpoint()
+
+
+def _limits(request: httpx.Request) -> tuple[Limits | None, Limits | None]:
+    """httpx's timeout extension as the limits of sending and of the body."""
+    timeouts = request.extensions.get("timeout")
+    if not timeouts:
+        return None, None
+    send_parts = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("write"))
+    read = timeouts.get("read")
+    if all(part is None for part in send_parts) and read is None:
+        return None, None
+    send_total = math.inf if any(part is None for part in send_parts) else float(sum(send_parts))
+    now = trio.current_time()
+    limits = Limits(send_total, now + send_total, math.inf, read)
+    body_limits = None
+    if read is not None:
+        body_limits = Limits(read, math.inf, math.inf, read)
+        body_limits.phase = _READ
+    return limits, body_limits
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body, read from the connection as httpx asks for it."""
+
+    def __init__(self, exchange: Exchange, request: httpx.Request) -> None:
+        self._exchange = exchange
+        self._request = request
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._exchange.read_chunk()
+        except PoolError as exc:
+            raise _to_httpx(exc, self._request) from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """A body not read to its end costs the connection (it is discarded)."""
+        self._exchange.abandon()
+        await trio.lowlevel.checkpoint()
