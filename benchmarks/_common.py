@@ -257,16 +257,16 @@ def _serve_plain(hosts: Sequence[str]) -> None:
 
     selector = selectors.DefaultSelector()
     listeners = _listen(hosts)
-    for sock in listeners:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, "listen")
+    for listener in listeners:
+        listener.setblocking(False)
+        selector.register(listener, selectors.EVENT_READ, "listen")
     selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
     _announce(listeners)
     while True:
         for key, _ in selector.select():
-            sock = key.fileobj
             if key.data == "stdin":
                 return
+            sock = key.fileobj
             assert isinstance(sock, socket.socket)
             if key.data == "listen":
                 while True:

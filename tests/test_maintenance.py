@@ -38,9 +38,16 @@ async def ping(conn: trio_pool.PooledConnection) -> None:
     assert await conn.receive_some() == b"ping"
 
 
-async def wait_for(predicate: Callable[[], bool], *, step: float = 0.01) -> None:
-    while not predicate():
-        await trio.sleep(step)
+async def wait_for(
+    predicate: Callable[[], bool], *, step: float = 0.01, pool: ConnectionPool | None = None
+) -> None:
+    try:
+        while not predicate():
+            await trio.sleep(step)
+    except trio.Cancelled:
+        if pool is not None:  # say where it got stuck
+            print("stuck at", pool.statistics(), pool._state.keys)
+        raise
 
 
 async def reply_then_close(stream: trio.SocketStream) -> None:
@@ -291,15 +298,19 @@ async def test_floor_refilled_within_a_second_after_server_drops_idle_connection
         conn = await pool.acquire(HOST, port)  # the pool has now seen the key
         pool.release(conn)
         with trio.fail_after(5.0):
-            await wait_for(lambda: pool.statistics().idle_connections == 3)
+            await wait_for(lambda: pool.statistics().idle_connections == 3, pool=pool)
         assert pool.statistics().connections_created == 3
         for round_ in (1, 2):
+            # Every connection is being served (the server accepts after the pool connects).
+            with trio.fail_after(5.0):
+                await wait_for(lambda round_=round_: server.accepted == 3 * round_)
             server.drop_all()
             dropped = trio.current_time()
             with trio.fail_after(5.0):
                 await wait_for(
                     lambda round_=round_: pool.statistics().connections_created == 3 * (round_ + 1)
-                    and pool.statistics().idle_connections == 3
+                    and pool.statistics().idle_connections == 3,
+                    pool=pool,
                 )
             assert trio.current_time() - dropped < 1.0
             stats = pool.statistics()
@@ -307,7 +318,8 @@ async def test_floor_refilled_within_a_second_after_server_drops_idle_connection
             assert stats.connect_failures == 0
             assert stats.active_connections == 0
             assert invariant_holds(pool)
-        assert server.accepted == 9
+        with trio.fail_after(5.0):
+            await wait_for(lambda: server.accepted == 9)
 
 
 async def test_floor_refilled_after_idle_eviction_and_lifetime(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ._demo import DEFAULT_CONCURRENCY, DEFAULT_HOSTS, DEFAULT_REQUESTS, MAX_HOSTS
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 trio_pool, a connection pool for trio.
 
 commands:
@@ -17,7 +17,18 @@ commands:
           a new TLS connection per request, pooled TLS with session resumption. A live
           table shows requests done, hit rate, connections opened/closed, idle/active and
           p50/p99 latency; the summary gives pooling's speed-up and the handshakes it saved.
-          Options: --requests, --concurrency, --hosts, --no-tls (see `demo --help`).
+          Nothing but 127.0.0.1 is contacted; the defaults take about 10-20 s.
+
+demo options:
+  --requests N     requests sent each way (default {DEFAULT_REQUESTS})
+  --concurrency N  tasks sending requests at once (default {DEFAULT_CONCURRENCY})
+  --hosts N        servers on distinct 127.0.0.1 ports, so N pool keys (default {DEFAULT_HOSTS},
+                   at most {MAX_HOSTS})
+  --no-tls         skip the TLS modes (they need trustme)
+
+examples:
+  python -m trio_pool demo
+  python -m trio_pool demo --requests 500 --concurrency 50 --hosts 1 --no-tls
 """
 
 
@@ -58,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(1),
         default=DEFAULT_REQUESTS,
         metavar="N",
-        help=f"requests sent in each mode (default {DEFAULT_REQUESTS})",
+        help=f"requests sent each way (default {DEFAULT_REQUESTS})",
     )
     demo.add_argument(
         "--concurrency",

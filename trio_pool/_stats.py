@@ -29,8 +29,8 @@ class PoolStatistics:
         acquire_timeouts: Acquires that raised :class:`~trio_pool.PoolExhausted`.
         tls_handshakes: TLS handshakes completed.
         tls_resumptions: Of those, handshakes that resumed a saved session.
-        acquire_wait_count: Acquires that had to wait in line (served or not).
-        acquire_wait_seconds: Total seconds spent waiting in line by those acquires.
+        acquire_wait_count: Acquires that waited in line and were then served.
+        acquire_wait_seconds: Total seconds those acquires spent waiting in line.
     """
 
     connections_created: int = 0
