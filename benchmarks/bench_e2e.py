@@ -7,7 +7,9 @@ echo server in its own process. At concurrency C, C tasks loop for a fixed time:
 * pooled: each request borrows through ``async with pool.connection(...)`` from a pool
   of ``max_size=C`` prewarmed connections.
 
-Target: pooled / dedicated >= 0.8 at concurrency 10, 100 and 1000, and flat.
+Target: pooled / dedicated >= 0.8 at concurrency 10, 100 and 1000, and flat. Also shown:
+the client's CPU time per request (``time.process_time``), whose ratio is the throughput
+ratio a CPU-bound client would see, and which a busy shared machine disturbs less.
 """
 
 from __future__ import annotations
@@ -35,20 +37,25 @@ async def _request(stream: trio.abc.Stream) -> None:
         got += len(data)
 
 
-async def _drive(tasks: int, seconds: float, one_task: Any) -> float:
-    """Run ``one_task(index, counts, stop)`` in ``tasks`` tasks for ``seconds``; req/s."""
+async def _drive(tasks: int, seconds: float, one_task: Any) -> tuple[float, float]:
+    """Run ``one_task(index, counts, stop)`` in ``tasks`` tasks for ``seconds``.
+
+    Returns:
+        Requests per second (wall clock) and this process's CPU seconds per request.
+    """
     counts = [0] * tasks
     stop = [False]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for index in range(tasks):
             nursery.start_soon(one_task, index, counts, stop)
         await trio.sleep(seconds)
         stop[0] = True
-    return sum(counts) / (time.perf_counter() - start)
+    done = sum(counts)
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
-async def _dedicated(streams: list[trio.SocketStream], seconds: float) -> float:
+async def _dedicated(streams: list[trio.SocketStream], seconds: float) -> tuple[float, float]:
     async def worker(index: int, counts: list[int], stop: list[bool]) -> None:
         stream = streams[index]
         while not stop[0]:
@@ -58,7 +65,9 @@ async def _dedicated(streams: list[trio.SocketStream], seconds: float) -> float:
     return await _drive(len(streams), seconds, worker)
 
 
-async def _pooled(pool: trio_pool.ConnectionPool, port: int, tasks: int, seconds: float) -> float:
+async def _pooled(
+    pool: trio_pool.ConnectionPool, port: int, tasks: int, seconds: float
+) -> tuple[float, float]:
     connection = pool.connection
 
     async def worker(index: int, counts: list[int], stop: list[bool]) -> None:
@@ -87,20 +96,30 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
                 await _dedicated(streams, seconds / 4)  # warm up both
                 await _pooled(pool, port, tasks, seconds / 4)
                 dedicated, pooled = [], []
-                for _ in range(rounds):
-                    dedicated.append(await _dedicated(streams, seconds))
-                    pooled.append(await _pooled(pool, port, tasks, seconds))
+                for index in range(rounds):  # paired rounds, alternating which goes first
+                    if index % 2:
+                        pooled.append(await _pooled(pool, port, tasks, seconds))
+                        dedicated.append(await _dedicated(streams, seconds))
+                    else:
+                        dedicated.append(await _dedicated(streams, seconds))
+                        pooled.append(await _pooled(pool, port, tasks, seconds))
                 stats = pool.statistics()
         finally:
             for stream in streams:
                 await stream.aclose()
+        per_round = [p[0] / d[0] for p, d in zip(pooled, dedicated, strict=True)]
+        cpu_per_round = [d[1] / p[1] for p, d in zip(pooled, dedicated, strict=True)]
         results.append(
             {
                 "concurrency": tasks,
-                "dedicated_rps": median(dedicated),
-                "pooled_rps": median(pooled),
-                "ratio": median(pooled) / median(dedicated),
-                "ratio_per_round": [p / d for p, d in zip(pooled, dedicated, strict=True)],
+                "dedicated_rps": median([d[0] for d in dedicated]),
+                "pooled_rps": median([p[0] for p in pooled]),
+                "dedicated_cpu_us": median([d[1] for d in dedicated]) * 1e6,
+                "pooled_cpu_us": median([p[1] for p in pooled]) * 1e6,
+                "ratio": median(per_round),  # of paired rounds: robust to drift in load
+                "ratio_per_round": per_round,
+                # Client CPU per request, dedicated / pooled: throughput if CPU-bound.
+                "cpu_ratio": median(cpu_per_round),
                 "pool_hit_rate": stats.hit_rate,
                 "pool_connections_created": stats.connections_created,
             }
@@ -109,7 +128,7 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    rounds, seconds = (2, 0.5) if quick else (5, 2.0)
+    rounds, seconds = (3, 0.4) if quick else (8, 1.0)
     with echo_server() as [(_, port)]:
         results = trio.run(_measure, port, rounds, seconds)
     rows = [
@@ -119,14 +138,27 @@ def run(quick: bool = False) -> dict[str, Any]:
             f"{r['pooled_rps']:,.0f}",
             f"{r['ratio']:.2f}x",
             f"{min(r['ratio_per_round']):.2f}-{max(r['ratio_per_round']):.2f}",
+            f"{r['dedicated_cpu_us']:.1f}",
+            f"{r['pooled_cpu_us']:.1f}",
+            f"{r['cpu_ratio']:.2f}x",
             f"{r['pool_hit_rate']:.3f}",
         ]
         for r in results
     ]
     print_table(
-        f"end-to-end 16-byte echo, median of {rounds} rounds x {seconds} s"
+        f"end-to-end 16-byte echo, median ratio of {rounds} paired rounds x {seconds} s"
         " (target: pooled/dedicated >= 0.8, flat)",
-        ["concurrency", "dedicated req/s", "pooled req/s", "ratio", "ratio range", "hit rate"],
+        [
+            "concurrency",
+            "dedicated req/s",
+            "pooled req/s",
+            "ratio",
+            "range",
+            "dedicated CPU µs/req",
+            "pooled CPU µs/req",
+            "CPU ratio",
+            "hit rate",
+        ],
         rows,
     )
     ratios: dict[str, float] = {
@@ -134,6 +166,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     spread = max(ratios.values()) - min(ratios.values())
     ratios["spread_across_concurrency"] = spread
+    for r in results:
+        ratios[f"cpu_pooled_vs_dedicated_c{r['concurrency']}"] = r["cpu_ratio"]
     return {
         "name": "e2e",
         "results": results,

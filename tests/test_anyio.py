@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -57,7 +58,7 @@ Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
 @asynccontextmanager
 async def serving(
-    handler: Handler, **overrides: object
+    handler: Handler, **overrides: Any
 ) -> AsyncIterator[tuple[trio_pool.ConnectionPool, int]]:
     """A loopback server running ``handler`` and a pool, both closed on exit."""
     async with trio.open_nursery() as nursery:
@@ -381,7 +382,6 @@ async def _many_tasks_under_move_on_after() -> None:
             for _ in range(80):
                 tg.start_soon(borrower, rng.uniform(0, 0.05), rng.random() < 0.5)
         assert_quiet(pool)
-        assert pool.statistics().connections_created >= max_size
 
         # The pool still serves max_size connections at once, and no more.
         with anyio.fail_after(5):
@@ -446,7 +446,9 @@ def test_pool_under_anyio_run() -> None:
 
 async def _socket_attributes() -> None:
     async with serving(echo) as (pool, port), connection(pool, HOST, port) as stream:
-        trio_socket = stream.connection.stream.socket  # type: ignore[union-attr]
+        tcp = stream.connection.stream
+        assert isinstance(tcp, trio.SocketStream)
+        trio_socket = tcp.socket
         local_host, local_port = trio_socket.getsockname()
         assert stream.extra(SocketAttribute.family) == socket.AF_INET
         assert stream.extra(SocketAttribute.local_address) == (local_host, local_port)
@@ -493,6 +495,7 @@ async def _tls_attributes(ca: trustme.CA, server_cert: trustme.LeafCert) -> None
             assert stream.extra(TLSAttribute.shared_ciphers) is None  # client side
             assert stream.extra(TLSAttribute.standard_compatible) is False
             peer = stream.extra(TLSAttribute.peer_certificate)
+            assert peer is not None
             assert ("IP Address", "127.0.0.1") in peer["subjectAltName"]
             der = ssl.PEM_cert_to_DER_cert(server_cert.cert_chain_pems[0].bytes().decode())
             assert stream.extra(TLSAttribute.peer_certificate_binary) == der
@@ -515,9 +518,3 @@ async def test_tls_attributes(ca: trustme.CA, server_cert: trustme.LeafCert) -> 
 @pytest.mark.anyio
 async def test_tls_attributes_anyio(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:
     await _tls_attributes(ca, server_cert)
-
-
-def test_submodule_imports_the_real_anyio() -> None:
-    import trio_pool.anyio as module
-
-    assert module.anyio is anyio  # not itself, despite the name

@@ -42,7 +42,7 @@ async def wait_for(
     predicate: Callable[[], bool], *, step: float = 0.01, pool: ConnectionPool | None = None
 ) -> None:
     try:
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling what real sockets did
             await trio.sleep(step)
     except trio.Cancelled:
         if pool is not None:  # say where it got stuck
@@ -110,9 +110,7 @@ async def test_passes_run_every_interval(
 async def test_idle_connection_evicted_exactly_at_max_idle_time(
     echo_port: int, autojump_clock: trio.testing.MockClock, max_idle: float, interval: float
 ) -> None:
-    async with trio_pool.open_pool(
-        max_idle_time=max_idle, health_check_interval=interval
-    ) as pool:
+    async with trio_pool.open_pool(max_idle_time=max_idle, health_check_interval=interval) as pool:
         await trio.sleep(1.5)  # not in step with the interval
         conn = await pool.acquire(HOST, echo_port)
         await ping(conn)
@@ -303,13 +301,15 @@ async def test_floor_refilled_within_a_second_after_server_drops_idle_connection
         for round_ in (1, 2):
             # Every connection is being served (the server accepts after the pool connects).
             with trio.fail_after(5.0):
-                await wait_for(lambda round_=round_: server.accepted == 3 * round_)
+                await wait_for(lambda: server.accepted == 3 * round_)  # noqa: B023
             server.drop_all()
             dropped = trio.current_time()
             with trio.fail_after(5.0):
                 await wait_for(
-                    lambda round_=round_: pool.statistics().connections_created == 3 * (round_ + 1)
-                    and pool.statistics().idle_connections == 3,
+                    lambda: (
+                        pool.statistics().connections_created == 3 * (round_ + 1)  # noqa: B023
+                        and pool.statistics().idle_connections == 3
+                    ),
                     pool=pool,
                 )
             assert trio.current_time() - dropped < 1.0
@@ -378,7 +378,7 @@ async def test_refill_backs_off_from_a_failing_host_then_recovers(
         refill_logs = [r for r in caplog.records if "refilling" in r.getMessage()]
         assert len(refill_logs) == 8  # one per round
         # The host comes up: the next probe succeeds and fills the whole floor.
-        await nursery.start(trio.serve_tcp, echo, port)  # type: ignore[arg-type]
+        await nursery.start(trio.serve_tcp, echo, port)
         await trio.sleep_until(start + 101.5 + EPS)
         stats = pool.statistics(HOST, port)
         assert (stats.connect_failures, stats.idle_connections) == (expected, 2)
@@ -483,9 +483,7 @@ async def test_failing_pass_is_logged_and_the_task_goes_on(
         assert pool.statistics().connections_evicted == 1
     # Back-off after the k-th failure in a row: 0.1 * 2**k s, then a full pass.
     # Idle deadline at 25.0: a light pass in between the full ones.
-    assert calls[:10] == pytest.approx(
-        [10.0, 10.2, 10.6, 20.6, 20.8, 21.2, 22.0, 23.6, 25.0, 33.6]
-    )
+    assert calls[:10] == pytest.approx([10.0, 10.2, 10.6, 20.6, 20.8, 21.2, 22.0, 23.6, 25.0, 33.6])
     failures = [r for r in caplog.records if "maintenance pass failed" in r.getMessage()]
     assert len(failures) == 6
     assert "4 in a row" in failures[-1].getMessage()
@@ -505,14 +503,22 @@ async def test_five_failing_passes_in_a_row_propagate_out_of_open_pool(
     def broken(now: float, *, check: bool = True) -> None:
         raise RuntimeError("injected failure")
 
-    with pytest.raises(BaseExceptionGroup) as info:
+    pools: list[ConnectionPool] = []
+
+    async def use_pool() -> None:
+        nonlocal body_cancelled
         async with trio_pool.open_pool(health_check_interval=10.0) as pool:
+            pools.append(pool)
             monkeypatch.setattr(pool, "_maintenance_pass", broken)
             try:
                 await trio.sleep_forever()
             except trio.Cancelled:
                 body_cancelled = True
                 raise
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await use_pool()
+    [pool] = pools
     assert info.group_contains(RuntimeError, match="injected failure", depth=None)
     assert body_cancelled
     assert pool.closed

@@ -529,11 +529,7 @@ class PoolState:
             self._grant(_first(state.waiters), now)
         elif self.global_waiters:
             self._grant_global(now)
-        if (
-            refill
-            and state.total < self.min_size
-            and state.refill_not_before <= now < self.wake_at
-        ):
+        if refill and state.total < self.min_size and state.refill_not_before <= now < self.wake_at:
             self.pool._wake_by(now)
 
     def _next_global_waiter(self) -> Waiter | None:

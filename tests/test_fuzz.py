@@ -1,0 +1,447 @@
+"""Model-based fuzzing of the pool (issue 7) with hypothesis stateful testing.
+
+A :class:`~hypothesis.stateful.RuleBasedStateMachine` drives one real pool against real
+loopback servers: two plain echo servers (two keys) and a server that accepts and never
+answers, used with TLS so that a connect (the handshake) stays in flight. The pool is
+small (``max_size=2`` per key, ``max_total=3``), so callers wait in line per key and on
+the global cap. Rules acquire, release, discard, use, cancel a task mid-wait or
+mid-connect, let the peer close an idle connection, advance the clock and close the
+pool; after every step the machine checks, against a simple model:
+
+- the statistics invariant ``created - closed == idle + active``;
+- per key ``idle + active + connecting <= max_size``, in all ``<= max_total``;
+- ``active`` is exactly what the model holds, ``waiting + connecting`` exactly the tasks
+  still in ``acquire``;
+- nothing is handed out twice, and nothing the peer closed is handed out at all;
+- waiters of a key are served in FIFO order;
+- at the end every waiter has been served, timed out, or told the pool closed.
+
+Each example runs its own ``trio.run`` in a helper thread (with a
+:class:`trio.testing.MockClock` that moves only when a rule says so); rules call into it
+with :func:`trio.from_thread.run`, so hypothesis's stateful machinery runs unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+import trio_pool
+
+from .servers import HOST, open_fds, start_server
+
+T = TypeVar("T")
+
+MAX_SIZE = 2
+MAX_TOTAL = 3
+ACQUIRE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+MAX_IDLE = 60.0
+MAX_PENDING = 6
+PLAIN_KEYS = ("A", "B")
+KEYS = (*PLAIN_KEYS, "S")  # S: TLS to a server that never answers the handshake
+
+
+class TrioThread:
+    """One ``trio.run`` in a daemon thread, with a MockClock; call into it from outside."""
+
+    def __init__(self) -> None:
+        self.clock = trio.testing.MockClock()
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self.nursery: trio.Nursery | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):  # pragma: no cover - the thread did not start
+            raise RuntimeError("the trio thread did not start")
+        if self.error is not None:  # pragma: no cover
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main, clock=self.clock)
+        except BaseException as exc:  # pragma: no cover - reported by stop()
+            self.error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` in the trio thread and return its result."""
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def stop(self) -> None:
+        def set_stop() -> None:
+            assert self._stop is not None
+            self._stop.set()
+
+        if self._thread.is_alive():
+            trio.from_thread.run_sync(set_stop, trio_token=self._token)
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the trio thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+class PeerServer:
+    """An echo server that can close, from its side, the connection of a given client."""
+
+    def __init__(self) -> None:
+        self.peers: dict[int, trio.SocketStream] = {}
+
+    async def handler(self, stream: trio.SocketStream) -> None:
+        client_port = stream.socket.getpeername()[1]
+        self.peers[client_port] = stream
+        try:
+            async for data in stream:
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.peers.pop(client_port, None)
+            await trio.aclose_forcefully(stream)
+
+
+async def never_answer(stream: trio.SocketStream) -> None:
+    try:
+        while await stream.receive_some():
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def local_port(conn: trio_pool.PooledConnection) -> int:
+    stream = conn.stream
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    assert isinstance(stream, trio.SocketStream)
+    return int(stream.socket.getsockname()[1])
+
+
+@dataclass(eq=False)
+class Acquirer:
+    """One task in ``pool.acquire``; the model's view of it."""
+
+    number: int
+    key: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: bool = False
+    conn: trio_pool.PooledConnection | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    harvested: bool = False
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fds_before = open_fds()
+        self.trio = TrioThread()
+        self.pool: trio_pool.ConnectionPool | None = None
+        self.pool_done = threading.Event()
+        self.ports: dict[str, int] = {}
+        self.servers: dict[str, PeerServer] = {}
+        self.acquirers: list[Acquirer] = []
+        self.held: dict[trio_pool.PooledConnection, Acquirer] = {}
+        self.seen: set[trio_pool.PooledConnection] = set()
+        self.dead: set[trio_pool.PooledConnection] = set()
+        self.pool_closed = False
+        self.trio.call(self._setup)
+
+    # -- the trio side -------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        nursery = self.trio.nursery
+        assert nursery is not None
+        for key in PLAIN_KEYS:
+            self.servers[key] = PeerServer()
+            self.ports[key] = await start_server(nursery, self.servers[key].handler)
+        self.ports["S"] = await start_server(nursery, never_answer)
+        await nursery.start(self._run_pool)
+
+    async def _run_pool(self, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with trio_pool.open_pool(
+                max_size=MAX_SIZE,
+                max_total=MAX_TOTAL,
+                acquire_timeout=ACQUIRE_TIMEOUT,
+                connection_timeout=CONNECT_TIMEOUT,
+                max_idle_time=MAX_IDLE,
+            ) as pool:
+                self.pool = pool
+                self.pool_exit = trio.Event()
+                task_status.started()
+                await self.pool_exit.wait()
+        finally:
+            self.pool_done.set()
+
+    def _acquire_args(self, key: str) -> tuple[tuple[str, int], dict[str, Any]]:
+        if key == "S":
+            return (HOST, self.ports["S"]), {"tls": True, "verify_cert": False}
+        return (HOST, self.ports[key]), {}
+
+    async def _acquire_task(self, acquirer: Acquirer) -> None:
+        assert self.pool is not None
+        args, kwargs = self._acquire_args(acquirer.key)
+        try:
+            with acquirer.scope:
+                acquirer.conn = await self.pool.acquire(*args, **kwargs)
+            if acquirer.scope.cancelled_caught:
+                acquirer.cancelled = True
+        except (trio_pool.PoolError, OSError) as exc:
+            acquirer.error = exc
+        finally:
+            acquirer.done = True
+
+    async def _settle(self) -> None:
+        """Wait until every task is blocked and no plain-TCP connect is in flight
+        (loopback connects finish at once, but are real I/O)."""
+        assert self.pool is not None
+        for _ in range(10_000):
+            await trio.testing.wait_all_tasks_blocked()
+            if all(
+                self.pool.statistics(HOST, self.ports[key]).connecting == 0
+                for key in PLAIN_KEYS
+            ):
+                return
+            await trio.sleep(0)
+        raise AssertionError("a loopback connect did not finish")  # pragma: no cover
+
+    async def _start_acquire(self, acquirer: Acquirer) -> None:
+        assert self.trio.nursery is not None
+        self.trio.nursery.start_soon(self._acquire_task, acquirer)
+        await self._settle()
+
+    async def _do(self, fn: Callable[[], object]) -> None:
+        fn()
+        await self._settle()
+
+    async def _roundtrip(self, conn: trio_pool.PooledConnection) -> bytes:
+        await conn.send_all(b"ping")
+        received = b""
+        while len(received) < 4:
+            chunk = await conn.receive_some(4 - len(received))
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+    async def _peer_close(self, key: str, port: int) -> None:
+        server = self.servers[key]
+        for _ in range(1000):
+            if port in server.peers:
+                break
+            await trio.sleep(0)
+        await server.peers[port].aclose()
+        await self._settle()
+
+    async def _advance(self, seconds: float) -> None:
+        self.trio.clock.jump(seconds)
+        await self._settle()
+
+    async def _aclose(self) -> None:
+        assert self.pool is not None
+        await self.pool.aclose()
+        await self._settle()
+
+    async def _teardown(self) -> None:
+        for acquirer in self.acquirers:
+            acquirer.scope.cancel()
+        await self._settle()
+        assert self.pool is not None
+        for acquirer in self.acquirers:
+            if acquirer.conn is not None and acquirer.conn.state is trio_pool.ConnectionState.IN_USE:
+                self.pool.release(acquirer.conn)
+        self.pool_exit.set()
+        await trio.testing.wait_all_tasks_blocked()
+
+    # -- rules -------------------------------------------------------------------------
+
+    def pending(self) -> list[Acquirer]:
+        return [a for a in self.acquirers if not a.done]
+
+    @precondition(lambda self: len(self.pending()) < MAX_PENDING)
+    @rule(key=st.sampled_from(KEYS))
+    def acquire(self, key: str) -> None:
+        acquirer = Acquirer(len(self.acquirers), key)
+        self.acquirers.append(acquirer)
+        self.trio.call(self._start_acquire, acquirer)
+        if self.pool_closed:
+            assert acquirer.done and isinstance(acquirer.error, trio_pool.PoolClosed)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        assert self.pool is not None
+        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        del self.held[conn]
+        self.trio.call(self._do, lambda: self.pool.release(conn))  # type: ignore[union-attr]
+        if self.pool_closed:
+            assert conn.is_closed
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def discard(self, data: st.DataObject) -> None:
+        assert self.pool is not None
+        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        del self.held[conn]
+        self.trio.call(self._do, lambda: self.pool.discard(conn))  # type: ignore[union-attr]
+        assert conn.is_closed
+        with pytest.raises(RuntimeError):
+            self.pool.release(conn)  # twice: refused, and nothing changes
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def use(self, data: st.DataObject) -> None:
+        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        assert self.trio.call(self._roundtrip, conn) == b"ping"
+
+    @precondition(lambda self: self.pending())
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """Cancel a task waiting in line, or one whose connect (TLS handshake) hangs."""
+        acquirer = data.draw(st.sampled_from(self.pending()))
+        self.trio.call(self._do, acquirer.scope.cancel)
+        assert acquirer.done
+        if acquirer.conn is None:
+            assert acquirer.cancelled or acquirer.error is not None
+
+    @precondition(
+        lambda self: any(
+            c.state is trio_pool.ConnectionState.IDLE and c not in self.dead for c in self.seen
+        )
+    )
+    @rule(data=st.data())
+    def peer_closes_idle(self, data: st.DataObject) -> None:
+        idle = sorted(
+            (
+                c
+                for c in self.seen
+                if c.state is trio_pool.ConnectionState.IDLE and c not in self.dead
+            ),
+            key=id,
+        )
+        conn = data.draw(st.sampled_from(idle))
+        key = next(k for k in PLAIN_KEYS if self.ports[k] == conn.port)
+        self.dead.add(conn)
+        self.trio.call(self._peer_close, key, local_port(conn))
+
+    @rule(seconds=st.sampled_from([0.5, CONNECT_TIMEOUT + 0.1, ACQUIRE_TIMEOUT + 0.1, 100.0]))
+    def advance_clock(self, seconds: float) -> None:
+        self.trio.call(self._advance, seconds)
+
+    @precondition(lambda self: not self.pool_closed)
+    @rule()
+    def aclose(self) -> None:
+        self.trio.call(self._aclose)
+        self.pool_closed = True
+        # Every task that was waiting in line is told at once.
+        for acquirer in self.pending():
+            assert acquirer.key == "S"  # only hanging connects are still in acquire
+
+    # -- checks ------------------------------------------------------------------------
+
+    @invariant()
+    def harvest_and_check(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        served_now: list[Acquirer] = []
+        for acquirer in self.acquirers:
+            if acquirer.done and not acquirer.harvested:
+                acquirer.harvested = True
+                conn = acquirer.conn
+                if conn is not None:
+                    served_now.append(acquirer)
+                    assert conn not in self.held, "handed out twice"
+                    assert conn not in self.dead, "handed out a connection the peer closed"
+                    assert conn.state is trio_pool.ConnectionState.IN_USE
+                    assert conn.port == self.ports[acquirer.key]
+                    self.held[conn] = acquirer
+                    self.seen.add(conn)
+                else:
+                    assert acquirer.cancelled or isinstance(
+                        acquirer.error, trio_pool.PoolError
+                    ), acquirer.error
+        # FIFO per key: nobody served while an earlier task of its key still waits
+        # (a task connecting to the hanging server is not waiting; only S has those).
+        for acquirer in served_now:
+            if acquirer.key == "S":
+                continue
+            earlier = [
+                a
+                for a in self.acquirers[: acquirer.number]
+                if a.key == acquirer.key and not a.done
+            ]
+            assert not earlier, f"#{acquirer.number} served before {earlier}"
+        for conn in self.held:
+            assert conn.state is trio_pool.ConnectionState.IN_USE
+
+        stats = pool.statistics()
+        assert stats.connections_created - stats.connections_closed == (
+            stats.idle_connections + stats.active_connections
+        ), stats
+        assert stats.active_connections == len(self.held), stats
+        pending = self.pending()
+        assert stats.tasks_waiting + stats.connecting == len(pending), (stats, pending)
+        total = 0
+        for key in KEYS:
+            key_stats = pool.statistics(HOST, self.ports[key])
+            in_key = (
+                key_stats.idle_connections
+                + key_stats.active_connections
+                + key_stats.connecting
+            )
+            assert in_key <= MAX_SIZE, (key, key_stats)
+            total += in_key
+        assert total <= MAX_TOTAL, stats
+        if self.pool_closed:
+            assert stats.idle_connections == 0
+            assert stats.tasks_waiting == 0
+
+    def teardown(self) -> None:
+        try:
+            if self.pool is not None:
+                self.trio.call(self._teardown)
+        finally:
+            self.trio.stop()
+        # Every task ended: served, timed out, cancelled or told the pool closed.
+        assert all(a.done for a in self.acquirers)
+        assert self.pool_done.is_set()
+        assert open_fds() == self.fds_before, "file descriptors leaked"
+
+
+def test_pool_state_machine() -> None:
+    run_state_machine_as_test(
+        PoolMachine,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
