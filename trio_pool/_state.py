@@ -513,8 +513,10 @@ class PoolState:
             self._evict(next(iter(self.idle_lru)))
             self._grant(waiter_of_cap, now)
             return
-        deadline = min(now + self.max_idle_time, conn._expires_at)
-        if deadline < self.wake_at:
+        deadline = now + self.max_idle_time
+        if conn._expires_at < deadline:
+            deadline = conn._expires_at
+        if deadline < self.wake_at:  # the maintenance task must wake earlier for it
             self.pool._wake_by(deadline)
 
     def _freed(self, state: KeyState, now: float, *, refill: bool = True) -> None:
