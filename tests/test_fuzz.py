@@ -285,13 +285,15 @@ class PoolMachine(RuleBasedStateMachine):
         return [a for a in self.acquirers if not a.done]
 
     @precondition(lambda self: len(self.pending()) < MAX_PENDING)
-    @rule(key=st.sampled_from(KEYS))
-    def acquire(self, key: str) -> None:
-        acquirer = Acquirer(len(self.acquirers), key)
-        self.acquirers.append(acquirer)
-        self.trio.call(self._start_acquire, acquirer)
-        if self.pool_closed:
-            assert acquirer.done and isinstance(acquirer.error, trio_pool.PoolClosed)
+    @rule(keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))
+    def acquire(self, keys: list[str]) -> None:
+        """One to three tasks start acquiring, one after the other."""
+        for key in keys:
+            acquirer = Acquirer(len(self.acquirers), key)
+            self.acquirers.append(acquirer)
+            self.trio.call(self._start_acquire, acquirer)
+            if self.pool_closed:
+                assert acquirer.done and isinstance(acquirer.error, trio_pool.PoolClosed)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -407,17 +409,30 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.active_connections == len(self.held), stats
         pending = self.pending()
         assert stats.tasks_waiting + stats.connecting == len(pending), (stats, pending)
-        total = 0
+        in_key: dict[str, int] = {}
+        idle_in_key: dict[str, int] = {}
+        waiting_in_key: dict[str, int] = {}
         for key in KEYS:
             key_stats = pool.statistics(HOST, self.ports[key])
-            in_key = (
+            in_key[key] = (
                 key_stats.idle_connections
                 + key_stats.active_connections
                 + key_stats.connecting
             )
-            assert in_key <= MAX_SIZE, (key, key_stats)
-            total += in_key
+            idle_in_key[key] = key_stats.idle_connections
+            waiting_in_key[key] = key_stats.tasks_waiting
+            assert in_key[key] <= MAX_SIZE, (key, key_stats)
+        total = sum(in_key.values())
         assert total <= MAX_TOTAL, stats
+        # Liveness: nobody waits in line while the pool could serve them: an idle
+        # connection of their key, or room in their key and (after evicting an idle
+        # connection of another key, if need be) under max_total.
+        for key in KEYS:
+            if waiting_in_key[key]:
+                assert idle_in_key[key] == 0, f"{key}: waits beside an idle connection"
+                assert in_key[key] == MAX_SIZE or (
+                    total == MAX_TOTAL and stats.idle_connections == 0
+                ), f"{key}: waits with room to connect ({in_key}, {stats})"
         if self.pool_closed:
             assert stats.idle_connections == 0
             assert stats.tasks_waiting == 0
