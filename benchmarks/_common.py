@@ -320,7 +320,10 @@ def _serve_tls(hosts: Sequence[str], certfile: str) -> None:
             pass
         finally:
             with trio.move_on_after(0.5):
-                await stream.aclose()
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
 
     async def main() -> None:
         tcp = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listeners]

@@ -18,7 +18,7 @@ import trustme
 
 import trio_pool
 
-from .faults import FaultServer, PeerClosed, run_soak
+from .faults import FaultServer, PeerClosed, SoakReport, run_soak
 from .servers import HOST
 
 
@@ -32,15 +32,13 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-def check(report_text: str, report: object) -> None:
-    from .faults import SoakReport
-
-    assert isinstance(report, SoakReport)
+def check(report_text: str, report: SoakReport) -> None:
     assert report.leaks == [], report_text
     assert report.desyncs == 0, report_text
     # Every failure a caller saw is explained by a fault (pool exhaustion aside).
     assert report.failures_surfaced <= report.faults_injected, report_text
-    assert report.uses and report.ok, report_text
+    assert report.uses, report_text
+    assert report.ok, report_text
 
 
 async def test_soak_plain_and_tls(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:

@@ -167,7 +167,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.servers: dict[str, PeerServer] = {}
         self.acquirers: list[Acquirer] = []
         self.held: dict[trio_pool.PooledConnection, Acquirer] = {}
-        self.seen: set[trio_pool.PooledConnection] = set()
+        self.seen: dict[trio_pool.PooledConnection, None] = {}  # in order first seen
         self.dead: set[trio_pool.PooledConnection] = set()
         self.pool_closed = False
         self.trio.call(self._setup)
@@ -224,11 +224,10 @@ class PoolMachine(RuleBasedStateMachine):
         for _ in range(10_000):
             await trio.testing.wait_all_tasks_blocked()
             if all(
-                self.pool.statistics(HOST, self.ports[key]).connecting == 0
-                for key in PLAIN_KEYS
+                self.pool.statistics(HOST, self.ports[key]).connecting == 0 for key in PLAIN_KEYS
             ):
                 return
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         raise AssertionError("a loopback connect did not finish")  # pragma: no cover
 
     async def _start_acquire(self, acquirer: Acquirer) -> None:
@@ -255,7 +254,7 @@ class PoolMachine(RuleBasedStateMachine):
         for _ in range(1000):
             if port in server.peers:
                 break
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         await server.peers[port].aclose()
         await self._settle()
 
@@ -274,12 +273,19 @@ class PoolMachine(RuleBasedStateMachine):
         await self._settle()
         assert self.pool is not None
         for acquirer in self.acquirers:
-            if acquirer.conn is not None and acquirer.conn.state is trio_pool.ConnectionState.IN_USE:
+            if (
+                acquirer.conn is not None
+                and acquirer.conn.state is trio_pool.ConnectionState.IN_USE
+            ):
                 self.pool.release(acquirer.conn)
         self.pool_exit.set()
         await trio.testing.wait_all_tasks_blocked()
 
     # -- rules -------------------------------------------------------------------------
+
+    def held_in_order(self) -> list[trio_pool.PooledConnection]:
+        """Held connections in a reproducible order (by acquirer), for hypothesis."""
+        return sorted(self.held, key=lambda conn: self.held[conn].number)
 
     def pending(self) -> list[Acquirer]:
         return [a for a in self.acquirers if not a.done]
@@ -293,15 +299,16 @@ class PoolMachine(RuleBasedStateMachine):
             self.acquirers.append(acquirer)
             self.trio.call(self._start_acquire, acquirer)
             if self.pool_closed:
-                assert acquirer.done and isinstance(acquirer.error, trio_pool.PoolClosed)
+                assert acquirer.done
+                assert isinstance(acquirer.error, trio_pool.PoolClosed)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         assert self.pool is not None
-        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        conn = data.draw(st.sampled_from(self.held_in_order()))
         del self.held[conn]
-        self.trio.call(self._do, lambda: self.pool.release(conn))  # type: ignore[union-attr]
+        self.trio.call(self._do, lambda: self.pool.release(conn))
         if self.pool_closed:
             assert conn.is_closed
 
@@ -309,9 +316,9 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def discard(self, data: st.DataObject) -> None:
         assert self.pool is not None
-        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        conn = data.draw(st.sampled_from(self.held_in_order()))
         del self.held[conn]
-        self.trio.call(self._do, lambda: self.pool.discard(conn))  # type: ignore[union-attr]
+        self.trio.call(self._do, lambda: self.pool.discard(conn))
         assert conn.is_closed
         with pytest.raises(RuntimeError):
             self.pool.release(conn)  # twice: refused, and nothing changes
@@ -319,7 +326,7 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def use(self, data: st.DataObject) -> None:
-        conn = data.draw(st.sampled_from(sorted(self.held, key=id)))
+        conn = data.draw(st.sampled_from(self.held_in_order()))
         assert self.trio.call(self._roundtrip, conn) == b"ping"
 
     @precondition(lambda self: self.pending())
@@ -339,14 +346,9 @@ class PoolMachine(RuleBasedStateMachine):
     )
     @rule(data=st.data())
     def peer_closes_idle(self, data: st.DataObject) -> None:
-        idle = sorted(
-            (
-                c
-                for c in self.seen
-                if c.state is trio_pool.ConnectionState.IDLE and c not in self.dead
-            ),
-            key=id,
-        )
+        idle = [
+            c for c in self.seen if c.state is trio_pool.ConnectionState.IDLE and c not in self.dead
+        ]
         conn = data.draw(st.sampled_from(idle))
         key = next(k for k in PLAIN_KEYS if self.ports[k] == conn.port)
         self.dead.add(conn)
@@ -383,20 +385,18 @@ class PoolMachine(RuleBasedStateMachine):
                     assert conn.state is trio_pool.ConnectionState.IN_USE
                     assert conn.port == self.ports[acquirer.key]
                     self.held[conn] = acquirer
-                    self.seen.add(conn)
+                    self.seen[conn] = None
                 else:
-                    assert acquirer.cancelled or isinstance(
-                        acquirer.error, trio_pool.PoolError
-                    ), acquirer.error
+                    assert acquirer.cancelled or isinstance(acquirer.error, trio_pool.PoolError), (
+                        acquirer.error
+                    )
         # FIFO per key: nobody served while an earlier task of its key still waits
         # (a task connecting to the hanging server is not waiting; only S has those).
         for acquirer in served_now:
             if acquirer.key == "S":
                 continue
             earlier = [
-                a
-                for a in self.acquirers[: acquirer.number]
-                if a.key == acquirer.key and not a.done
+                a for a in self.acquirers[: acquirer.number] if a.key == acquirer.key and not a.done
             ]
             assert not earlier, f"#{acquirer.number} served before {earlier}"
         for conn in self.held:
@@ -415,9 +415,7 @@ class PoolMachine(RuleBasedStateMachine):
         for key in KEYS:
             key_stats = pool.statistics(HOST, self.ports[key])
             in_key[key] = (
-                key_stats.idle_connections
-                + key_stats.active_connections
-                + key_stats.connecting
+                key_stats.idle_connections + key_stats.active_connections + key_stats.connecting
             )
             idle_in_key[key] = key_stats.idle_connections
             waiting_in_key[key] = key_stats.tasks_waiting

@@ -18,13 +18,14 @@ from trio_pool.http import (
     HTTPClient,
     HTTPError,
     PoolTimeout,
+    ReadError,
     ReadTimeout,
     RemoteProtocolError,
     RequestTimeout,
 )
 
 from .nginx import BIG_SIZE, TEXT, Nginx, open_nginx
-from .servers import HOST, open_fds, start_server
+from .servers import HOST, open_fds, reset, start_server
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -223,6 +224,20 @@ async def test_nginx_users_with_pauses_beyond_keepalive(nginx: Nginx) -> None:
 
 
 @pytest.mark.nginx
+async def test_nginx_reload_closes_idle_connections_without_errors(nginx: Nginx) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        for _ in range(3):
+            assert (await client.request("GET", nginx.url("/"))).content == b"ok"
+        nginx.write_config(keepalive_requests=100)
+        await nginx.reload()  # old workers close their idle keep-alive connections
+        for _ in range(10):
+            assert (await client.request("GET", nginx.url("/text"))).content == TEXT
+        assert pool.statistics().connections_created >= 2
+        assert_settled(pool)
+
+
+@pytest.mark.nginx
 async def test_nginx_stream_partial_read_discards(nginx: Nginx) -> None:
     async with trio_pool.open_pool() as pool:
         client = HTTPClient(pool)
@@ -292,6 +307,30 @@ async def test_no_retry_for_post(nursery: trio.Nursery) -> None:
         assert [r.method for r in server.requests] == [b"GET", b"POST"]
         assert_settled(pool)
         assert pool.statistics().idle_connections == 0
+
+
+async def test_reset_before_reply_retries_get_and_fails_post(nursery: trio.Nursery) -> None:
+    async def reset_second(
+        stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
+    ) -> bool:
+        if i == 0:
+            await send_response(stream, conn)
+            return True
+        reset(stream)  # RST: the client's read fails with ECONNRESET
+        return False
+
+    server = await start_h11(nursery, reset_second)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request("GET", server.url())
+        assert (await client.request("GET", server.url())).content == b"hi"
+        assert server.connections == 2
+        with pytest.raises(ReadError) as info:
+            await client.request("POST", server.url())
+        assert isinstance(info.value.__cause__, trio.BrokenResourceError)
+        assert isinstance(info.value, OSError)
+        assert server.connections == 2
+        assert_settled(pool)
 
 
 async def test_no_retry_on_fresh_connection(nursery: trio.Nursery) -> None:
@@ -618,6 +657,7 @@ async def test_https_reuses_tls_connections(nursery: trio.Nursery) -> None:
         ("GET", "http://127.0.0.1/a b", "spaces"),
         ("GE T", "http://127.0.0.1/", "method"),
         ("", "http://127.0.0.1/", "method"),
+        ("CONNECT", "http://127.0.0.1/", "CONNECT"),
     ],
 )
 async def test_bad_input_is_value_error(method: str, url: str, match: str) -> None:
@@ -648,6 +688,33 @@ async def test_bad_arguments() -> None:
             HTTPClient(object())  # type: ignore[arg-type]
         assert pool.statistics().pool_misses == 0
     assert issubclass(HTTPError, trio_pool.PoolError)
+
+
+async def test_response_helpers(nursery: trio.Nursery) -> None:
+    server = await start_h11(nursery, ok)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        r = await client.request("GET", server.url())
+        assert repr(r).startswith("<Response [200")
+        assert r.header("x-missing") is None
+        assert r.header(b"Content-Length") == b"2"
+        assert r.is_complete
+        assert [c async for c in r.aiter_bytes()] == [b"hi"]
+        assert await r.aread() == b"hi"
+        await r.aclose()
+        async with client.stream("GET", server.url()) as r:
+            chunks = r.aiter_bytes()
+            assert await chunks.__anext__() == b"hi"
+            with pytest.raises(RuntimeError, match="aiter_bytes"):
+                await r.aread()
+            with pytest.raises(StopAsyncIteration):
+                await chunks.__anext__()
+        stream = client.stream("GET", server.url())
+        async with stream as r:
+            await r.aread()
+            with pytest.raises(RuntimeError, match="entered already"):
+                await stream.__aenter__()
+        assert pool.statistics().connections_created == 1
 
 
 async def test_many_clients_share_a_pool(nursery: trio.Nursery) -> None:

@@ -124,6 +124,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
             if not host:
                 raise httpx.UnsupportedProtocol("the URL has no host", request=request)
             where = (host, url.port or _DEFAULT_PORTS[scheme], scheme == b"https")
+            if len(self._targets) >= 1024:
+                self._targets.clear()
             self._targets[key] = where
         method = request.method.encode("ascii")
         target = Target(where[0], where[1], where[2], url.raw_path, b"")

@@ -170,7 +170,7 @@ class Exchange:
         return Response(
             event.status_code,
             event.reason,
-            event.headers,  # type: ignore[arg-type]  # h11's Headers is a sequence of pairs
+            event.headers,
             version,
             content,
             None if content is not None else self,
@@ -542,6 +542,8 @@ class HTTPClient:
                 pool.discard(conn)
                 if idempotent and conn.reused and not retried and self._retry:
                     retried = True
+                    if scope is not None and limits is not None and limits.moving:
+                        scope.deadline = limits.send_deadline
                     continue
                 raise lost.error from lost.__cause__
             except BaseException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -86,6 +86,8 @@ def check_method(method: object) -> bytes:
         raise TypeError(f"method must be a str, not {type(method).__name__}")
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"method must be an HTTP token such as 'GET', got {method!r}")
+    if method.upper() == "CONNECT":
+        raise ValueError("method CONNECT is not supported (tunnels are not pooled)")
     return method.encode("ascii")
 
 
@@ -112,7 +114,7 @@ class Response:
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         http_version: str,
         content: bytes | None,
         exchange: Exchange | None,
