@@ -23,6 +23,7 @@ with :func:`trio.from_thread.run`, so hypothesis's stateful machinery runs uncha
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ MAX_IDLE = 60.0
 MAX_PENDING = 6
 PLAIN_KEYS = ("A", "B")
 KEYS = (*PLAIN_KEYS, "S")  # S: TLS to a server that never answers the handshake
+# Made once: a default context per pool would load the system CA store every example.
+NO_VERIFY = ssl.create_default_context()
+NO_VERIFY.check_hostname = False
+NO_VERIFY.verify_mode = ssl.CERT_NONE
 
 
 class TrioThread:
@@ -153,6 +158,7 @@ class Acquirer:
     conn: trio_pool.PooledConnection | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    cancel_requested: bool = False
     harvested: bool = False
 
 
@@ -201,7 +207,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def _acquire_args(self, key: str) -> tuple[tuple[str, int], dict[str, Any]]:
         if key == "S":
-            return (HOST, self.ports["S"]), {"tls": True, "verify_cert": False}
+            return (HOST, self.ports["S"]), {"tls": True, "ssl_context": NO_VERIFY}
         return (HOST, self.ports[key]), {}
 
     async def _acquire_task(self, acquirer: Acquirer) -> None:
@@ -267,17 +273,30 @@ class PoolMachine(RuleBasedStateMachine):
         await self.pool.aclose()
         await self._settle()
 
+    async def _drain(self) -> None:
+        """Give everything back, again and again, and let time pass, until every task
+        has left ``acquire``: each is served, times out, or fails to connect in time."""
+        assert self.pool is not None
+        for _ in range(len(self.acquirers) + 2):
+            for acquirer in self.acquirers:
+                conn = acquirer.conn
+                if conn is not None and conn.state is trio_pool.ConnectionState.IN_USE:
+                    self.pool.release(conn)
+            await self._settle()
+            if all(acquirer.done for acquirer in self.acquirers):
+                return
+            self.trio.clock.jump(max(ACQUIRE_TIMEOUT, CONNECT_TIMEOUT) + 1)
+            await self._settle()
+
     async def _teardown(self) -> None:
-        for acquirer in self.acquirers:
+        for acquirer in self.acquirers:  # only if _drain failed
             acquirer.scope.cancel()
         await self._settle()
         assert self.pool is not None
         for acquirer in self.acquirers:
-            if (
-                acquirer.conn is not None
-                and acquirer.conn.state is trio_pool.ConnectionState.IN_USE
-            ):
-                self.pool.release(acquirer.conn)
+            conn = acquirer.conn
+            if conn is not None and conn.state is trio_pool.ConnectionState.IN_USE:
+                self.pool.release(conn)
         self.pool_exit.set()
         await trio.testing.wait_all_tasks_blocked()
 
@@ -334,6 +353,7 @@ class PoolMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         """Cancel a task waiting in line, or one whose connect (TLS handshake) hangs."""
         acquirer = data.draw(st.sampled_from(self.pending()))
+        acquirer.cancel_requested = True
         self.trio.call(self._do, acquirer.scope.cancel)
         assert acquirer.done
         if acquirer.conn is None:
@@ -438,11 +458,15 @@ class PoolMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             if self.pool is not None:
+                self.trio.call(self._drain)
+                # Every task got its answer: served, timed out, failed to connect in
+                # time, or told the pool closed; only the cancel rule cancels.
+                for acquirer in self.acquirers:
+                    assert acquirer.done, acquirer
+                    assert acquirer.cancelled == acquirer.cancel_requested, acquirer
                 self.trio.call(self._teardown)
         finally:
             self.trio.stop()
-        # Every task ended: served, timed out, cancelled or told the pool closed.
-        assert all(a.done for a in self.acquirers)
         assert self.pool_done.is_set()
         assert open_fds() == self.fds_before, "file descriptors leaked"
 
@@ -458,3 +482,39 @@ def test_pool_state_machine() -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+async def test_fifo_when_a_key_fills_while_its_waiters_wait_on_the_global_cap(
+    nursery: trio.Nursery,
+) -> None:
+    """Found by the state machine: a task of key A waiting on ``max_total`` must not be
+    overtaken by a later task of A that arrives once A itself is full."""
+    servers = [PeerServer() for _ in range(3)]
+    a, b, c = [await start_server(nursery, server.handler) for server in servers]
+    async with trio_pool.open_pool(max_size=2, max_total=3, acquire_timeout=None) as pool:
+        held_c = await pool.acquire(HOST, c)
+        held_a = await pool.acquire(HOST, a)
+        held_b = await pool.acquire(HOST, b)
+        served: list[str] = []
+        conns: list[trio_pool.PooledConnection] = []
+
+        async def waiter(name: str) -> None:
+            conns.append(await pool.acquire(HOST, a))
+            served.append(name)
+
+        async with trio.open_nursery() as waiters:
+            for name in ("first", "second"):  # both wait on the global cap (A has room)
+                waiters.start_soon(waiter, name)
+                await trio.testing.wait_all_tasks_blocked()
+            pool.discard(held_c)  # a global slot frees: "first" connects, A is now full
+            await trio.testing.wait_all_tasks_blocked()
+            assert served == ["first"]
+            waiters.start_soon(waiter, "third")  # arrives after "second", A is full
+            await trio.testing.wait_all_tasks_blocked()
+            pool.discard(held_a)  # a slot of A frees: "second" has waited longest
+            await trio.testing.wait_all_tasks_blocked()
+            assert served == ["first", "second"]
+            pool.release(conns[0])
+        assert served == ["first", "second", "third"]
+        for conn in [*conns[1:], held_b]:
+            pool.release(conn)

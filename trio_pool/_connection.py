@@ -208,7 +208,12 @@ class PooledConnection(trio.abc.Stream):
         return Health.PENDING if data else Health.CLOSED
 
     def _reusable(self) -> bool:
-        return not self._broken and self._probe() is Health.OK
+        if self._broken:
+            return False
+        # Fast path, twice per acquire/release cycle: a plain socket with nothing to read.
+        if type(self.stream) is trio.SocketStream and not self._poller.poll(0):
+            return self._state is not ConnectionState.CLOSED
+        return self._probe() is Health.OK
 
     # -- trio.abc.Stream -------------------------------------------------------
 

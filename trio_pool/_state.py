@@ -294,9 +294,10 @@ class PoolState:
         return CONNECT
 
     def enqueue(self, waiter: Waiter) -> None:
-        """Put a waiter in line: on its key if the key is full, else on the global cap."""
+        """Put a waiter in line: on its key if the key is full, else on the global cap
+        (also behind any waiter of the same key already waiting there: FIFO per key)."""
         state = waiter.key
-        if state.waiters or state.total >= self.max_size:
+        if (state.waiters or state.total >= self.max_size) and state.waiting == len(state.waiters):
             queue = state.waiters
         else:
             queue = self.global_waiters
