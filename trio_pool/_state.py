@@ -363,7 +363,8 @@ class PoolState:
 
     # -- return ----------------------------------------------------------------------
 
-    def _check_owned(self, conn: PooledConnection, action: str) -> None:
+    def _take_back(self, conn: PooledConnection, action: str, now: float) -> KeyState:
+        """Check that ``conn`` is borrowed from this pool, and stop counting it in use."""
         if conn._pool is not self.pool:
             raise RuntimeError(f"cannot {action} a connection that belongs to another pool")
         if conn._state is not IN_USE:
@@ -371,15 +372,16 @@ class PoolState:
                 f"cannot {action} a connection that is {conn._state.value}"
                 " (released or discarded already?)"
             )
-
-    def release(self, conn: PooledConnection, now: float) -> None:
-        """Take a borrowed connection back: pool it, hand it over, or close it."""
-        self._check_owned(conn, "release")
         state = conn._key
         state.in_use -= 1
         if self.borrowed is not None:
             self.borrowed.pop(conn, None)
         conn.last_used_at = now
+        return state
+
+    def release(self, conn: PooledConnection, now: float) -> None:
+        """Take a borrowed connection back: pool it, hand it over, or close it."""
+        state = self._take_back(conn, "release", now)
         if self.closed or not conn._reusable():
             self._close(conn)
             self._freed(state, now)
@@ -391,12 +393,7 @@ class PoolState:
 
     def discard(self, conn: PooledConnection, now: float) -> None:
         """Close a borrowed connection for good."""
-        self._check_owned(conn, "discard")
-        state = conn._key
-        state.in_use -= 1
-        if self.borrowed is not None:
-            self.borrowed.pop(conn, None)
-        conn.last_used_at = now
+        state = self._take_back(conn, "discard", now)
         self._close(conn)
         self._freed(state, now)
 
