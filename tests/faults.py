@@ -417,9 +417,12 @@ async def run_soak(
                     pool.release(conn)
             report.leaks += check_pool(pool, "after capacity check")
 
-        with trio.fail_after(10):
+        with trio.move_on_after(10):
             for server in all_servers:
                 await server.idle.wait()
+        still_open = sum(server.active for server in all_servers)
+        if still_open:
+            report.leaks.append(f"sockets: {still_open} still open at the servers")
         if open_fds() != fds_listening:
             report.leaks.append(f"fds: {open_fds() - fds_listening} more with servers idle")
         servers.cancel_scope.cancel()
