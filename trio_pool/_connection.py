@@ -107,20 +107,20 @@ class PooledConnection(trio.abc.Stream):
     ) -> None:
         self._pool = pool
         self._key = key
-        self.stream = stream
+        self.stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
         self.host: str = key.key.host
         self.port: int = key.key.port
-        self.created_at = now
-        self.last_used_at = now
-        self.acquired_at = now
+        self.created_at: float = now
+        self.last_used_at: float = now
+        self.acquired_at: float = now
         self.acquired_by: str | None = None
-        self.use_count = 0
-        self.reused = False
+        self.use_count: int = 0
+        self.reused: bool = False
         self._lease = 0
         self._state = ConnectionState.IN_USE
         self._broken = False
         self._expires_at = expires_at
-        self.session_reused = False
+        self.session_reused: bool = False
         # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
         # for the key, look again whenever data has come in.
         self._session_fresh = False

@@ -118,26 +118,33 @@ class KeyState:
     )
 
     def __init__(self, key: PoolKey, now: float) -> None:
-        self.key = key
+        self.key: PoolKey = key
         # Insertion order is release order: popitem() takes the warmest (LIFO), and
         # iteration starts at the coldest (eviction).
         self.idle: dict[PooledConnection, None] = {}
         self.waiters: OrderedDict[Waiter, None] = OrderedDict()
-        self.waiting = 0  # waiters of this key in either queue
-        self.in_use = 0
-        self.connecting = 0
-        self.created = self.closed = self.hits = self.misses = self.evicted = 0
-        self.connect_failures = self.acquire_timeouts = 0
-        self.tls_handshakes = self.tls_resumptions = 0
-        self.wait_count = 0
-        self.wait_seconds = 0.0
+        self.waiting: int = 0  # waiters of this key in either queue
+        self.in_use: int = 0
+        self.connecting: int = 0
+        self.created: int = 0
+        self.closed: int = 0
+        self.hits: int = 0
+        self.misses: int = 0
+        self.evicted: int = 0
+        self.connect_failures: int = 0
+        self.acquire_timeouts: int = 0
+        self.tls_handshakes: int = 0
+        self.tls_resumptions: int = 0
+        self.wait_count: int = 0
+        self.wait_seconds: float = 0.0
         self.tls_session: ssl.SSLSession | None = None
-        self.refill_failures = 0
-        self.refill_not_before = 0.0
-        self.monitor_hits = self.monitor_misses = 0
-        self.last_active = now
+        self.refill_failures: int = 0
+        self.refill_not_before: float = 0.0
+        self.monitor_hits: int = 0
+        self.monitor_misses: int = 0
+        self.last_active: float = now
         self.aliases: list[tuple[object, ...]] = []
-        self.dropped = False  # forgotten by drop_key: look the key up again
+        self.dropped: bool = False  # forgotten by drop_key: look the key up again
 
     @property
     def total(self) -> int:

@@ -25,8 +25,8 @@ from typing import Final
 
 try:
     import httpx
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("trio_pool.httpx needs httpx: pip install 'trio-pool[httpx]'") from exc
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError("trio_pool.httpx needs httpx: pip install 'trio-pool[httpx]'") from _exc
 
 import h11
 import trio

@@ -108,12 +108,12 @@ class Limits:
     def __init__(
         self, timeout: float, send_deadline: float, read_deadline: float, read_timeout: float | None
     ) -> None:
-        self.timeout = timeout
-        self.send_deadline = send_deadline
-        self.read_deadline = read_deadline
-        self.read_timeout = read_timeout
-        self.moving = read_timeout is not None or read_deadline != send_deadline
-        self.phase = _ACQUIRE
+        self.timeout: float = timeout
+        self.send_deadline: float = send_deadline
+        self.read_deadline: float = read_deadline
+        self.read_timeout: float | None = read_timeout
+        self.moving: bool = read_timeout is not None or read_deadline != send_deadline
+        self.phase: int = _ACQUIRE
 
     def next_read(self) -> float:
         if self.read_timeout is None:
@@ -158,11 +158,11 @@ class Exchange:
         self._client = client
         self._conn = conn
         self._h11 = protocol
-        self.response = response
-        self.target = target
+        self.response: h11.Response = response
+        self.target: Target = target
         self.limits: Limits | None = None
-        self.done = False
-        self.started = False
+        self.done: bool = False
+        self.started: bool = False
 
     def make_response(self, content: bytes | None) -> Response:
         event = self.response

@@ -25,11 +25,11 @@ class Target:
     __slots__ = ("host", "host_header", "port", "target", "tls")
 
     def __init__(self, host: str, port: int, tls: bool, target: bytes, host_header: bytes) -> None:
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.target = target
-        self.host_header = host_header
+        self.host: str = host
+        self.port: int = port
+        self.tls: bool = tls
+        self.target: bytes = target
+        self.host_header: bytes = host_header
 
 
 def parse_url(url: object) -> Target:
@@ -119,10 +119,10 @@ class Response:
         content: bytes | None,
         exchange: Exchange | None,
     ) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.http_version = http_version
+        self.status: int = status
+        self.reason: bytes = reason
+        self.headers: Sequence[tuple[bytes, bytes]] = headers
+        self.http_version: str = http_version
         self._content = content
         self._exchange = exchange
 
