@@ -21,7 +21,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "trio_pool", "tests", "benchmarks")
+    session.run("ruff", "check", "trio_pool", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "trio_pool")
 
 
@@ -35,7 +35,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: ratios against baselines measured in the same run (JSON in benchmarks/results)."""
+    """Benchmarks: ratios against baselines measured in the same run (JSON: benchmarks/results)."""
     session.install("-e", ".[httpx]", "trustme", "aiohttp", "httpx")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
