@@ -176,16 +176,18 @@ class Exchange:
             None if content is not None else self,
         )
 
-    async def read_all(self) -> bytes:
-        """Read the rest of the body, then release or discard the connection."""
+    async def _next_data(self) -> bytes | None:
+        """The next non-empty piece of the body, or ``None`` at its end (the connection
+        is then released or discarded). Any error abandons the exchange."""
         h = self._h11
-        chunks: list[bytes] = []
         try:
             while True:
                 event = h.next_event()
                 kind = type(event)
                 if kind is h11.Data:
-                    chunks.append(event.data)  # type: ignore[union-attr]
+                    data: bytes = event.data  # type: ignore[union-attr]
+                    if data:
+                        return data
                 elif kind is h11.EndOfMessage:
                     break
                 elif event is _NEED_DATA:
@@ -199,6 +201,13 @@ class Exchange:
             self.abandon()
             raise
         self._finish()
+        return None
+
+    async def read_all(self) -> bytes:
+        """Read the rest of the body, then release or discard the connection."""
+        chunks: list[bytes] = []
+        while (data := await self._next_data()) is not None:
+            chunks.append(data)
         if len(chunks) == 1 and type(chunks[0]) is bytes:
             return chunks[0]
         return b"".join(chunks)
@@ -209,29 +218,8 @@ class Exchange:
         if self.done:
             return b""
         self.started = True
-        h = self._h11
-        try:
-            while True:
-                event = h.next_event()
-                kind = type(event)
-                if kind is h11.Data:
-                    data = event.data  # type: ignore[union-attr]
-                    if data:
-                        return bytes(data)
-                elif kind is h11.EndOfMessage:
-                    break
-                elif event is _NEED_DATA:
-                    await self._receive()
-                else:  # pragma: no cover - h11 sends nothing else inside a body
-                    raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
-        except h11.RemoteProtocolError as exc:
-            self.abandon()
-            raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
-        except BaseException:
-            self.abandon()
-            raise
-        self._finish()
-        return b""
+        data = await self._next_data()
+        return b"" if data is None else bytes(data)
 
     async def _receive(self) -> None:
         conn = self._conn
