@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ._util import check_int, check_timeout
+
 __all__ = ["PoolConfig", "recommended_max_size"]
 
 
@@ -16,12 +18,6 @@ def _check_positive_time(name: str, value: object, *, allow_none: bool = False) 
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not value > 0 or math.isnan(value):
         raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -61,29 +57,18 @@ class PoolConfig:
     leak_detection_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if _check_int("max_size", self.max_size) < 1:
+        if check_int("max_size", self.max_size) < 1:
             raise ValueError(f"max_size must be >= 1, got {self.max_size!r}")
-        if not 0 <= _check_int("min_size", self.min_size) <= self.max_size:
+        if not 0 <= check_int("min_size", self.min_size) <= self.max_size:
             raise ValueError(
                 f"min_size must be between 0 and max_size ({self.max_size}), got {self.min_size!r}"
             )
         _check_positive_time("max_idle_time", self.max_idle_time)
         _check_positive_time("connection_timeout", self.connection_timeout)
         _check_positive_time("health_check_interval", self.health_check_interval)
-        if self.acquire_timeout is not None:
-            if isinstance(self.acquire_timeout, bool) or not isinstance(
-                self.acquire_timeout, (int, float)
-            ):
-                raise TypeError(
-                    "acquire_timeout must be a number of seconds or None, "
-                    f"not {type(self.acquire_timeout).__name__}"
-                )
-            if not self.acquire_timeout >= 0:
-                raise ValueError(
-                    f"acquire_timeout must be >= 0 or None, got {self.acquire_timeout!r}"
-                )
+        check_timeout("acquire_timeout", self.acquire_timeout)
         _check_positive_time("max_lifetime", self.max_lifetime, allow_none=True)
-        if self.max_total is not None and _check_int("max_total", self.max_total) < 1:
+        if self.max_total is not None and check_int("max_total", self.max_total) < 1:
             raise ValueError(f"max_total must be >= 1 or None, got {self.max_total!r}")
         _check_positive_time(
             "leak_detection_threshold", self.leak_detection_threshold, allow_none=True

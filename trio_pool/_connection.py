@@ -174,11 +174,7 @@ class PooledConnection(trio.abc.Stream):
 
         Never blocks: one ``poll`` with a zero timeout.
         """
-        return (
-            self._state is not ConnectionState.CLOSED
-            and not self._broken
-            and (self._probe() is Health.OK)
-        )
+        return self._reusable()
 
     def _probe(self) -> Health:
         if self._state is ConnectionState.CLOSED:
@@ -230,8 +226,7 @@ class PooledConnection(trio.abc.Stream):
             await self.stream.send_all(data)
         except BaseException as exc:
             # Cancelled or failed part-way: an unknown amount was sent. Never reuse it.
-            self._broken = True
-            self._drop_session_on_tls_error(exc)
+            self._failed(exc)
             raise
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -255,8 +250,7 @@ class PooledConnection(trio.abc.Stream):
         try:
             data = await self.stream.receive_some(max_bytes)
         except BaseException as exc:
-            self._broken = True
-            self._drop_session_on_tls_error(exc)
+            self._failed(exc)
             raise
         if not data:
             self._broken = True
@@ -265,7 +259,10 @@ class PooledConnection(trio.abc.Stream):
             self._session_fresh = not self._key.save_session(self.stream)
         return data
 
-    def _drop_session_on_tls_error(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
+        """A read or write raised: never reuse the connection, and after a TLS error never
+        offer the key's saved session again."""
+        self._broken = True
         if self._key.tls_session is not None and isinstance(self.stream, trio.SSLStream):
             from ._tls import is_tls_error
 

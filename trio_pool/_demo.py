@@ -30,6 +30,7 @@ import trio
 
 from ._exceptions import PoolError
 from ._pool import ConnectionPool, open_pool
+from ._util import check_int
 
 __all__ = ["DemoSummary", "ModeResult", "run_demo"]
 
@@ -231,7 +232,8 @@ async def _answer_lines(stream: trio.abc.Stream) -> None:
             await stream.send_all(b"OK " + line)
 
 
-async def _serve_plain(stream: trio.SocketStream) -> None:
+async def _serve(stream: trio.abc.Stream) -> None:
+    """Answer requests until the client leaves, then close the stream."""
     try:
         await _answer_lines(stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -242,13 +244,7 @@ async def _serve_plain(stream: trio.SocketStream) -> None:
 
 def _tls_server(context: ssl.SSLContext) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def serve(stream: trio.SocketStream) -> None:
-        tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
-        try:
-            await _answer_lines(tls)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await trio.aclose_forcefully(tls)
+        await _serve(trio.SSLStream(stream, context, server_side=True, https_compatible=True))
 
     return serve
 
@@ -522,12 +518,11 @@ def summary_lines(summary: DemoSummary) -> list[str]:
 
 
 def _check_count(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
+    count = check_int(name, value)
+    if count < low or (high is not None and count > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return value
+        raise ValueError(f"{name} must be {bound}, got {count!r}")
+    return count
 
 
 async def run_demo(
@@ -580,7 +575,7 @@ async def run_demo(
     display.write()
     done: list[ModeResult] = []
     async with trio.open_nursery() as servers:
-        plain_ports = await _start_servers(servers, _serve_plain, hosts)
+        plain_ports = await _start_servers(servers, _serve, hosts)
         tls_ports: list[int] = []
         if server_context is not None:
             tls_ports = await _start_servers(servers, _tls_server(server_context), hosts)

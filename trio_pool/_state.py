@@ -282,7 +282,6 @@ class PoolState:
                     and conn._reusable()
                 ):
                     self._hand_out(state, conn, now, reused=True)
-                    state.hits += 1
                     return conn
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
                 self._close(conn, evicted=True)
@@ -440,11 +439,9 @@ class PoolState:
         goes stale first); with it, lifetimes are in no order and every idle connection
         is looked at (no I/O, once per maintenance pass).
         """
-        for conn in self.idle_lru:
-            deadline = conn.last_used_at + self.max_idle_time
-            break
-        else:
+        if not self.idle_lru:
             return float("inf")
+        deadline = next(iter(self.idle_lru)).last_used_at + self.max_idle_time
         if self.config.max_lifetime is not None:
             for conn in self.idle_lru:
                 deadline = min(deadline, conn._expires_at)
@@ -471,6 +468,7 @@ class PoolState:
     def _hand_out(
         self, state: KeyState, conn: PooledConnection, now: float, *, reused: bool
     ) -> None:
+        """Lend ``conn`` out; ``reused`` (it was pooled, not just connected) is a hit."""
         conn._state = IN_USE
         conn._lease += 1
         conn.use_count += 1
@@ -478,6 +476,8 @@ class PoolState:
         conn.last_used_at = now
         conn.acquired_at = now
         state.in_use += 1
+        if reused:
+            state.hits += 1
         if self.borrowed is not None:
             self.borrowed[conn] = None
 
@@ -492,23 +492,15 @@ class PoolState:
         waiter_of_cap = self._next_global_waiter() if self.global_waiters else None
         if state.waiters:
             waiter = _first(state.waiters)
-            self._note_wait(state, waiter, now)
             if waiter.new:
                 # acquire_new wants a fresh connection: this one makes room for it.
                 self._close(conn)
-                self._reserve(state)
-                state.misses += 1
-                waiter.wake(outcome.Value(CONNECT))
+                self._grant(waiter, now)
             else:
-                self._hand_out(state, conn, now, reused=True)
-                state.hits += 1
-                waiter.wake(outcome.Value(conn))
+                self._hand_over(waiter, conn, now)
             return
         if waiter_of_cap is not None and waiter_of_cap.key is state and not waiter_of_cap.new:
-            self._note_wait(state, waiter_of_cap, now)
-            self._hand_out(state, conn, now, reused=True)
-            state.hits += 1
-            waiter_of_cap.wake(outcome.Value(conn))
+            self._hand_over(waiter_of_cap, conn, now)
             return
         conn._state = IDLE
         state.idle[conn] = None
@@ -557,7 +549,15 @@ class PoolState:
         if waiter is not None:
             self._grant(waiter, now)
 
+    def _hand_over(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
+        """Serve a waiter with a released connection of its key (a hit)."""
+        state = waiter.key
+        self._note_wait(state, waiter, now)
+        self._hand_out(state, conn, now, reused=True)
+        waiter.wake(outcome.Value(conn))
+
     def _grant(self, waiter: Waiter, now: float) -> None:
+        """Serve a waiter with a connect slot reserved for its key (a miss)."""
         state = waiter.key
         self._note_wait(state, waiter, now)
         self._reserve(state)

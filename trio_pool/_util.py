@@ -7,6 +7,23 @@ from typing import Any, NoReturn, TypeVar
 T = TypeVar("T")
 
 
+def check_int(name: str, value: object) -> int:
+    """``value`` if it is an int (a bool is not), else ``TypeError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+def check_timeout(name: str, value: object) -> None:
+    """Check a wait in seconds: ``None`` (no limit) or a number >= 0 (``0`` fails fast)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
+
+
 class NoPublicConstructor(type):
     """Metaclass for classes users get from a factory, never by calling the class
     (as trio does for its nursery and cancel status objects)."""
