@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-
 import pytest
 import trio
 import trio.testing
@@ -12,7 +9,7 @@ import trio.testing
 import trio_pool
 from trio_pool import ConnectError, ConnectTimeout, PoolError, PoolExhausted, PoolStatistics
 
-from .servers import HOST, open_fds, refused_port, stall, start_server, unroutable_listener
+from .servers import HOST, open_fds, refused_port, stall, start_server
 
 
 def test_exception_hierarchy() -> None:
@@ -83,25 +80,6 @@ async def test_full_key_slot_is_freed_at_once_by_a_refusal() -> None:
 
 
 # -- hanging connects ------------------------------------------------------------------
-
-
-@pytest.fixture
-def hanging_port() -> Iterator[int]:
-    """A port where connects hang: a ``listen(0)`` socket never accepting, its tiny
-    backlog filled with raw connects, so the kernel drops further SYNs."""
-    listener, port = unroutable_listener()
-    fillers = []
-    try:
-        for _ in range(2):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex((HOST, port))
-            fillers.append(filler)
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_hanging_connect_raises_connect_timeout(
@@ -288,6 +266,23 @@ async def test_bad_port(port: object, error: type[Exception]) -> None:
         with pytest.raises(error, match="port"):
             await pool.prewarm(HOST, port, count=1)  # type: ignore[arg-type]
         assert_untouched(pool)
+
+
+@pytest.mark.parametrize(
+    ("port", "tls", "verify_cert", "field"),
+    [(80.0, False, True, "port"), (80, 0, True, "tls"), (80, True, 1, "verify_cert")],
+)
+async def test_values_equal_to_a_cached_key_are_still_type_checked(
+    port: object, tls: object, verify_cert: object, field: str
+) -> None:
+    # 80.0 == 80 and 0 == False: the key cache must not let them past the type checks.
+    async with trio_pool.open_pool() as pool:
+        pool.connection(HOST, 80)  # caches the plain key for port 80
+        pool.connection(HOST, 80, tls=True)  # and the TLS one
+        with pytest.raises(TypeError, match=field):
+            pool.connection(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=field):
+            await pool.acquire(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("timeout", "error"), BAD_TIMEOUTS)

@@ -23,7 +23,7 @@ from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
 from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
 
@@ -41,15 +41,6 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_cancellation(e) for e in exc.exceptions)
     return isinstance(exc, trio.Cancelled)
-
-
-def _check_timeout(name: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
 
 
 def make_key(
@@ -70,8 +61,7 @@ def make_key(
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
         raise ValueError(f"host must be a non-empty name or address, got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    port = check_int("port", port)
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port!r}")
     if not isinstance(tls, bool):
@@ -142,14 +132,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         ssl_context: ssl.SSLContext | None,
     ) -> KeyState:
         args = (host, port, tls, sni, verify_cert, ssl_context)
-        try:
-            return self._aliases[args]
-        except (KeyError, TypeError):
-            pass
+        # The cache compares by equality, and 80.0 == 80, 0 == False: values of a wrong
+        # type must reach make_key's checks even when an equal valid key is cached.
+        if type(port) is int and type(tls) is bool and type(verify_cert) is bool:
+            try:
+                return self._aliases[args]
+            except (KeyError, TypeError):
+                pass
         key = make_key(host, port, tls, sni, verify_cert, ssl_context)
         state = self._state.key_state(key, trio.current_time())
-        self._aliases[args] = state
-        state.aliases.append(args)
+        if args not in self._aliases:  # (int and str subclasses come here every time)
+            self._aliases[args] = state
+            state.aliases.append(args)
         return state
 
     # -- acquire -------------------------------------------------------------------
@@ -200,7 +194,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             TypeError: An argument of the wrong type (before any I/O).
         """
         if timeout is not None:
-            _check_timeout("timeout", timeout)
+            check_timeout("timeout", timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
         return await self._acquire(state, timeout, False)
 
@@ -242,7 +236,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         connection is closed to make room; with none idle, the task waits in line.
         """
         if timeout is not None:
-            _check_timeout("timeout", timeout)
+            check_timeout("timeout", timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
         return await self._acquire(state, timeout, True)
 
@@ -392,7 +386,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         Arguments are those of :meth:`acquire`, and are checked right away.
         """
         if timeout is not None:
-            _check_timeout("timeout", timeout)
+            check_timeout("timeout", timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
         return ConnectionContext(self, state, timeout)
 
@@ -438,9 +432,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if count is None:
             count = self._config.min_size
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"count must be an int, not {type(count).__name__}")
-        if not 0 <= count <= self._config.max_size:
+        if not 0 <= check_int("count", count) <= self._config.max_size:
             raise ValueError(f"count must be between 0 and max_size, got {count!r}")
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
         state.last_active = trio.current_time()  # not forgotten before its connects start
