@@ -24,6 +24,7 @@ from trio_pool.http import (
     RequestTimeout,
 )
 
+from .checks import assert_settled
 from .nginx import BIG_SIZE, TEXT, Nginx, open_nginx
 from .servers import HOST, open_fds, reset, start_server
 
@@ -117,16 +118,6 @@ async def start_h11(nursery: trio.Nursery, respond: Responder) -> H11Server:
 async def ok(stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int) -> bool:
     await send_response(stream, conn)
     return True
-
-
-def assert_settled(pool: trio_pool.ConnectionPool) -> None:
-    stats = pool.statistics()
-    assert stats.active_connections == 0
-    assert stats.tasks_waiting == 0
-    assert (
-        stats.connections_created - stats.connections_closed
-        == stats.idle_connections + stats.active_connections
-    )
 
 
 # -- nginx ----------------------------------------------------------------------------------
@@ -301,8 +292,9 @@ async def test_no_retry_for_post(nursery: trio.Nursery) -> None:
     async with trio_pool.open_pool() as pool:
         client = HTTPClient(pool)
         await client.request("GET", server.url())
-        with pytest.raises(RemoteProtocolError, match="without sending a response"):
+        with pytest.raises(RemoteProtocolError, match="without sending a response") as info:
             await client.request("POST", server.url(), content=b"data")
+        assert info.value.connection_reused is True
         assert server.connections == 1
         assert [r.method for r in server.requests] == [b"GET", b"POST"]
         assert_settled(pool)
@@ -342,8 +334,9 @@ async def test_no_retry_on_fresh_connection(nursery: trio.Nursery) -> None:
     server = await start_h11(nursery, never)
     async with trio_pool.open_pool() as pool:
         client = HTTPClient(pool)
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(RemoteProtocolError) as info:
             await client.request("GET", server.url())
+        assert info.value.connection_reused is False
         assert server.connections == 1
         assert_settled(pool)
 

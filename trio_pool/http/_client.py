@@ -533,6 +533,7 @@ class HTTPClient:
                     if scope is not None and limits is not None and limits.moving:
                         scope.deadline = limits.send_deadline
                     continue
+                lost.error.connection_reused = conn.reused
                 raise lost.error from lost.__cause__
             except BaseException:
                 self._forget(conn)

@@ -26,7 +26,16 @@ __all__ = [
 
 
 class HTTPError(PoolError):
-    """Base class of the errors raised by :mod:`trio_pool.http` itself."""
+    """Base class of the errors raised by :mod:`trio_pool.http` itself.
+
+    Attributes:
+        connection_reused: For a connection lost before any byte of the response came,
+            whether that connection came from the pool (``True``: a retry was not
+            allowed or already spent) or was opened for this request (``False``: the
+            server reset a new connection, say while restarting). ``None`` otherwise.
+    """
+
+    connection_reused: bool | None = None
 
 
 class RemoteProtocolError(HTTPError):
