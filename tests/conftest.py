@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 import trio
 
-from .servers import echo, start_server
+from .servers import HOST, echo, start_server, unroutable_listener
 
 
 @pytest.fixture
 async def echo_port(nursery: trio.Nursery) -> int:
     """Port of a loopback echo server running for the test."""
     return await start_server(nursery, echo)
+
+
+@pytest.fixture
+def hanging_port() -> Iterator[int]:
+    """A port where connects hang: a ``listen(0)`` socket never accepting, its tiny
+    backlog filled with raw connects, so the kernel drops further SYNs."""
+    listener, port = unroutable_listener()
+    fillers = []
+    try:
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((HOST, port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

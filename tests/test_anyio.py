@@ -32,6 +32,7 @@ from anyio.streams.tls import TLSAttribute
 import trio_pool
 from trio_pool.anyio import AnyioStream, connection
 
+from .checks import assert_settled
 from .servers import HOST, close_after_reply, echo, open_fds, reset, stall, start_server
 
 
@@ -66,17 +67,6 @@ async def serving(
         async with trio_pool.open_pool(**overrides) as pool:
             yield pool, port
         nursery.cancel_scope.cancel()
-
-
-def assert_quiet(pool: trio_pool.ConnectionPool) -> None:
-    """Nothing borrowed, nobody waiting, and the books balance."""
-    stats = pool.statistics()
-    assert stats.active_connections == 0
-    assert stats.tasks_waiting == 0
-    assert (
-        stats.connections_created - stats.connections_closed
-        == stats.idle_connections + stats.active_connections
-    )
 
 
 async def reset_at_once(stream: trio.SocketStream) -> None:
@@ -127,7 +117,7 @@ async def _round_trip() -> None:
             await stream.send(b"again")
             assert await stream.receive() == b"again"
         assert pool.statistics().pool_hits == 1
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_round_trip() -> None:
@@ -159,7 +149,7 @@ async def _body_error_discards_and_aclose_discards() -> None:
             await stream.aclose()  # idempotent
         stats = pool.statistics()
         assert stats.connections_closed == stats.connections_created == 2
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_body_error_discards_and_aclose_discards() -> None:
@@ -186,7 +176,7 @@ async def _end_of_stream() -> None:
         stats = pool.statistics()
         assert stats.idle_connections == 0  # a connection that saw EOF is never pooled
         assert stats.connections_closed == 1
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_end_of_stream() -> None:
@@ -216,7 +206,7 @@ async def _send_eof() -> None:
             conn = stream.connection
         assert conn.is_closed
         assert pool.statistics().idle_connections == 0
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_send_eof() -> None:
@@ -237,7 +227,7 @@ async def _error_mapping() -> None:
             with pytest.raises(anyio.BrokenResourceError) as broken:
                 await stream.receive()
             assert isinstance(broken.value.__cause__, trio.BrokenResourceError)
-        assert_quiet(pool)
+        assert_settled(pool)
         assert pool.statistics().idle_connections == 0
 
     async with serving(stall) as (pool, port):
@@ -249,7 +239,7 @@ async def _error_mapping() -> None:
                 await stream.receive()
             assert isinstance(busy.value.__cause__, trio.BusyResourceError)
             tg.cancel_scope.cancel()
-        assert_quiet(pool)
+        assert_settled(pool)
 
         # Closed underneath: trio's ClosedResourceError becomes anyio's.
         async with connection(pool, HOST, port) as stream:
@@ -257,7 +247,7 @@ async def _error_mapping() -> None:
             with pytest.raises(anyio.ClosedResourceError) as closed:
                 await stream.send(b"x")
             assert isinstance(closed.value.__cause__, trio.ClosedResourceError)
-        assert_quiet(pool)
+        assert_settled(pool)
 
         # Released: the stream is closed, even once the pool lends the connection again.
         conn = await pool.acquire(HOST, port)
@@ -273,7 +263,7 @@ async def _error_mapping() -> None:
         pool.release(again)
         with pytest.raises(anyio.ClosedResourceError):
             AnyioStream(again)  # idle in the pool, not borrowed
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_error_mapping() -> None:
@@ -346,7 +336,7 @@ async def _cancel_scopes_around_a_waiting_acquire() -> None:
         with anyio.fail_after(5):
             async with connection(pool, HOST, port) as stream:
                 assert stream.connection is held
-        assert_quiet(pool)
+        assert_settled(pool)
         assert pool.statistics().connections_created == 1
 
 
@@ -381,7 +371,7 @@ async def _many_tasks_under_move_on_after() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(80):
                 tg.start_soon(borrower, rng.uniform(0, 0.05), rng.random() < 0.5)
-        assert_quiet(pool)
+        assert_settled(pool)
 
         # The pool still serves max_size connections at once, and no more.
         with anyio.fail_after(5):
@@ -390,7 +380,7 @@ async def _many_tasks_under_move_on_after() -> None:
             await pool.acquire(HOST, port, timeout=0)
         for conn in conns:
             pool.release(conn)
-        assert_quiet(pool)
+        assert_settled(pool)
     assert open_fds() == fds_before
 
 
@@ -508,7 +498,7 @@ async def _tls_attributes(ca: trustme.CA, server_cert: trustme.LeafCert) -> None
             with pytest.raises(NotImplementedError):
                 await stream.send_eof()
         assert pool.statistics().idle_connections == 1
-        assert_quiet(pool)
+        assert_settled(pool)
 
 
 async def test_tls_attributes(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:

@@ -5,38 +5,18 @@ from __future__ import annotations
 
 import math
 import random
-import socket
-from collections.abc import Iterator
 
 import pytest
 import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import ConnectionPool, PooledConnection, PoolExhausted, PoolStatistics
+from trio_pool import ConnectionPool, PooledConnection, PoolExhausted
 
-from .servers import HOST, open_fds, start_server, unroutable_listener
+from .checks import assert_settled, roundtrip
+from .servers import HOST, open_fds, start_server
 
 MAX_SIZE = 3
-
-
-def assert_settled(stats: PoolStatistics) -> None:
-    """Nothing borrowed, nobody waiting, nothing connecting, and the books balance."""
-    assert (stats.active_connections, stats.tasks_waiting, stats.connecting) == (0, 0, 0), stats
-    assert (
-        stats.connections_created - stats.connections_closed
-        == stats.idle_connections + stats.active_connections
-    ), stats
-
-
-async def roundtrip(conn: PooledConnection, message: bytes = b"ping") -> None:
-    await conn.send_all(message)
-    received = b""
-    while len(received) < len(message):
-        data = await conn.receive_some()
-        assert data, "server closed early"
-        received += data
-    assert received == message
 
 
 async def slow_echo(stream: trio.SocketStream) -> None:
@@ -182,24 +162,6 @@ async def test_cancel_while_waiting_in_connection_context(
         pool.release(conn)
         assert_settled(pool.statistics())
         assert pool.statistics().idle_connections == 1
-
-
-@pytest.fixture
-def hanging_port() -> Iterator[int]:
-    """A port where connects hang (a ``listen(0)`` backlog filled with raw connects)."""
-    listener, port = unroutable_listener()
-    fillers = []
-    try:
-        for _ in range(2):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex((HOST, port))
-            fillers.append(filler)
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_cancel_during_connect_frees_the_slot(

@@ -16,9 +16,10 @@ import trio
 import trio_pool
 from trio_pool.httpx import PoolTransport
 
+from .checks import assert_settled
 from .nginx import BIG_SIZE, TEXT, Nginx, open_nginx
 from .servers import open_fds
-from .test_http import answer_first_only, assert_settled, ok, send_response, start_h11
+from .test_http import answer_first_only, ok, send_response, start_h11
 
 
 @pytest.fixture

@@ -23,21 +23,8 @@ from trio_pool import (
     PoolStatistics,
 )
 
+from .checks import assert_balanced, roundtrip
 from .servers import HOST, close_after_reply, echo, reply_then_junk, start_server
-
-
-def assert_invariant(stats: PoolStatistics) -> None:
-    """created - closed == idle + active (holds whenever no connect is in flight)."""
-    assert stats.connecting == 0
-    assert (
-        stats.connections_created - stats.connections_closed
-        == stats.idle_connections + stats.active_connections
-    ), stats
-
-
-async def roundtrip(conn: PooledConnection, message: bytes = b"ping") -> None:
-    await conn.send_all(message)
-    assert await conn.receive_some(len(message)) == message
 
 
 class ServerSide:
@@ -120,7 +107,7 @@ async def test_second_acquire_is_a_hit_on_the_same_socket(echo_port: int) -> Non
         assert (stats.pool_hits, stats.pool_misses) == (1, 1)
         assert (stats.connections_created, stats.idle_connections) == (1, 1)
         assert stats.hit_rate == 0.5
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_reuse_is_lifo(echo_port: int) -> None:
@@ -189,7 +176,7 @@ async def test_idle_connection_closed_by_peer_is_never_handed_out(
         assert (stats.connections_closed, stats.connections_evicted) == (1, 1)
         await roundtrip(fresh)
         pool.release(fresh)
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
 
 
 async def test_idle_connection_with_unread_bytes_is_never_handed_out(
@@ -212,7 +199,7 @@ async def test_idle_connection_with_unread_bytes_is_never_handed_out(
         pool.release(fresh)
         stats = pool.statistics()
         assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_acquire_skips_a_dead_idle_connection_for_the_next_one(
@@ -235,7 +222,7 @@ async def test_acquire_skips_a_dead_idle_connection_for_the_next_one(
         stats = pool.statistics()
         assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (1, 2, 0)
         pool.release(got)
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
 
 
 async def test_close_after_reply_server_never_gets_its_dead_connection_reused(
@@ -254,7 +241,7 @@ async def test_close_after_reply_server_never_gets_its_dead_connection_reused(
         stats = pool.statistics()
         assert (stats.pool_hits, stats.pool_misses) == (0, 5)
         assert stats.connections_closed >= 4
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_reply_then_junk_server_never_gets_its_dirty_connection_reused(
@@ -295,7 +282,7 @@ async def test_release_closes_a_connection_with_unread_bytes(
         stats = pool.statistics()
         assert (stats.idle_connections, stats.active_connections) == (0, 0)
         assert stats.connections_closed == 1
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_dirty_release_serves_the_waiter_a_new_connection(
@@ -322,7 +309,7 @@ async def test_dirty_release_serves_the_waiter_a_new_connection(
         assert not got[0].reused
         await roundtrip(got[0])
         pool.release(got[0])
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
 
 
 async def test_receive_eof_marks_connection_unusable(nursery: trio.Nursery) -> None:
@@ -355,7 +342,7 @@ async def test_double_release_or_discard_raises(echo_port: int) -> None:
             pool.release(conn)
         stats = pool.statistics()
         assert (stats.connections_created, stats.connections_closed) == (1, 1)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_connection_from_another_pool_is_refused(echo_port: int) -> None:
@@ -383,7 +370,7 @@ async def test_discard_closes_and_counts_at_once(echo_port: int) -> None:
         assert sock.fileno() == -1
         stats = pool.statistics()
         assert (stats.connections_closed, stats.active_connections) == (1, 0)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_released_connection_cannot_be_used(echo_port: int) -> None:
@@ -462,7 +449,7 @@ async def test_release_hands_over_to_waiters_in_fifo_order(
         stats = pool.statistics()
         assert (stats.connections_created, stats.pool_hits, stats.pool_misses) == (1, 4, 1)
         assert stats.acquire_wait_count == 4
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_discard_gives_the_waiter_a_connect_slot(
@@ -486,7 +473,7 @@ async def test_discard_gives_the_waiter_a_connect_slot(
         pool.release(got[0])
         stats = pool.statistics()
         assert (stats.connections_created, stats.pool_misses) == (2, 2)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 # -- connection() ----------------------------------------------------------------------
@@ -533,7 +520,7 @@ async def test_connection_context_discards_on_cancellation(echo_port: int) -> No
         assert conn.is_closed
         stats = pool.statistics()
         assert (stats.idle_connections, stats.active_connections) == (0, 0)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 @pytest.mark.parametrize("raises", [False, True])
@@ -557,7 +544,7 @@ async def test_connection_context_exit_after_body_released(echo_port: int, raise
         assert conn.is_closed
         stats = pool.statistics()
         assert (stats.connections_closed, stats.idle_connections) == (1, 0)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 @pytest.mark.parametrize("raises", [False, True])
@@ -634,7 +621,7 @@ async def test_acquire_tls(nursery: trio.Nursery, ca: trustme.CA) -> None:
         assert conn.is_closed  # ... but the books say closed at once
         stats = pool.statistics()
         assert (stats.connections_closed, stats.active_connections) == (1, 0)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 async def test_acquire_new_opens_a_new_connection_though_one_is_idle(echo_port: int) -> None:
@@ -665,7 +652,7 @@ async def test_acquire_new_closes_the_coldest_idle_when_full(echo_port: int) -> 
         stats = pool.statistics()
         assert (stats.connections_created, stats.connections_closed) == (4, 1)
         assert (stats.idle_connections, stats.active_connections) == (1, 2)
-        assert_invariant(stats)
+        assert_balanced(stats)
         for conn in (busy, new):
             pool.release(conn)
 
@@ -693,7 +680,7 @@ async def test_acquire_new_waits_when_all_are_in_use(echo_port: int, nursery: tr
         pool.release(got[0])
         stats = pool.statistics()
         assert (stats.connections_created, stats.connections_closed) == (2, 1)
-        assert_invariant(stats)
+        assert_balanced(stats)
 
 
 # -- waiting ---------------------------------------------------------------------------
@@ -820,7 +807,7 @@ async def test_prewarm_count(echo_port: int) -> None:
         assert await pool.prewarm(HOST, echo_port, count=1) == 3
         assert pool.statistics().connections_created == 4
         pool.release(conn)
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
 
 
 async def test_prewarm_respects_max_size(echo_port: int) -> None:
@@ -906,7 +893,7 @@ async def test_statistics_per_host_port(nursery: trio.Nursery, ca: trustme.CA) -
         by_host = pool.host_statistics()
         assert by_host == {(HOST, port_a): a, (HOST, port_b): b, (HOST, port_tls): tls}
         for stats in (a, b, tls, whole):
-            assert_invariant(stats)
+            assert_balanced(stats)
 
 
 async def test_statistics_invariant_through_a_mixed_workload(
@@ -916,22 +903,22 @@ async def test_statistics_invariant_through_a_mixed_workload(
     async with trio_pool.open_pool(max_size=3) as pool:
         first = await pool.acquire(HOST, port)
         await roundtrip(first)
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
         pool.release(first)
         await server.sides[0].act("close")
         await until_readable(first)
         conns = [await pool.acquire(HOST, echo_port) for _ in range(3)]
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
         pool.discard(conns[0])
         pool.release(conns[1])
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())
         second = await pool.acquire(HOST, port)  # skips the dead one
         assert second is not first
         await roundtrip(second)
         pool.release(second)
         pool.release(conns[2])
         stats = pool.statistics()
-        assert_invariant(stats)
+        assert_balanced(stats)
         assert (stats.idle_connections, stats.active_connections) == (3, 0)
         assert (stats.connections_created, stats.connections_closed) == (5, 2)
 
@@ -1076,4 +1063,4 @@ async def test_hit_among_thousands_of_idle_connections_of_other_keys(
         stats = pool.statistics(HOST, echo_port)
         assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (1, 1, 1)
         assert pool.statistics(HOST, silent_listeners[7]).idle_connections == 100
-        assert_invariant(pool.statistics())
+        assert_balanced(pool.statistics())

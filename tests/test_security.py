@@ -21,6 +21,7 @@ import trustme
 
 import trio_pool
 
+from .checks import roundtrip
 from .servers import HOST, echo, refused_port, stall, start_server
 
 TLSHandler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
@@ -92,16 +93,6 @@ async def tls_reply_then_junk(stream: trio.SSLStream[trio.SocketStream]) -> None
     await stream.send_all(data)
     await stream.send_all(b"JUNK")
     await tls_echo(stream)
-
-
-async def roundtrip(conn: trio_pool.PooledConnection, message: bytes = b"ping") -> None:
-    await conn.send_all(message)
-    received = b""
-    while len(received) < len(message):
-        chunk = await conn.receive_some(len(message) - len(received))
-        assert chunk
-        received += chunk
-    assert received == message
 
 
 async def wait_readable(conn: trio_pool.PooledConnection) -> None:

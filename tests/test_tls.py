@@ -23,6 +23,7 @@ import trustme
 import trio_pool
 from trio_pool import ConnectError, ConnectTimeout, PooledConnection
 
+from .checks import roundtrip
 from .servers import HOST, open_fds, refused_port, start_server
 
 TLSStream = trio.SSLStream[trio.SocketStream]
@@ -218,11 +219,6 @@ async def eager_server(
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-async def roundtrip(conn: PooledConnection, payload: bytes = b"ping") -> None:
-    await conn.send_all(payload)
-    assert await conn.receive_some() == payload
 
 
 def socket_readable(conn: PooledConnection) -> bool:

@@ -1,0 +1,37 @@
+"""Assertions and small I/O helpers shared by the test modules."""
+
+from __future__ import annotations
+
+from trio_pool import ConnectionPool, PooledConnection, PoolStatistics
+
+
+def _stats(subject: ConnectionPool | PoolStatistics) -> PoolStatistics:
+    return subject.statistics() if isinstance(subject, ConnectionPool) else subject
+
+
+def assert_balanced(subject: ConnectionPool | PoolStatistics) -> None:
+    """No connect in flight, and created - closed == idle + active."""
+    stats = _stats(subject)
+    assert stats.connecting == 0, stats
+    assert (
+        stats.connections_created - stats.connections_closed
+        == stats.idle_connections + stats.active_connections
+    ), stats
+
+
+def assert_settled(subject: ConnectionPool | PoolStatistics) -> None:
+    """Nothing borrowed, nobody waiting, nothing connecting, and the books balance."""
+    stats = _stats(subject)
+    assert (stats.active_connections, stats.tasks_waiting) == (0, 0), stats
+    assert_balanced(stats)
+
+
+async def roundtrip(conn: PooledConnection, message: bytes = b"ping") -> None:
+    """Send ``message`` to an echo server and read all of it back."""
+    await conn.send_all(message)
+    received = b""
+    while len(received) < len(message):
+        data = await conn.receive_some(len(message) - len(received))
+        assert data, "server closed early"
+        received += data
+    assert received == message
