@@ -178,6 +178,24 @@ def _run_trio_pool(port: int, n: int, warmup: float, window: float) -> Cell:
     return trio.run(main)
 
 
+def _httpx_worker(client: Any, url: str) -> Callable[[list[int]], Awaitable[None]]:
+    """A benchmark worker: GET ``url`` with an httpx client forever, counting
+    ``[successes, errors]``."""
+    import httpx
+
+    async def worker(counter: list[int]) -> None:
+        while True:
+            try:
+                response = await client.get(url)
+                response.content  # noqa: B018 - read already
+                counter[0] += 1
+            except httpx.HTTPError:
+                counter[1] += 1
+                await trio.lowlevel.checkpoint()
+
+    return worker
+
+
 def _run_httpx(port: int, n: int, warmup: float, window: float, *, ours: bool) -> Cell:
     import httpx
 
@@ -194,18 +212,7 @@ def _run_httpx(port: int, n: int, warmup: float, window: float, *, ours: bool) -
             async with httpx.AsyncClient(
                 transport=transport, limits=limits, timeout=None
             ) as client:
-
-                async def worker(counter: list[int]) -> None:
-                    while True:
-                        try:
-                            response = await client.get(url)
-                            response.content  # noqa: B018 - read already
-                            counter[0] += 1
-                        except httpx.HTTPError:
-                            counter[1] += 1
-                            await trio.lowlevel.checkpoint()
-
-                return await _measure(worker, n, warmup, window)
+                return await _measure(_httpx_worker(client, url), n, warmup, window)
 
     return trio.run(main)
 
@@ -244,17 +251,7 @@ def _httpcore_cell(argv: list[str]) -> None:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         client = httpx.AsyncClient(limits=limits, timeout=None)
 
-        async def worker(counter: list[int]) -> None:
-            while True:
-                try:
-                    response = await client.get(url)
-                    response.content  # noqa: B018 - read already
-                    counter[0] += 1
-                except httpx.HTTPError:
-                    counter[1] += 1
-                    await trio.lowlevel.checkpoint()
-
-        await _measure(worker, n, warmup, window, report=True)
+        await _measure(_httpx_worker(client, url), n, warmup, window, report=True)
 
     trio.run(main)
 
@@ -272,7 +269,7 @@ def _run_ceiling(port: int, n: int, warmup: float, window: float) -> Cell:
                 while True:
                     event = conn.next_event()
                     if event is need_data:
-                        conn.receive_data(await stream.receive_some(65536))  # type: ignore[arg-type]
+                        conn.receive_data(await stream.receive_some(65536))
                     elif type(event) is end_type:
                         break
                 conn.start_next_cycle()

@@ -116,19 +116,28 @@ async def test_200_randomly_cancelled_tasks_leak_nothing(seed: int) -> None:
 # -- targeted -----------------------------------------------------------------------
 
 
+async def park_waiters(
+    pool: ConnectionPool, port: int, nursery: trio.Nursery, *names: str
+) -> tuple[dict[str, PooledConnection], dict[str, trio.CancelScope]]:
+    """Start one acquiring task per name, in order, each in its own cancel scope, and
+    return once all are parked: what each got, and the scope to cancel each with."""
+    got: dict[str, PooledConnection] = {}
+    scopes: dict[str, trio.CancelScope] = {}
+
+    async def waiter(name: str) -> None:
+        with trio.CancelScope() as scopes[name]:
+            got[name] = await pool.acquire(HOST, port)
+
+    for name in names:
+        nursery.start_soon(waiter, name)
+        await trio.testing.wait_all_tasks_blocked()
+    return got, scopes
+
+
 async def test_cancel_while_waiting_leaves_the_line(echo_port: int, nursery: trio.Nursery) -> None:
     async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
         conn = await pool.acquire(HOST, echo_port)
-        got: dict[str, PooledConnection] = {}
-        scopes: dict[str, trio.CancelScope] = {}
-
-        async def waiter(name: str) -> None:
-            with trio.CancelScope() as scopes[name]:
-                got[name] = await pool.acquire(HOST, echo_port)
-
-        for name in ("first", "second"):
-            nursery.start_soon(waiter, name)
-            await trio.testing.wait_all_tasks_blocked()
+        got, scopes = await park_waiters(pool, echo_port, nursery, "first", "second")
         assert pool.statistics().tasks_waiting == 2
         scopes["first"].cancel()
         await trio.testing.wait_all_tasks_blocked()
@@ -241,16 +250,7 @@ async def test_waiter_granted_a_slot_then_cancelled_passes_it_on(
 ) -> None:
     async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
         conn = await pool.acquire(HOST, echo_port)
-        got: dict[str, PooledConnection] = {}
-        scopes: dict[str, trio.CancelScope] = {}
-
-        async def waiter(name: str) -> None:
-            with trio.CancelScope() as scopes[name]:
-                got[name] = await pool.acquire(HOST, echo_port)
-
-        for name in ("first", "second"):
-            nursery.start_soon(waiter, name)
-            await trio.testing.wait_all_tasks_blocked()
+        got, scopes = await park_waiters(pool, echo_port, nursery, "first", "second")
         pool.discard(conn)  # frees the slot: "first" is granted a connect in it ...
         stats = pool.statistics()
         assert (stats.connecting, stats.tasks_waiting) == (1, 1)
