@@ -160,8 +160,9 @@ class Proxy:
         scheme = parts.scheme.lower()
         if scheme == "https":
             raise ValueError(
-                f"https:// proxies (TLS to the proxy) are not supported: {url!r}; an http://"
-                " proxy still carries https traffic end to end encrypted in a CONNECT tunnel"
+                f"proxy URL {url!r}: https:// proxies (TLS to the proxy) are not supported;"
+                " an http:// proxy still carries https traffic, end to end encrypted, in a"
+                " CONNECT tunnel"
             )
         if scheme not in PROXY_SCHEMES:
             raise ValueError(

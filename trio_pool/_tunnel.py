@@ -165,13 +165,13 @@ def _next_response(conn: h11.Connection) -> h11.Response | None:
 def _refusal(proxy: Proxy, authority: str, response: h11.Response) -> str:
     reason = response.reason.decode("latin-1")
     message = f"the proxy {proxy.url} refused CONNECT {authority}: {response.status_code} {reason}"
-    if response.status_code == 407:
+    if response.status_code in (401, 407):  # (tinyproxy answers bad credentials with 401)
         challenge = ", ".join(
             value.decode("latin-1")
             for name, value in response.headers
-            if name == b"proxy-authenticate"
+            if name in (b"proxy-authenticate", b"www-authenticate")
         )
-        message += f" (Proxy-Authenticate: {challenge or 'none'};"
+        message += f" (challenge: {challenge or 'none'};"
         message += (
             " the credentials were rejected)"
             if proxy.auth is not None
