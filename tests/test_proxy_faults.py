@@ -112,6 +112,26 @@ async def test_connect_request_carries_the_authority_and_proxy_headers(
     ]
 
 
+async def test_international_names_reach_the_proxy_idna_encoded(nursery: trio.Nursery) -> None:
+    proxy, heads = await fake_http_proxy(nursery, answer(b"HTTP/1.1 403 Forbidden\r\n\r\n"))
+    socks = FakeSocks(reply=b"\x05\x02\x00\x01\x00\x00\x00\x00\x00\x00")
+    socks_proxy = await start_socks(nursery, socks, "socks5h")
+    async with trio_pool.open_pool() as pool:
+        for via in (proxy, socks_proxy):
+            with pytest.raises(ProxyError):
+                await pool.acquire("bücher.test", 443, proxy=via)
+        # A name no proxy can be sent fails before connecting to it.
+        for via in (proxy, socks_proxy):
+            with pytest.raises(ConnectError, match="cannot send a host name of 300 bytes"):
+                await pool.acquire("a" * 300, 443, proxy=via)
+        assert_settled(pool)
+    assert heads == [
+        b"CONNECT xn--bcher-kva.test:443 HTTP/1.1\r\nHost: xn--bcher-kva.test:443\r\n\r\n"
+    ]
+    assert socks.requests == [(3, b"xn--bcher-kva.test", 443)]
+    assert socks.methods == [b"\x00"]  # (the 300-byte name never connected)
+
+
 @pytest.mark.parametrize(("status", "reason"), [(403, b"Forbidden"), (502, b"Bad Gateway")])
 async def test_refused_connect_raises_proxy_error_with_the_status(
     nursery: trio.Nursery, status: int, reason: bytes
@@ -302,7 +322,7 @@ class FakeSocks:
         # Success, bound "to" a domain name, and the origin speaking first.
         await stream.send_all(b"\x05\x00\x00\x03\x0abound.here\x01\xbbBANNER\n")
         async for data in stream:
-                await stream.send_all(data)
+            await stream.send_all(data)
 
 
 async def start_socks(nursery: trio.Nursery, socks: FakeSocks, scheme: str = "socks5") -> Proxy:

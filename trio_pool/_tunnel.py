@@ -17,6 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
+import idna
 import trio
 
 from ._exceptions import ConnectError, ProxyError
@@ -38,6 +39,19 @@ _SOCKS_DOMAIN: Final = 3
 
 def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _wire_host(host: str) -> str:
+    """The origin's name as a proxy gets it: ASCII, international names IDNA-encoded
+    (UTS #46, as trio encodes names it resolves), at most 255 bytes (SOCKS5's limit)."""
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise ConnectError(f"cannot send the host name {host!r} to a proxy: {exc}") from exc
+    if len(host) > 255:
+        raise ConnectError(f"cannot send a host name of {len(host)} bytes to a proxy")
+    return host
 
 
 async def open_transport(key: PoolKey) -> trio.SocketStream:
@@ -68,6 +82,8 @@ async def open_transport(key: PoolKey) -> trio.SocketStream:
     proxy = key.proxy
     if proxy is None:
         return await trio.open_tcp_stream(key.host, key.port)
+    # A name that cannot be sent to a proxy fails here, before any I/O.
+    target = key.host if key.forward else _wire_host(key.host)
     try:
         stream = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
@@ -76,9 +92,9 @@ async def open_transport(key: PoolKey) -> trio.SocketStream:
         return stream
     try:
         if proxy.is_socks:
-            await _socks5(stream, proxy, key.host, key.port)
+            await _socks5(stream, proxy, key.host, target, key.port)
         else:
-            await _http_connect(stream, proxy, key.host, key.port)
+            await _http_connect(stream, proxy, target, key.port)
     except BaseException as exc:
         stream.socket.close()
         if isinstance(exc, (OSError, trio.BrokenResourceError)) and not isinstance(
@@ -208,18 +224,24 @@ async def _resolve(host: str, port: int) -> str:
         ) from exc
     if not infos:  # pragma: no cover - getaddrinfo raises rather than return nothing
         raise ConnectError(f"cannot resolve {host!r}: no address")
-    return str(infos[0][4][0])
+    return str(infos[0][4][0]).partition("%")[0]  # (an IPv6 scope id is no SOCKS address)
 
 
-async def _socks5(stream: trio.SocketStream, proxy: Proxy, host: str, port: int) -> None:
-    """The SOCKS5 greeting, login (RFC 1929) and ``CONNECT``, through socksio."""
+async def _socks5(
+    stream: trio.SocketStream, proxy: Proxy, host: str, wire_host: str, port: int
+) -> None:
+    """The SOCKS5 greeting, login (RFC 1929) and ``CONNECT``, through socksio.
+
+    ``socks5://`` sends the address ``host`` resolves to here; ``socks5h://`` sends
+    ``wire_host`` (the name, IDNA-encoded) for the proxy to resolve.
+    """
     try:
         from socksio import ProtocolError, socks5
     except ImportError as exc:  # pragma: no cover - Proxy() checked it already
         raise ImportError(
             "SOCKS proxies need the socksio package: pip install 'trio-pool[socks]'"
         ) from exc
-    address = await _resolve(host, port) if proxy.scheme == "socks5" else host
+    address = await _resolve(host, port) if proxy.scheme == "socks5" else wire_host
     target = _authority(host, port)
 
     def fail(what: str) -> ProxyError:
