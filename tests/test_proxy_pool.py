@@ -444,3 +444,19 @@ async def test_microsocks_reports_a_refused_origin(tmp_path: Path) -> None:
         with pytest.raises(ProxyError, match="refused CONNECT: connection refused"):
             await pool.acquire(HOST, refused_port(), proxy=microsocks.proxy())
         assert_settled(pool)
+
+
+async def test_prewarm_through_a_proxy(nursery: trio.Nursery, tmp_path: Path) -> None:
+    port = await start_server(nursery, echo)
+    async with open_microsocks(tmp_path) as microsocks, trio_pool.open_pool(max_size=4) as pool:
+        proxy = microsocks.proxy()
+        assert await pool.prewarm(HOST, port, count=3, proxy=proxy) == 3
+        assert await pool.prewarm(HOST, port, count=3) == 3  # direct: a key of its own
+        async with pool.connection(HOST, port, proxy=proxy) as conn:
+            assert conn.reused
+            assert isinstance(conn.stream, trio.SocketStream)
+            assert conn.stream.socket.getpeername()[1] == microsocks.port
+            await roundtrip(conn)
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.idle_connections) == (6, 6)
+        assert_settled(pool)

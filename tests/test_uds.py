@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 import trio_pool
@@ -118,3 +119,21 @@ async def test_tls_over_a_unix_socket_resumes(nursery: trio.Nursery, tmp_path: P
         assert pool.statistics().tls_resumptions == 1
         assert_settled(pool)
     assert server.server_names == ["api.test", "api.test"]
+
+
+async def test_a_forgotten_key_keeps_its_route(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``connection()`` entered after its key was dropped looks it up again, socket path
+    included (the route is part of the cached arguments)."""
+    path = await start_unix_server(nursery, tmp_path / "s.sock", echo)
+    async with trio_pool.open_pool(max_idle_time=10.0, health_check_interval=5.0) as pool:
+        pool.release(await pool.acquire("localhost", 80, uds=path))
+        context = pool.connection("localhost", 80, uds=path)
+        await trio.sleep(30.0)
+        assert pool._state.keys == {}
+        async with context as conn:
+            assert conn._key.key.uds == path
+            await roundtrip(conn)
+        assert pool.statistics().connections_created == 2
+        assert_balanced(pool)
