@@ -63,7 +63,6 @@ def make_key(
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range (the message names it).
     """
-    route = _check_route(host, port, tls, proxy, uds, forward)
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
@@ -86,6 +85,7 @@ def make_key(
             "verify_cert=False cannot be combined with ssl_context: configure the"
             " context instead (check_hostname=False, verify_mode=ssl.CERT_NONE)"
         )
+    route = _check_route(host, port, tls, proxy, uds, forward)
     if not tls:
         # Plain TCP: the TLS arguments mean nothing, and must not split the key.
         return PoolKey(host, port, False, None, True, None, *route)
