@@ -14,9 +14,11 @@ from ._exceptions import ConnectTimeout as ConnectTimeout
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolExhausted as PoolExhausted
+from ._exceptions import ProxyError as ProxyError
 from ._pool import ConnectionContext as ConnectionContext
 from ._pool import ConnectionPool as ConnectionPool
 from ._pool import open_pool as open_pool
+from ._proxy import Proxy as Proxy
 from ._state import PoolKey as PoolKey
 from ._stats import PoolStatistics as PoolStatistics
 
@@ -35,6 +37,8 @@ __all__ = [
     "PoolKey",
     "PoolStatistics",
     "PooledConnection",
+    "Proxy",
+    "ProxyError",
     "open_pool",
     "recommended_max_size",
 ]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import trio
 
-__all__ = ["ConnectError", "ConnectTimeout", "PoolClosed", "PoolError", "PoolExhausted"]
+__all__ = [
+    "ConnectError",
+    "ConnectTimeout",
+    "PoolClosed",
+    "PoolError",
+    "PoolExhausted",
+    "ProxyError",
+]
 
 
 class PoolError(Exception):
@@ -26,6 +33,26 @@ class ConnectError(PoolError, OSError):
 class ConnectTimeout(ConnectError, TimeoutError):
     """Opening a new connection (TCP connect and TLS handshake) took longer than
     ``connection_timeout``."""
+
+
+class ProxyError(ConnectError):
+    """A proxy refused or broke the tunnel to the origin.
+
+    Raised when an HTTP proxy answers ``CONNECT`` with anything but 2xx (``status`` is
+    that status: 407 asks for credentials, 403 or 502 refuse), or when a proxy (HTTP or
+    SOCKS5) closes the connection, answers with something that is not its protocol, or
+    refuses the SOCKS5 login or command (``status`` is ``None``). Failing to reach the
+    proxy at all is a plain :class:`ConnectError`.
+
+    Attributes:
+        status: The HTTP status of a refused ``CONNECT``, else ``None``.
+        proxy: URL of the proxy (without credentials).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, proxy: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.proxy = proxy
 
 
 class PoolClosed(PoolError, trio.ClosedResourceError):

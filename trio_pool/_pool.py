@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import traceback
 from collections.abc import AsyncIterator
@@ -20,9 +21,11 @@ import trio
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
+from ._proxy import Proxy
 from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
+from ._tunnel import open_transport
 from ._util import NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
@@ -50,6 +53,9 @@ def make_key(
     sni: object,
     verify_cert: object,
     ssl_context: object,
+    proxy: object = None,
+    uds: object = None,
+    forward: object = False,
 ) -> PoolKey:
     """Validate acquire arguments and build their :class:`PoolKey`.
 
@@ -79,10 +85,53 @@ def make_key(
             "verify_cert=False cannot be combined with ssl_context: configure the"
             " context instead (check_hostname=False, verify_mode=ssl.CERT_NONE)"
         )
+    route = _check_route(host, port, tls, proxy, uds, forward)
     if not tls:
         # Plain TCP: the TLS arguments mean nothing, and must not split the key.
-        return PoolKey(host, port, False, None, True, None)
-    return PoolKey(host, port, True, sni if sni is not None else host, verify_cert, ssl_context)
+        return PoolKey(host, port, False, None, True, None, *route)
+    return PoolKey(
+        host,
+        port,
+        True,
+        sni if sni is not None else host,
+        verify_cert,
+        ssl_context,
+        *route,
+    )
+
+
+def _check_route(
+    host: object, port: object, tls: object, proxy: object, uds: object, forward: object
+) -> tuple[Proxy | None, str | None, bool]:
+    """Check the proxy, Unix-socket and forwarding arguments of :func:`make_key`."""
+    if proxy is not None and not isinstance(proxy, Proxy):
+        raise TypeError(
+            f"proxy must be a trio_pool.Proxy or None, not {type(proxy).__name__}"
+            " (parse a URL with trio_pool.Proxy(url))"
+        )
+    if uds is not None:
+        if not isinstance(uds, str):
+            raise TypeError(
+                f"uds must be a str path or None, not {type(uds).__name__}"
+                + (" (pass str(path))" if isinstance(uds, os.PathLike) else "")
+            )
+        if not uds or "\x00" in uds[1:]:
+            raise ValueError(f"uds must be a non-empty path without NUL bytes, got {uds!r}")
+        if proxy is not None:
+            raise ValueError("proxy and uds exclude each other: a connection takes one route")
+    if not isinstance(forward, bool):
+        raise TypeError(f"forward must be a bool, not {type(forward).__name__}")
+    if forward:
+        if not isinstance(proxy, Proxy) or proxy.is_socks:
+            raise ValueError("forward=True needs an http:// proxy (requests are sent to it)")
+        if tls:
+            raise ValueError("forward=True connects to the proxy in plain TCP: tls must be False")
+        if (host, port) != (proxy.host, proxy.port):
+            raise ValueError(
+                f"forward=True connects to the proxy itself: host and port must be"
+                f" {proxy.host!r} and {proxy.port}, got {host!r} and {port!r}"
+            )
+    return proxy, uds, forward
 
 
 class ConnectionPool(metaclass=NoPublicConstructor):
@@ -130,16 +179,25 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         sni: str | None,
         verify_cert: bool,
         ssl_context: ssl.SSLContext | None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> KeyState:
-        args = (host, port, tls, sni, verify_cert, ssl_context)
+        args = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         # The cache compares by equality, and 80.0 == 80, 0 == False: values of a wrong
         # type must reach make_key's checks even when an equal valid key is cached.
-        if type(port) is int and type(tls) is bool and type(verify_cert) is bool:
+        if (
+            type(port) is int
+            and type(tls) is bool
+            and type(verify_cert) is bool
+            and type(forward) is bool
+            and (uds is None or type(uds) is str)
+        ):
             try:
                 return self._aliases[args]
             except (KeyError, TypeError):
                 pass
-        key = make_key(host, port, tls, sni, verify_cert, ssl_context)
+        key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         state = self._state.key_state(key, trio.current_time())
         if args not in self._aliases:  # (int and str subclasses come here every time)
             self._aliases[args] = state
@@ -158,6 +216,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> PooledConnection:
         """Borrow a connection to ``host:port``.
 
@@ -181,12 +242,26 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                 are never shared with other contexts.
             timeout: Longest wait in line, overriding ``acquire_timeout``; ``0`` fails
                 fast.
+            proxy: Open the connection through this :class:`~trio_pool.Proxy`: a
+                ``CONNECT`` tunnel (``http://``) or a SOCKS5 ``CONNECT`` to
+                ``host:port``, with TLS to ``host`` inside it if ``tls``. The proxy is
+                part of the key: connections through other proxies, or none, are never
+                shared.
+            uds: Connect to this Unix socket path (a ``str``; a leading NUL names a
+                Linux abstract socket) instead of ``host:port``, which still name the
+                peer (key, TLS server name). Pooled per path; cannot be combined with
+                ``proxy``.
+            forward: With an ``http://`` ``proxy``: connect to the proxy itself, for
+                plain-http requests sent to it in absolute form, pooled per proxy.
+                ``host`` and ``port`` must then be the proxy's, and ``tls`` False.
 
         Returns:
             The borrowed :class:`~trio_pool.PooledConnection`.
 
         Raises:
             PoolExhausted: No connection became free within the timeout.
+            ProxyError: The proxy refused or broke the tunnel (``status`` holds the
+                HTTP status of a refused ``CONNECT``).
             ConnectError: Connecting failed (the cause is chained).
             ConnectTimeout: Connecting took longer than ``connection_timeout``.
             PoolClosed: The pool is closed, or closed while waiting.
@@ -195,7 +270,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
-        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         return await self._acquire(state, timeout, False)
 
     async def acquire_tls(
@@ -207,6 +282,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> PooledConnection:
         """:meth:`acquire` with ``tls=True``."""
         return await self.acquire(
@@ -217,6 +295,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             verify_cert=verify_cert,
             ssl_context=ssl_context,
             timeout=timeout,
+            proxy=proxy,
+            uds=uds,
+            forward=forward,
         )
 
     async def acquire_new(
@@ -229,6 +310,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> PooledConnection:
         """Like :meth:`acquire`, but always open a new connection.
 
@@ -237,7 +321,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
-        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         return await self._acquire(state, timeout, True)
 
     async def _acquire(self, state: KeyState, timeout: float | None, new: bool) -> PooledConnection:
@@ -292,7 +376,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         try:
             with trio.move_on_after(self._config.connection_timeout) as scope:
-                tcp = await trio.open_tcp_stream(key.host, key.port)
+                tcp = await open_transport(key)
                 stream = tcp
                 if key.tls:
                     stream = await self._handshake(state, tcp)
@@ -378,6 +462,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> ConnectionContext:
         """Borrow a connection for the body of an ``async with`` block.
 
@@ -387,7 +474,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
-        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         return ConnectionContext(self, state, timeout)
 
     def _close_stream(self, conn: PooledConnection) -> None:
@@ -418,6 +505,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         sni: str | None = None,
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
     ) -> int:
         """Open connections until the key has ``count`` idle ones (default ``min_size``).
 
@@ -434,7 +524,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             count = self._config.min_size
         if not 0 <= check_int("count", count) <= self._config.max_size:
             raise ValueError(f"count must be between 0 and max_size, got {count!r}")
-        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
+        state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         state.last_active = trio.current_time()  # not forgotten before its connects start
         await trio.lowlevel.checkpoint_if_cancelled()
         errors: list[ConnectError] = []

@@ -27,6 +27,7 @@ import trio
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection
 from ._exceptions import PoolClosed
+from ._proxy import Proxy
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
@@ -56,6 +57,12 @@ class PoolKey(NamedTuple):
 
     ``ssl_context`` compares by identity (:class:`ssl.SSLContext` defines no equality).
     For plain TCP the TLS fields are always ``None`` / ``True`` / ``None``.
+
+    The route is part of the key: ``proxy`` (a :class:`~trio_pool.Proxy`, compared by
+    value) tunnels to ``host:port`` through that proxy, or with ``forward`` connects to
+    the HTTP proxy itself (then ``host:port`` is the proxy's address); ``uds`` connects
+    to that Unix socket path instead of ``host:port``. So connections through different
+    proxies, none, or different sockets are never shared.
     """
 
     host: str
@@ -64,6 +71,9 @@ class PoolKey(NamedTuple):
     server_hostname: str | None
     verify_cert: bool
     ssl_context: ssl.SSLContext | None
+    proxy: Proxy | None = None
+    uds: str | None = None
+    forward: bool = False
 
 
 class Waiter:
