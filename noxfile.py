@@ -35,8 +35,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: ratios against baselines measured in the same run (JSON: benchmarks/results)."""
-    session.install("-e", ".[httpx]", "trustme", "aiohttp", "httpx")
+    """Benchmarks: ratios against baselines measured in the same run (JSON and PNG charts in
+    benchmarks/results)."""
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
@@ -55,5 +56,5 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    session.install("-e", ".", "trustme")
+    session.install("-e", ".[demo]")
     session.run("python", "-m", "trio_pool", "demo", *session.posargs)

@@ -1,14 +1,16 @@
 """Run the benchmarks: ``python -m benchmarks [names...] [--quick] [--json-dir DIR]``.
 
 Discovers every ``benchmarks/bench_<name>.py``, runs those named (all by default; a name
-is ``<name>`` or ``bench_<name>``), writes each result as JSON, and ends with a summary of
-every ratio. Exits 1 if a benchmark raised (the others still run).
+is ``<name>`` or ``bench_<name>``), writes each result as JSON (and, for ``http``,
+``pooling`` and ``spike``, a PNG chart beside it: :mod:`benchmarks._charts`), and ends with
+a summary of every ratio. Exits 1 if a benchmark raised (the others still run).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import sys
 import time
@@ -16,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ._charts import CHARTED, ChartsUnavailable, write_chart
 from ._common import machine, now_stamp, print_table, raise_nofile, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write <stamp>-<name>.json (default benchmarks/results)",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--no-charts",
+        action="store_true",
+        help=f"write no PNG charts (drawn for {sorted(CHARTED)} when matplotlib is installed)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(available))
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary: list[tuple[str, str, str]] = []
     failed: list[str] = []
+    charts = not args.no_charts
     started = time.perf_counter()
     for name in names:
         print(f"\n#### {name}", flush=True)
@@ -86,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         result["elapsed_seconds"] = round(elapsed, 2)
         path = write_json(result, args.json_dir, quick=args.quick, stamp=stamp)
         print(f"({name}: {elapsed:.1f} s, JSON in {path})")
+        if name in CHARTED and charts:
+            try:
+                chart = write_chart(json.loads(path.read_text()), path)
+            except ChartsUnavailable:
+                print("(no charts: matplotlib is not installed; pip install -e '.[bench]')")
+                charts = False
+            except Exception:
+                traceback.print_exc()
+                print(f"({name}: drawing its chart failed; the JSON is written)")
+            else:
+                print(f"({name}: chart in {chart})")
         for ratio, value in result.get("ratios", {}).items():
             summary.append((name, ratio, _fmt_ratio(value)))
     print_table(

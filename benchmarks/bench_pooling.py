@@ -94,6 +94,7 @@ def _summarize(kind: str, measured: dict[str, Any]) -> list[dict[str, Any]]:
                 "requests": len(values),
                 "mean_us": mean * 1e6,
                 "p50_us": percentile(values, 50) * 1e6,
+                "p90_us": percentile(values, 90) * 1e6,
                 "p99_us": percentile(values, 99) * 1e6,
                 "req_per_s": 1 / mean,
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -165,6 +166,42 @@ def test_presets_take_overrides() -> None:
         PoolConfig.low_latency(bogus=1)
     with pytest.raises(ValueError, match="min_size"):
         PoolConfig.resource_constrained(min_size=21)
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (
+            lambda: PoolConfig.low_latency(max_size=5),
+            r"min_size=20 from the PoolConfig\.low_latency",
+        ),
+        (
+            lambda: PoolConfig.low_latency(min_size=300),
+            r"max_size=200 from the PoolConfig\.low_lat",
+        ),
+        (
+            lambda: PoolConfig.high_traffic(max_size=10),
+            r"min_size=50 from the PoolConfig\.high_tra",
+        ),
+        (
+            lambda: PoolConfig.resource_constrained(min_size=21),
+            r"max_size=20 from the PoolConfig\.resource_constrained\(\) preset; override it",
+        ),
+    ],
+)
+def test_preset_errors_say_which_values_came_from_the_preset(
+    make: Callable[[], PoolConfig], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named) as info:
+        make()
+    assert str(info.value).startswith("min_size must be between 0 and max_size")
+
+
+def test_preset_errors_about_the_callers_values_alone_are_unchanged() -> None:
+    with pytest.raises(ValueError, match=r"^max_size must be >= 1, got 0$"):
+        PoolConfig.high_traffic(max_size=0)
+    with pytest.raises(ValueError, match=r"^min_size must be between 0 and max_size \(5\), got 9$"):
+        PoolConfig.low_latency(max_size=5, min_size=9)
 
 
 def test_replace() -> None:

@@ -6,14 +6,16 @@ Timing is never asserted: the speed-up depends on the machine. Counts do not.
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
 import pytest
+import trio
 
 from trio_pool.__main__ import build_parser
 from trio_pool.__main__ import main as cli_main
-from trio_pool._demo import run_demo, summary_lines
+from trio_pool._demo import REQUEST, RESPONSE, DemoSummary, run_demo, summary_lines, table
 
 
 async def test_demo_counts() -> None:
@@ -47,8 +49,41 @@ async def test_demo_counts() -> None:
     assert "Summary" in text
     assert "TLS handshakes saved" in text
     assert all(len(line) < 80 for line in summary_lines(summary))
-    assert f"{tls.tls_resumptions} of the {tls.tls_handshakes} handshakes left resumed" in text
+    full = tls.tls_handshakes - tls.tls_resumptions
+    assert (
+        f"{tls.tls_handshakes} handshakes when pooled: {full} full, {tls.tls_resumptions} resumed"
+        in text
+    )
     assert summary_lines(summary)[0] in text
+    assert "TLS full/res" in text  # the TLS column, with TLS modes
+
+
+async def test_demo_piped_names_each_mode_then_prints_the_table_once() -> None:
+    """Not on a terminal: no progress line looks like a result; every figure is in the
+    one table at the end."""
+    out = io.StringIO()
+    summary = await run_demo(requests=40, concurrency=4, hosts=2, tls=False, out=out, live=False)
+    lines = out.getvalue().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("mode "))
+    before, after = lines[:header], lines[header:]
+    progress = [line for line in before if line.startswith("  running ")]
+    assert len(progress) == 2
+    for number, (line, result) in enumerate(zip(progress, summary.results, strict=True), 1):
+        assert re.fullmatch(rf"  running {number}/2: {result.title} \.\.\. \d+\.\d s", line)
+    # Each mode's title appears once in the progress, once in the table, and nowhere else.
+    for result in summary.results:
+        assert sum(line.startswith(result.title) for line in after) == 1
+        assert sum(result.title in line for line in lines) == 2
+    assert "req/s" not in "\n".join(before)  # no figures before the table
+
+
+async def test_demo_says_what_a_request_is_and_where_the_servers_run() -> None:
+    out = io.StringIO()
+    await run_demo(requests=5, concurrency=1, hosts=1, tls=False, out=out, live=False)
+    intro = out.getvalue().split("\n\n")[0]
+    assert f"one request = send a {len(REQUEST)}-byte line, read its {len(RESPONSE)}-byte" in intro
+    assert "the servers run in this process" in intro
+    assert all(len(line) < 80 for line in intro.splitlines())
 
 
 async def test_demo_live_table_without_tls() -> None:
@@ -60,6 +95,18 @@ async def test_demo_live_table_without_tls() -> None:
     assert "\x1b[J" in text  # redrawn in place
     assert "hit rate" in text
     assert "TLS" not in "\n".join(summary_lines(summary))
+    assert "TLS" not in text  # no TLS rows, and no TLS column either, live or final
+    assert "p99 ms" in text
+
+
+def test_table_has_a_tls_column_only_with_tls_modes() -> None:
+    async def run(tls: bool) -> DemoSummary:
+        return await run_demo(requests=8, concurrency=2, hosts=1, tls=tls, out=io.StringIO())
+
+    plain = trio.run(run, False).results
+    assert table(plain)[0].endswith("p99 ms")
+    assert all(len(line) == len(table(plain)[0]) for line in table(plain)[1:2])
+    assert table(plain, tls=True)[0].endswith("TLS full/res")
 
 
 @pytest.mark.parametrize(

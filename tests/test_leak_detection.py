@@ -7,6 +7,7 @@ The mock clock never moves by itself, so connects never time out; the test jumps
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import trio
@@ -72,6 +73,39 @@ async def test_held_connection_is_reported_once_with_its_stack(
             await advance(mock_clock, 2 * THRESHOLD)
             assert len(leak_reports(caplog)) == 2
             assert "pool.connection(HOST, echo_port)" in leak_reports(caplog)[1]
+
+
+async def test_acquired_at_stack_is_the_users_code_only(
+    echo_port: int,
+    mock_clock: trio.testing.MockClock,
+    leaky_config: trio_pool.PoolConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stack starts at the task's own function and ends at the line that called the
+    pool: no trio run-loop frames above it, no trio_pool frames below it."""
+    caplog.set_level(logging.WARNING, logger="trio_pool")
+    held: list[trio_pool.PooledConnection] = []
+
+    async def handler_that_leaks(pool: trio_pool.ConnectionPool) -> None:
+        held.append(await pool.acquire(HOST, echo_port))
+
+    async with trio_pool.open_pool(leaky_config) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(handler_that_leaks, pool)  # a task of its own, from trio's loop
+        await trio.testing.wait_all_tasks_blocked()
+        await advance(mock_clock, 2 * THRESHOLD)
+        pool.release(held[0])
+    (report,) = leak_reports(caplog)
+    head, stack = report.split("acquired at:\n")
+    assert head.startswith(f"connection to {HOST}:{echo_port} (TCP) held for")
+    frames = [line for line in stack.splitlines() if line.startswith('  File "')]
+    # Started by the nursery: the stack is exactly the task's function.
+    assert len(frames) == 1, stack
+    assert "in handler_that_leaks" in frames[0]
+    assert stack.rstrip().endswith("held.append(await pool.acquire(HOST, echo_port))")
+    trio_dir = os.path.dirname(trio.__file__)
+    pool_dir = os.path.dirname(trio_pool.__file__)
+    assert trio_dir not in stack
+    assert pool_dir not in stack
 
 
 async def test_connection_returned_in_time_is_not_reported(

@@ -10,6 +10,7 @@ generous bounds.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 import pytest
@@ -17,7 +18,8 @@ import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import ConnectError, ConnectionPool
+from trio_pool import ConnectError, ConnectionPool, PoolKey
+from trio_pool._describe import describe_key
 
 from .servers import HOST, echo, refused_port, start_server
 
@@ -407,30 +409,93 @@ async def test_low_hit_rate_logged_and_rate_limited(
             for _ in range(n):
                 pool.release(await pool.acquire_new(HOST, echo_port))
 
-        await misses(4)
+        await misses(20)
         await trio.sleep_until(start + 10.0 + EPS)
         [first] = warnings_about(caplog, "hit rate")
-        assert f"{HOST}:{echo_port}" in first.getMessage()
-        assert "0%" in first.getMessage()
+        assert first.getMessage() == (
+            f"hit rate for {HOST}:{echo_port} (TCP) was 0% over the last interval (20 acquires)"
+        )
         for t in (20.0, 30.0, 40.0, 50.0, 60.0):  # low again each interval: rate-limited
-            await misses(1)
+            await misses(20)
             await trio.sleep_until(start + t + EPS)
         assert len(warnings_about(caplog, "hit rate")) == 1
-        await misses(1)
+        await misses(20)
         await trio.sleep_until(start + 70.0 + EPS)  # a minute after the first
         assert len(warnings_about(caplog, "hit rate")) == 2
 
 
-async def test_good_or_no_traffic_logs_no_hit_rate_warning(
+async def test_hit_rate_is_judged_on_a_minimum_sample(
     echo_port: int, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A few misses (a first request, a refused port) say nothing about the pool."""
     caplog.set_level(logging.WARNING, LOGGER)
+    port = refused_port()
     async with trio_pool.open_pool(health_check_interval=10.0, max_idle_time=1000.0) as pool:
-        for _ in range(5):  # 1 miss then 4 hits: exactly 0.8
-            pool.release(await pool.acquire(HOST, echo_port))
-        await trio.sleep(100.0)  # then nothing at all for many intervals
-        assert pool.statistics().hit_rate == 0.8
-    assert warnings_about(caplog, "hit rate") == []
+        start = trio.current_time()
+        for _ in range(19):  # 19 misses in one interval: below the sample
+            pool.release(await pool.acquire_new(HOST, echo_port))
+        for _ in range(3):
+            with pytest.raises(ConnectError):
+                await pool.acquire(HOST, port)
+        await trio.sleep_until(start + 10.0 + EPS)
+        assert warnings_about(caplog, "hit rate") == []
+        # The sample is per interval: 19 more in the next one are still too few.
+        for _ in range(19):
+            pool.release(await pool.acquire_new(HOST, echo_port))
+        await trio.sleep_until(start + 20.0 + EPS)
+        assert warnings_about(caplog, "hit rate") == []
+        for _ in range(20):
+            pool.release(await pool.acquire_new(HOST, echo_port))
+        await trio.sleep_until(start + 30.0 + EPS)
+        [record] = warnings_about(caplog, "hit rate")
+        assert "(20 acquires)" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        (PoolKey("127.0.0.1", 80, False, None, True, None), "127.0.0.1:80 (TCP)"),
+        (PoolKey("::1", 8080, False, None, True, None), "[::1]:8080 (TCP)"),
+        (PoolKey("127.0.0.1", 443, True, "127.0.0.1", True, None), "127.0.0.1:443 (TLS)"),
+        (
+            PoolKey("127.0.0.1", 443, True, "api.example", False, None),
+            "127.0.0.1:443 (TLS, SNI api.example, certificate not verified)",
+        ),
+        (
+            PoolKey("a.example", 443, True, "a.example", True, ssl.create_default_context()),
+            "a.example:443 (TLS, own ssl_context)",
+        ),
+    ],
+)
+def test_describe_key(key: PoolKey, text: str) -> None:
+    assert describe_key(key) == text
+
+
+async def test_warnings_tell_keys_on_one_port_apart(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plain and TLS keys to the same host and port log distinct lines, and no line
+    repeats the logger's name (``WARNING trio_pool: trio_pool: ...``)."""
+    caplog.set_level(logging.WARNING, LOGGER)
+    port = refused_port()
+    async with trio_pool.open_pool(min_size=1, health_check_interval=10.0) as pool:
+        for tls, sni, verify in (
+            (False, None, True),
+            (True, None, False),
+            (True, "b.example", False),
+        ):
+            with pytest.raises(ConnectError):
+                await pool.acquire(HOST, port, tls=tls, sni=sni, verify_cert=verify)
+        await trio.sleep(10.0 + EPS)  # the first pass tries to refill each floor
+        refills = sorted(r.getMessage() for r in warnings_about(caplog, "refilling"))
+    where = f"{HOST}:{port}"
+    assert [m.split(" failed")[0] for m in refills] == [
+        f"refilling {where} (TCP)",
+        f"refilling {where} (TLS, SNI b.example, certificate not verified)",
+        f"refilling {where} (TLS, certificate not verified)",
+    ]
+    assert caplog.records
+    assert not any(r.getMessage().startswith("trio_pool") for r in caplog.records)
 
 
 async def test_busy_host_logged_and_rate_limited(

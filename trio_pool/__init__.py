@@ -3,7 +3,15 @@
 Per-host pools of TCP and TLS connections living in a nursery, with cancellation-safe
 acquire, health checks, idle eviction, warm floors, TLS session resumption and
 statistics. HTTP/1.1 keep-alive lives in :mod:`trio_pool.http`.
+
+The integrations are submodules, reachable as attributes after ``import trio_pool``
+(``trio_pool.http``, ``trio_pool.httpx``, ``trio_pool.anyio``, ``trio_pool.metrics``);
+each is imported on first use, so ``import trio_pool`` imports neither h11 nor any
+extra (httpx, anyio, prometheus_client).
 """
+
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 from ._config import PoolConfig as PoolConfig
 from ._config import recommended_max_size as recommended_max_size
@@ -22,7 +30,15 @@ from ._proxy import Proxy as Proxy
 from ._state import PoolKey as PoolKey
 from ._stats import PoolStatistics as PoolStatistics
 
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ imports them on first use
+    from . import anyio as anyio
+    from . import http as http
+    from . import httpx as httpx
+    from . import metrics as metrics
+
 __version__ = "0.1.0"
+
+_SUBMODULES = frozenset({"anyio", "http", "httpx", "metrics"})
 
 __all__ = [
     "ConnectError",
@@ -42,3 +58,18 @@ __all__ = [
     "open_pool",
     "recommended_max_size",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import a submodule (``trio_pool.http``, ...) on first attribute access.
+
+    Importing it sets the attribute on the package, so this runs once per submodule. A
+    submodule whose extra is missing raises the :exc:`ImportError` that names the extra.
+    """
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})

@@ -13,11 +13,13 @@ trio_pool, a connection pool for trio.
 
 commands:
   demo    start loopback servers on 127.0.0.1 (plain TCP, and TLS with a CA made on the
-          fly) and send the same requests four ways: a new connection per request, pooled,
-          a new TLS connection per request, pooled TLS with session resumption. A live
+          fly) in this process and send the same requests four ways: a new connection per
+          request, pooled, a new TLS connection per request, pooled TLS with session
+          resumption. A request is one line sent and its answer read. On a terminal a live
           table shows requests done, hit rate, connections opened/closed, idle/active and
-          p50/p99 latency; the summary gives pooling's speed-up and the handshakes it saved.
-          Nothing but 127.0.0.1 is contacted; the defaults take about 10-20 s.
+          p50/p99 latency (piped, the table is printed once, at the end); the summary gives
+          pooling's speed-up and the handshakes it saved. Nothing but 127.0.0.1 is
+          contacted; the defaults take about 10-20 s.
 
 demo options:
   --requests N     requests sent each way (default {DEFAULT_REQUESTS})
@@ -59,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="show pooling's effect live on loopback servers",
         description=(
             "Start request/response servers on 127.0.0.1 in this process and send the same"
-            " workload through a new connection per request, a pool, a new TLS connection"
-            " per request and a TLS pool with session resumption, showing a live table and"
-            " a summary. Nothing but 127.0.0.1 is contacted. The defaults take about 10-20 s."
+            " requests (one line sent, its answer read) through a new connection per request,"
+            " a pool, a new TLS connection per request and a TLS pool with session"
+            " resumption, showing a table (live on a terminal) and a summary. Nothing but"
+            " 127.0.0.1 is contacted. The defaults take about 10-20 s."
         ),
     )
     demo.add_argument(

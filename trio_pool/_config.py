@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -89,27 +90,68 @@ class PoolConfig:
     @classmethod
     def high_traffic(cls, **overrides: Any) -> PoolConfig:
         """Many concurrent requests to few hosts: 500 / 50 warm / 120 s idle / 3 s connect."""
-        return cls(max_size=500, min_size=50, max_idle_time=120.0, connection_timeout=3.0).replace(
-            **overrides
+        return _preset(
+            cls,
+            "high_traffic",
+            {"max_size": 500, "min_size": 50, "max_idle_time": 120.0, "connection_timeout": 3.0},
+            overrides,
         )
 
     @classmethod
     def low_latency(cls, **overrides: Any) -> PoolConfig:
         """Fail and recover fast: 200 / 20 warm / 60 s idle / 1 s connect, checks every 10 s."""
-        return cls(
-            max_size=200,
-            min_size=20,
-            max_idle_time=60.0,
-            connection_timeout=1.0,
-            health_check_interval=10.0,
-        ).replace(**overrides)
+        return _preset(
+            cls,
+            "low_latency",
+            {
+                "max_size": 200,
+                "min_size": 20,
+                "max_idle_time": 60.0,
+                "connection_timeout": 1.0,
+                "health_check_interval": 10.0,
+            },
+            overrides,
+        )
 
     @classmethod
     def resource_constrained(cls, **overrides: Any) -> PoolConfig:
         """Few sockets: 20 / none warm / 30 s idle / 10 s connect."""
-        return cls(max_size=20, min_size=0, max_idle_time=30.0, connection_timeout=10.0).replace(
-            **overrides
+        return _preset(
+            cls,
+            "resource_constrained",
+            {"max_size": 20, "min_size": 0, "max_idle_time": 30.0, "connection_timeout": 10.0},
+            overrides,
         )
+
+
+def _preset(
+    cls: type[PoolConfig], name: str, values: dict[str, Any], overrides: dict[str, Any]
+) -> PoolConfig:
+    """The preset ``values`` with ``overrides`` applied.
+
+    A ``ValueError`` that involves a value the preset chose, not the caller (say
+    ``low_latency(max_size=5)`` against the preset's ``min_size=20``), says which values
+    came from the preset, so the caller knows to override them too.
+
+    Raises:
+        TypeError: An override names no field of :class:`PoolConfig`.
+        ValueError: The combined values are invalid.
+    """
+    try:
+        return cls(**values).replace(**overrides)
+    except ValueError as exc:
+        message = str(exc)
+        chosen = [
+            f"{field}={value!r}"
+            for field, value in values.items()
+            if field not in overrides and re.search(rf"\b{field}\b", message)
+        ]
+        if not chosen:
+            raise
+        raise ValueError(
+            f"{message} ({', '.join(chosen)} from the PoolConfig.{name}() preset;"
+            f" override {'it' if len(chosen) == 1 else 'them'} as well)"
+        ) from exc
 
 
 def recommended_max_size(peak_rps: float, avg_response_time: float) -> int:

@@ -44,7 +44,6 @@ DEFAULT_HOSTS: Final = 4
 MAX_HOSTS: Final = 64
 
 _TTY_REFRESH: Final = 0.25  # seconds between redraws of the live table on a terminal
-_LOG_REFRESH: Final = 2.0  # seconds between progress lines when not on a terminal
 
 
 @dataclass(frozen=True)
@@ -377,9 +376,9 @@ _COLUMNS: Final = (
 )
 
 
-def _row(cells: Sequence[str]) -> str:
+def _row(cells: Sequence[str], columns: Sequence[tuple[str, int, str]]) -> str:
     return " ".join(
-        f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, _COLUMNS, strict=True)
+        f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, columns, strict=True)
     ).rstrip()
 
 
@@ -407,18 +406,29 @@ def _cells(result: ModeResult) -> list[str]:
     ]
 
 
-def table(results: Sequence[ModeResult]) -> list[str]:
-    """The results as lines of a plain-text table, header first."""
-    header = _row([name for name, _, _ in _COLUMNS])
-    return [header, "-" * len(header), *(_row(_cells(r)) for r in results)]
+def table(results: Sequence[ModeResult], *, tls: bool | None = None) -> list[str]:
+    """The results as lines of a plain-text table, header first.
+
+    Args:
+        results: One row each.
+        tls: Show the TLS handshakes column (default: if any result is a TLS mode).
+    """
+    if tls is None:
+        tls = any(r.tls for r in results)
+    columns = _COLUMNS if tls else _COLUMNS[:-1]
+    header = _row([name for name, _, _ in columns], columns)
+    rows = (_row(_cells(r)[: len(columns)], columns) for r in results)
+    return [header, "-" * len(header), *rows]
 
 
 class _Display:
-    """Redraws the table in place on a terminal; prints progress lines otherwise."""
+    """Redraws the table in place on a terminal; otherwise names each mode as it runs
+    and prints the table once, at the end."""
 
-    def __init__(self, out: TextIO, live: bool) -> None:
+    def __init__(self, out: TextIO, live: bool, tls: bool) -> None:
         self.out = out
         self.live = live
+        self.tls = tls
         self.color = live and "NO_COLOR" not in os.environ
         self.drawn = 0
         self.width = 1000
@@ -441,7 +451,7 @@ class _Display:
         Live drawings are cut to the terminal's width, since a wrapped line would throw
         the redrawing off; the final one is printed whole.
         """
-        lines = table(results)
+        lines = table(results, tls=self.tls)
         if self.drawn:
             self.out.write(f"\x1b[{self.drawn}F\x1b[J")  # back to the top, clear below
         cut = self.live and not final
@@ -452,27 +462,24 @@ class _Display:
         self.out.flush()
         self.drawn = len(lines) if cut else 0
 
-    def progress(self, result: ModeResult) -> None:
-        """One line about a mode in progress (when not on a terminal)."""
-        hit = f", hit rate {result.hit_rate:.1%}" if result.pooled else ""
-        self.write(
-            f"  {result.title}: {result.done:,}/{result.total:,} requests,"
-            f" {result.requests_per_second:,.0f} req/s{hit},"
-            f" {result.connections_created:,} opened / {result.connections_closed:,} closed,"
-            f" p50 {result.p50 * 1000:.2f} ms, p99 {result.p99 * 1000:.2f} ms"
-        )
+    def starting(self, number: int, count: int, mode: Mode) -> None:
+        """Say which mode runs now (when not on a terminal); :meth:`finished` ends the line.
+
+        Deliberately unlike a table row: the figures are in the table at the end.
+        """
+        self.out.write(f"  running {number}/{count}: {mode.title} ...")
+        self.out.flush()
+
+    def finished(self, result: ModeResult) -> None:
+        failed = f", {result.errors:,} failed" if result.errors else ""
+        self.write(f" {result.seconds:.1f} s{failed}")
 
 
 async def _watch(display: _Display, done: list[ModeResult], run: _Run) -> None:
-    """Refresh the display while ``run`` is in progress (cancelled when it ends)."""
-    if display.live:
-        while True:
-            display.draw([*done, run.result()])
-            await trio.sleep(_TTY_REFRESH)
-    else:
-        while True:
-            await trio.sleep(_LOG_REFRESH)
-            display.progress(run.result())
+    """Redraw the live table while ``run`` is in progress (cancelled when it ends)."""
+    while True:
+        display.draw([*done, run.result()])
+        await trio.sleep(_TTY_REFRESH)
 
 
 # -- summary ----------------------------------------------------------------------------
@@ -499,9 +506,10 @@ def summary_lines(summary: DemoSummary) -> list[str]:
             f" {label} handshakes saved ({pooled.connections_created:,} connections)"
         )
         if tls:
+            full = pooled.tls_handshakes - pooled.tls_resumptions
             lines.append(
-                f"       {pooled.tls_resumptions:,} of the {pooled.tls_handshakes:,} handshakes"
-                " left resumed a session (no certificate sent)"
+                f"       {pooled.tls_handshakes:,} handshakes when pooled: {full:,} full,"
+                f" {pooled.tls_resumptions:,} resumed (no certificate sent)"
             )
         if pooled.p50 > 0:
             lines.append(
@@ -543,7 +551,8 @@ async def run_demo(
         tls: Also run the TLS modes (needs :mod:`trustme`).
         out: Where to write the table and summary (default :data:`sys.stdout`).
         live: Redraw the table in place with ANSI codes (default: if ``out`` is a
-            terminal); otherwise print a progress line every few seconds.
+            terminal); otherwise name each mode as it runs and print the table once,
+            at the end.
 
     Returns:
         The results of every mode run.
@@ -559,7 +568,7 @@ async def run_demo(
         out = sys.stdout
     if live is None:
         live = out.isatty()
-    display = _Display(out, live)
+    display = _Display(out, live, tls)
     server_context = client_context = None
     if tls:
         server_context, client_context = _tls_contexts()
@@ -568,10 +577,14 @@ async def run_demo(
     servers_text = f"{hosts} server{'s' if hosts > 1 else ''}"
     display.write(
         display.style("trio_pool demo", "1")
-        + f": {requests:,} requests each way, {concurrency} at a time, {servers_text}"
+        + f": {requests:,} requests each way, {concurrency} at a time, to {servers_text}"
         f" on {HOST}"
     )
-    display.write("  one request per host first, as any client starts; no delays added")
+    display.write(
+        f"  one request = send a {len(REQUEST)}-byte line, read its {len(RESPONSE)}-byte answer"
+    )
+    display.write("  the servers run in this process (same trio run), sharing its CPU; no delays")
+    display.write("  each way starts with one request per host, as any client does")
     display.write()
     done: list[ModeResult] = []
     async with trio.open_nursery() as servers:
@@ -579,17 +592,20 @@ async def run_demo(
         tls_ports: list[int] = []
         if server_context is not None:
             tls_ports = await _start_servers(servers, _tls_server(server_context), hosts)
-        for mode in modes:
+        for number, mode in enumerate(modes, 1):
             run = _Run(mode, requests)
             context = client_context if mode.tls else None
             ports = tls_ports if mode.tls else plain_ports
-            async with trio.open_nursery() as watching:
-                watching.start_soon(_watch, display, done, run)
+            if live:
+                async with trio.open_nursery() as watching:
+                    watching.start_soon(_watch, display, done, run)
+                    result = await _run_mode(run, ports, concurrency, context)
+                    watching.cancel_scope.cancel()
+            else:
+                display.starting(number, len(modes), mode)
                 result = await _run_mode(run, ports, concurrency, context)
-                watching.cancel_scope.cancel()
+                display.finished(result)
             done.append(result)
-            if not live:
-                display.progress(result)
         servers.cancel_scope.cancel()
     summary = DemoSummary(requests, concurrency, hosts, tuple(done))
     if not live:
@@ -625,4 +641,16 @@ def main(
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        if not _only_broken_pipes(exc):
+            raise
+        # Whoever read the output left (``| head``): stop quietly, as a pipeline expects.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     return 1 if any(r.errors for r in summary.results) else 0
+
+
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(e) for e in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import ssl
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -20,6 +19,7 @@ import trio
 
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection, _socket_of
+from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
 from ._proxy import Proxy
 from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
@@ -37,6 +37,7 @@ _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
 _WARNING_KINDS: Final = ("hit_rate", "busy")
+_MIN_HIT_RATE_SAMPLE: Final = 20  # acquires in an interval before its hit rate is judged
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -338,7 +339,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             assert isinstance(grant, PooledConnection)
             conn = grant
         if self._state.borrowed is not None:
-            conn.acquired_by = "".join(traceback.format_stack(limit=12)[:-2])
+            conn.acquired_by = caller_stack()
         return conn
 
     async def _wait(self, state: KeyState, now: float, timeout: float | None, new: bool) -> Grant:
@@ -718,9 +719,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             if key_state.refill_not_before < self._state.wake_at:
                 self._wake_by(key_state.refill_not_before)
             logger.warning(
-                "trio_pool: refilling %s:%d failed (%s); retrying in %.1f s",
-                key_state.key.host,
-                key_state.key.port,
+                "refilling %s failed (%s); retrying in %.1f s",
+                describe_key(key_state.key),
                 exc,
                 backoff,
                 exc_info=not isinstance(exc, ConnectError),
@@ -740,21 +740,20 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             logger.warning(message, *args)
 
     def _monitor(self, state: KeyState, now: float) -> None:
-        """Warn about a key whose hit rate over the last interval fell below 0.8 (only
-        with traffic in that interval) or whose in-use connections exceed 90% of
-        ``max_size``."""
+        """Warn about a key whose hit rate over the last interval fell below 0.8 (judged
+        only on at least ``_MIN_HIT_RATE_SAMPLE`` acquires in that interval) or whose
+        in-use connections exceed 90% of ``max_size``."""
         hits = state.hits - state.monitor_hits
         misses = state.misses - state.monitor_misses
         state.monitor_hits, state.monitor_misses = state.hits, state.misses
-        host, port = state.key.host, state.key.port
-        if hits + misses and hits / (hits + misses) < 0.8:
+        key = describe_key(state.key)
+        if hits + misses >= _MIN_HIT_RATE_SAMPLE and hits / (hits + misses) < 0.8:
             self._warn(
                 state.key,
                 "hit_rate",
                 now,
-                "trio_pool: hit rate for %s:%d was %.0f%% over the last interval (%d acquires)",
-                host,
-                port,
+                "hit rate for %s was %.0f%% over the last interval (%d acquires)",
+                key,
                 100 * hits / (hits + misses),
                 hits + misses,
             )
@@ -763,9 +762,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                 state.key,
                 "busy",
                 now,
-                "trio_pool: %s:%d has %d of max_size=%d connections in use",
-                host,
-                port,
+                "%s has %d of max_size=%d connections in use",
+                key,
                 state.in_use,
                 self._config.max_size,
             )
@@ -780,10 +778,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             if now - conn.acquired_at > threshold and token not in self._leaks_reported:
                 self._leaks_reported.add(token)
                 logger.warning(
-                    "trio_pool: connection to %s:%d held for %.1f s (leak_detection_threshold"
+                    "connection to %s held for %.1f s (leak_detection_threshold"
                     " %.1f s); acquired at:\n%s",
-                    conn.host,
-                    conn.port,
+                    describe_key(conn._key.key),
                     now - conn.acquired_at,
                     threshold,
                     conn.acquired_by or "(unknown)",

@@ -1,0 +1,275 @@
+"""PNG charts of benchmark results, written next to their JSON by ``python -m benchmarks``.
+
+One chart per benchmark that has one:
+
+* ``http``: throughput against concurrency, one line per client (log-scale concurrency),
+  so httpcore's collapse shows as a line falling to zero;
+* ``pooling``: latency percentiles without and with pooling, plain TCP and TLS (log scale);
+* ``spike``: a timeline of the connect hand-off spike, one horizontal segment per request
+  from its start to its end, one panel per variant.
+
+matplotlib (the ``bench`` extra) is imported only when a chart is drawn, with the
+non-interactive Agg backend; without it :func:`write_chart` raises
+:class:`ChartsUnavailable` and ``python -m benchmarks`` prints one line instead. The
+``*_series`` functions only shape the JSON result into what is drawn: plain Python, tested
+without matplotlib.
+
+Re-draw a saved result: ``python -m benchmarks._charts benchmarks/results/<file>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHARTED",
+    "ChartsUnavailable",
+    "http_series",
+    "pooling_series",
+    "spike_series",
+    "write_chart",
+]
+
+# Drawn first, most prominent; the others in the order of the result.
+OURS = "trio_pool.http"
+PERCENTILES = (("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"))
+
+
+class ChartsUnavailable(RuntimeError):
+    """matplotlib is not installed (``pip install -e '.[bench]'``)."""
+
+
+# -- the data drawn (no matplotlib) ---------------------------------------------------------
+
+
+def http_series(result: Mapping[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """``bench_http``: each client's ``(concurrency, requests per second)``, ascending.
+
+    A client measured nowhere (aiohttp not installed: all zeros with no request) is left
+    out; a client that collapsed at some concurrency keeps its zeros: that is the point.
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in result["results"]:
+        series.setdefault(row["client"], []).append(
+            (int(row["concurrency"]), float(row["requests_per_second"]))
+        )
+    for client in list(series):
+        points = sorted(series[client])
+        if client == "aiohttp" and all(rps == 0 for _, rps in points):
+            del series[client]
+        else:
+            series[client] = points
+    ordered = sorted(series, key=lambda client: client != OURS)
+    return {client: series[client] for client in ordered}
+
+
+def pooling_series(result: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """``bench_pooling``: ``{transport: {variant: {"p50": µs, ...}}}`` for the percentiles
+    the result holds (p50 and p99 always; p90 in newer results)."""
+    series: dict[str, dict[str, dict[str, float]]] = {}
+    for row in result["results"]:
+        values = {label: float(row[key]) for label, key in PERCENTILES if key in row}
+        series.setdefault(row["transport"], {})[row["variant"]] = values
+    return series
+
+
+def spike_series(
+    result: Mapping[str, Any],
+) -> list[tuple[str, int | None, list[tuple[float, float]]]]:
+    """``bench_spike``: per variant, ``(name, connections opened, requests)`` with the
+    requests as ``(start_s, end_s)`` sorted by start (seconds from the spike's start)."""
+    opened: Mapping[str, int] = result.get("connections_opened", {})
+    panels = []
+    for variant, spans in result["timelines"].items():
+        requests = sorted((float(start), float(end)) for start, end in spans)
+        panels.append((variant, opened.get(variant), requests))
+    return panels
+
+
+# -- drawing ---------------------------------------------------------------------------------
+
+
+def _figure(rows: int = 1, height: float = 4.2, sharex: bool = False) -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ChartsUnavailable("matplotlib is not installed") from exc
+    figure = Figure(figsize=(8.0, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)  # the Agg backend: PNG without a display
+    axes = figure.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0]
+    return figure, axes
+
+
+def _subtitle(result: Mapping[str, Any]) -> str:
+    machine = result.get("machine", {})
+    parts = [str(result.get("date", ""))[:10], machine.get("description", "")]
+    if result.get("quick"):
+        parts.append("--quick")
+    return ", ".join(p for p in parts if p)
+
+
+def _draw_http(result: Mapping[str, Any], path: Path) -> None:
+    figure, (axes,) = _figure()
+    for client, points in http_series(result).items():
+        xs = [n for n, _ in points]
+        ys = [rps for _, rps in points]
+        ours = client == OURS
+        style = {"linestyle": ":", "color": "0.35"} if client == "h11 ceiling" else {}
+        (line,) = axes.plot(
+            xs,
+            ys,
+            marker="o",
+            linewidth=2.6 if ours else 1.6,
+            label=client,
+            zorder=3 if ours else 2,
+            **style,
+        )
+        for n, rps in points:
+            if rps == 0:
+                axes.annotate(
+                    f"{client}: collapsed",
+                    (n, 0),
+                    textcoords="offset points",
+                    xytext=(-4, 8),
+                    ha="right",
+                    fontsize=8,
+                    color=line.get_color(),
+                )
+    axes.set_xscale("log")
+    concurrencies = sorted({n for points in http_series(result).values() for n, _ in points})
+    axes.set_xticks(concurrencies, [str(n) for n in concurrencies])
+    axes.minorticks_off()
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("concurrent requests (tasks)")
+    axes.set_ylabel("requests per second")
+    axes.yaxis.set_major_formatter("{x:,.0f}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    axes.set_title(
+        f"HTTP GET to nginx on loopback: throughput by concurrency\n{_subtitle(result)}",
+        fontsize=10,
+    )
+    figure.savefig(path)
+
+
+def _draw_pooling(result: Mapping[str, Any], path: Path) -> None:
+    series = pooling_series(result)
+    figure, (axes,) = _figure()
+    labels: list[str] = []
+    positions: list[float] = []
+    width = 0.38
+    colors = {"connect per request": "C3", "pooled": "C0"}
+    seen: set[str] = set()
+    x = 0.0
+    for transport, variants in series.items():
+        percentiles = [
+            label for label, _ in PERCENTILES if all(label in v for v in variants.values())
+        ]
+        for label in percentiles:
+            for offset, (variant, values) in zip(
+                (-width / 2, width / 2), variants.items(), strict=False
+            ):
+                bar = axes.bar(
+                    x + offset,
+                    values[label],
+                    width,
+                    color=colors.get(variant),
+                    label=variant if variant not in seen else None,
+                )
+                seen.add(variant)
+                axes.bar_label(bar, [f"{values[label]:,.0f}"], fontsize=7, padding=2)
+            labels.append(f"{transport}\n{label}")
+            positions.append(x)
+            x += 1.0
+        x += 0.5  # a gap between plain and TLS
+    axes.set_xticks(positions, labels)
+    axes.set_yscale("log")
+    axes.set_ylabel("latency per request, µs (log scale)")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(loc="upper left", fontsize=9)
+    ratios = result.get("ratios", {})
+    speedups = ", ".join(
+        f"{transport} {ratios[key]:.1f}x"
+        for transport in series
+        if (key := f"{transport.lower()}_speedup") in ratios
+    )
+    axes.set_title(
+        "Sequential 16-byte echo requests, one task: latency without and with pooling\n"
+        + ", ".join(
+            p
+            for p in (f"throughput speed-up {speedups}" if speedups else "", _subtitle(result))
+            if p
+        ),
+        fontsize=10,
+    )
+    axes.margins(y=0.15)
+    figure.savefig(path)
+
+
+def _draw_spike(result: Mapping[str, Any], path: Path) -> None:
+    panels = spike_series(result)
+    figure, axes_list = _figure(len(panels), height=1.0 + 2.0 * len(panels), sharex=True)
+    for axes, (variant, opened, requests) in zip(axes_list, panels, strict=True):
+        if requests:
+            starts = [start for start, _ in requests]
+            ends = [end for _, end in requests]
+            axes.hlines(range(len(requests)), starts, ends, linewidth=1.2, color="C0")
+            slowest = max(end - start for start, end in requests)
+            axes.set_ylim(-0.5, len(requests) - 0.5)
+            axes.yaxis.get_major_locator().set_params(integer=True)
+        else:
+            slowest = 0.0
+        info = [f"{len(requests)} requests"]
+        if opened is not None:
+            info.append(f"{opened} connections opened")
+        info.append(f"slowest {slowest * 1000:.0f} ms")
+        axes.set_title(f"{variant}: {', '.join(info)}", fontsize=9, loc="left")
+        axes.set_ylabel("request")
+        axes.grid(True, axis="x", alpha=0.3)
+    axes_list[-1].set_xlabel("seconds from the start of the spike (each line: one request)")
+    figure.suptitle(
+        f"Connect hand-off spike: when each request ran\n{_subtitle(result)}", fontsize=10
+    )
+    figure.savefig(path)
+
+
+CHARTED: dict[str, Callable[[Mapping[str, Any], Path], None]] = {
+    "http": _draw_http,
+    "pooling": _draw_pooling,
+    "spike": _draw_spike,
+}
+
+
+def write_chart(result: Mapping[str, Any], json_path: Path) -> Path | None:
+    """Draw ``result``'s chart as a PNG beside ``json_path`` (same name, ``.png``).
+
+    Returns:
+        The PNG's path, or ``None`` if the benchmark has no chart.
+
+    Raises:
+        ChartsUnavailable: matplotlib is not installed.
+    """
+    draw = CHARTED.get(str(result.get("name")))
+    if draw is None:
+        return None
+    path = json_path.with_suffix(".png")
+    draw(result, path)
+    return path
+
+
+def main(argv: Sequence[str]) -> int:
+    """Re-draw the charts of saved results: ``python -m benchmarks._charts FILE.json...``."""
+    for name in argv:
+        json_path = Path(name)
+        written = write_chart(json.loads(json_path.read_text()), json_path)
+        print(written or f"{json_path}: no chart for this benchmark")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

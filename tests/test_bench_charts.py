@@ -1,0 +1,123 @@
+"""The benchmark charts (``benchmarks/_charts.py``) on tiny synthetic results.
+
+What is drawn is checked without matplotlib; that a PNG comes out needs matplotlib (the
+``bench`` extra), so those tests are skipped where it is missing (the ``test`` extra
+leaves it out: it would double the suite's install time).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._charts import (
+    ChartsUnavailable,
+    http_series,
+    pooling_series,
+    spike_series,
+    write_chart,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def http_result() -> dict[str, Any]:
+    rows = []
+    table = {
+        "trio_pool.http": (5800, 5600, 4200),
+        "httpx (httpcore)": (835, 58, 0),
+        "aiohttp": (0, 0, 0),  # not installed: left out
+        "h11 ceiling": (5300, 4800, 4900),
+    }
+    for client, values in table.items():
+        for n, rps in zip((1000, 10, 100), (values[2], values[0], values[1]), strict=True):
+            rows.append({"client": client, "concurrency": n, "requests_per_second": rps})
+    return {"name": "http", "date": "2026-12-01T19:00:00+00:00", "results": rows}
+
+
+def pooling_result() -> dict[str, Any]:
+    def row(transport: str, variant: str, p50: float, p90: float, p99: float) -> dict[str, Any]:
+        return {
+            "transport": transport,
+            "variant": variant,
+            "p50_us": p50,
+            "p90_us": p90,
+            "p99_us": p99,
+        }
+
+    return {
+        "name": "pooling",
+        "quick": True,
+        "results": [
+            row("plain", "connect per request", 700, 900, 1500),
+            row("plain", "pooled", 150, 180, 400),
+            row("TLS", "connect per request", 4700, 5500, 7600),
+            row("TLS", "pooled", 450, 500, 840),
+        ],
+        "ratios": {"plain_speedup": 4.7, "plain_p99_speedup": 3.7, "tls_speedup": 10.0},
+    }
+
+
+def spike_result() -> dict[str, Any]:
+    return {
+        "name": "spike",
+        "timelines": {
+            "before": [[0.0, 0.5], [0.0, 0.02], [0.01, 0.51]],
+            "after": [[0.01, 0.03], [0.0, 0.02]],
+        },
+        "connections_opened": {"before": 3, "after": 2},
+    }
+
+
+def test_http_series_is_sorted_by_concurrency_with_ours_first() -> None:
+    series = http_series(http_result())
+    assert list(series) == ["trio_pool.http", "httpx (httpcore)", "h11 ceiling"]
+    assert series["httpx (httpcore)"] == [(10, 835.0), (100, 58.0), (1000, 0.0)]  # the collapse
+
+
+def test_pooling_series() -> None:
+    series = pooling_series(pooling_result())
+    assert series["TLS"]["pooled"] == {"p50": 450.0, "p90": 500.0, "p99": 840.0}
+    # An older result without p90 still charts its p50 and p99.
+    old = pooling_result()
+    for row in old["results"]:
+        del row["p90_us"]
+    assert pooling_series(old)["plain"]["pooled"] == {"p50": 150.0, "p99": 400.0}
+
+
+def test_spike_series_sorts_each_variants_requests_by_start() -> None:
+    panels = spike_series(spike_result())
+    assert panels == [
+        ("before", 3, [(0.0, 0.02), (0.0, 0.5), (0.01, 0.51)]),
+        ("after", 2, [(0.0, 0.02), (0.01, 0.03)]),
+    ]
+
+
+def test_no_chart_for_other_benchmarks(tmp_path: Path) -> None:
+    assert write_chart({"name": "memory", "results": []}, tmp_path / "x-memory.json") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_matplotlib_write_chart_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ChartsUnavailable, match="matplotlib"):
+        write_chart(http_result(), tmp_path / "x-http.json")
+
+
+@pytest.mark.parametrize("make", [http_result, pooling_result, spike_result])
+def test_chart_is_a_png_beside_the_json(make: Any, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = make()
+    json_path = tmp_path / f"20261201-190000-{result['name']}.json"
+    path = write_chart(result, json_path)
+    assert path == json_path.with_suffix(".png")
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert 5_000 < len(data) < 200_000
