@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Final
 
-import h11
 import idna
 import trio
 
@@ -24,6 +23,8 @@ from ._exceptions import ConnectError, ProxyError
 from ._proxy import Proxy
 
 if TYPE_CHECKING:
+    import h11
+
     from ._state import PoolKey
 
 __all__ = ["open_transport"]
@@ -128,6 +129,8 @@ async def _http_connect(stream: trio.SocketStream, proxy: Proxy, host: str, port
     the head are consumed. Bytes the origin sent right behind the 2xx head (a
     server-speaks-first protocol) stay in the socket for the stream's reader.
     """
+    import h11  # only tunnels need it: ``import trio_pool`` stays light
+
     authority = _authority(host, port)
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(
@@ -169,6 +172,8 @@ async def _http_connect(stream: trio.SocketStream, proxy: Proxy, host: str, port
 
 def _next_response(conn: h11.Connection) -> h11.Response | None:
     """The final response in what h11 has, skipping 1xx; ``None`` if it needs more."""
+    import h11
+
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
