@@ -274,6 +274,14 @@ class H2Response:
         """The HTTP/2 stream id."""
         return self._stream.id
 
+    def header(self, name: str | bytes) -> bytes | None:
+        """The value of the first header called ``name`` (any case), or ``None``."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        for header, value in self.headers:
+            if header == key:
+                return value
+        return None
+
     @property
     def trailers(self) -> list[tuple[bytes, bytes]] | None:
         """Trailers, once the body ended with some; else ``None``."""
@@ -397,6 +405,7 @@ class H2Connection:
         self.on_capacity_change: Callable[[], None] | None = on_capacity_change
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.state_machine = _StateMachine()
         self._h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -979,9 +988,6 @@ class H2Connection:
         last = int(event.last_stream_id or 0)
         code = int(event.error_code or 0)
         self._goaway = last if self._goaway is None else min(last, self._goaway)
-        # h2 treats the connection as closed after GOAWAY and would refuse the frames of
-        # the streams the server still finishes: keep receiving (we open no new stream).
-        self._h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         for stream in [s for s in self._streams.values() if s.id > last]:
             stream.error = RequestNotProcessed(
                 f"the server sent GOAWAY ({_code_name(code)}, last stream {last}) "
@@ -991,6 +997,24 @@ class H2Connection:
             stream.chunks.clear()
             self._unregister(stream)
         self._capacity_changed()
+
+
+class _StateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2's connection state machine, except that a GOAWAY received does not close it.
+
+    h2 goes to CLOSED on GOAWAY and then rejects every later frame, even those of the
+    streams at or below ``last_stream_id`` that the server still finishes (in the same
+    read, often). We keep receiving; that no new stream opens is ours to enforce
+    (:attr:`H2Connection.is_available`).
+    """
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state in (
+            h2.connection.ConnectionState.IDLE,
+            h2.connection.ConnectionState.CLIENT_OPEN,
+        ):
+            return []
+        return super().process_input(input_)
 
 
 def _code_name(code: int) -> str:
