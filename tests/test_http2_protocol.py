@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from functools import partial
 from collections.abc import Callable
 from pathlib import Path
 
@@ -402,10 +403,13 @@ async def test_upload_stall_then_cancel(nursery: trio.Nursery) -> None:
     server = H2Server(window_updates=False)
     port = await server.start(nursery)
     conn = await connect_h2(port, nursery)
-    with trio.move_on_after(0.5) as scope:
-        await conn.request("POST", "/echo", HOST, body=bytes(200_000))
-    assert scope.cancelled_caught
-    assert server.received == 65535  # exactly the window, then we waited for WINDOW_UPDATE
+    async with trio.open_nursery() as inner:
+        inner.start_soon(partial(conn.request, "POST", "/echo", HOST, body=bytes(200_000)))
+        await wait_until(lambda: server.received == 65535, "the initial window sent")
+        await trio.sleep(0.1)
+        assert server.received == 65535  # exactly the window, then we wait for WINDOW_UPDATE
+        assert conn.open_streams == 1
+        inner.cancel_scope.cancel()
     await wait_until(lambda: ErrorCodes.CANCEL in server.resets, "RST_STREAM(CANCEL) seen")
     assert conn.open_streams == 0
     assert await get(conn, "/") == (200, b"ok")  # the connection carries on
@@ -577,3 +581,25 @@ async def test_cancellation_storm_nginx(
             assert await get(conn, "/files/small") == (200, _nginx_file("small"))
             await conn.aclose()
         assert open_fds() <= fds
+
+
+async def test_read_cancelled_before_it_waits_resets_the_stream(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def head_then_hold(stream: ServerStream) -> None:
+        stream.conn.h2.send_headers(stream.id, [(b":status", b"200")])
+        await stream.conn.flush()
+        await release.wait()
+
+    server = H2Server(routes={"/hold": head_then_hold})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    response = await conn.request("GET", "/hold", HOST)
+    assert conn.open_streams == 1
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await response.receive_data()  # cancelled at its first checkpoint
+    assert conn.open_streams == 0
+    await wait_until(lambda: ErrorCodes.CANCEL in server.resets, "RST_STREAM(CANCEL) seen")
+    release.set()
+    await conn.aclose()

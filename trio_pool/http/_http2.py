@@ -299,7 +299,6 @@ class H2Response:
             ReadError: The connection was lost.
             RemoteProtocolError: The server broke HTTP/2.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         if (
             stream.registered
@@ -308,6 +307,7 @@ class H2Response:
             and not stream.remote_ended
         ):
             try:
+                await trio.lowlevel.checkpoint_if_cancelled()
                 while (
                     stream.registered
                     and not stream.chunks
@@ -319,6 +319,11 @@ class H2Response:
                 self.abandon()
                 raise
         else:
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self.abandon()
+                raise
             await trio.lowlevel.cancel_shielded_checkpoint()
         if stream.chunks:
             data, flow_controlled = stream.chunks.popleft()
