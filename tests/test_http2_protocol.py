@@ -19,7 +19,7 @@ import trustme
 from h2.errors import ErrorCodes
 
 from trio_pool import ConnectTimeout
-from trio_pool.http import ReadError, RemoteProtocolError
+from trio_pool.http import HTTPError, ReadError, RemoteProtocolError
 from trio_pool.http._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
 from trio_pool.http._http2 import H2Connection, H2Response
 
@@ -603,3 +603,32 @@ async def test_read_cancelled_before_it_waits_resets_the_stream(nursery: trio.Nu
     await wait_until(lambda: ErrorCodes.CANCEL in server.resets, "RST_STREAM(CANCEL) seen")
     release.set()
     await conn.aclose()
+
+
+async def test_nginx_goaway_after_keepalive_requests(
+    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+) -> None:
+    # nginx sends GOAWAY once a connection has served keepalive_requests streams: those
+    # it took complete, the ones above its last_stream_id come back "not processed".
+    async with (
+        open_nginx_h2(tmp_path, cert, keepalive_requests=5) as (_nginx, port),
+        trio.open_nursery() as nursery,
+    ):
+        conn = await connect_h2(port, nursery, ca)
+        done: list[bytes] = []
+        retry: list[HTTPError] = []
+
+        async def one() -> None:
+            try:
+                done.append((await get(conn, "/files/mid"))[1])
+            except (RequestNotProcessed, ConnectionUnavailable) as exc:
+                retry.append(exc)
+
+        async with trio.open_nursery() as inner:
+            for _ in range(12):
+                inner.start_soon(one)
+        assert done == [_nginx_file("mid")] * 5
+        assert len(retry) == 7
+        assert conn.is_going_away
+        await wait_until(lambda: conn.is_closed, "closed after the last stream")
+        assert conn.open_streams == 0
