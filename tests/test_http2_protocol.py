@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import h2.settings
