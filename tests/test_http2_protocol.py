@@ -632,3 +632,33 @@ async def test_nginx_goaway_after_keepalive_requests(
         assert conn.is_going_away
         await wait_until(lambda: conn.is_closed, "closed after the last stream")
         assert conn.open_streams == 0
+
+
+async def test_empty_and_padded_data_frames_are_not_the_end(nursery: trio.Nursery) -> None:
+    async def padded(stream: ServerStream) -> None:
+        h2c = stream.conn.h2
+        h2c.send_headers(stream.id, [(b":status", b"200")])
+        h2c.send_data(stream.id, b"", pad_length=20)  # 21 bytes of window, no data
+        h2c.send_data(stream.id, b"abc", pad_length=3)
+        h2c.send_data(stream.id, b"def", end_stream=True)
+        await stream.conn.flush()
+
+    server = H2Server(routes={"/padded": padded})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    for _ in range(3):
+        assert await get(conn, "/padded") == (200, b"abcdef")
+    assert conn.open_streams == 0
+    await conn.aclose()
+
+
+async def test_open_in_a_closed_nursery_closes_the_stream(nursery: trio.Nursery) -> None:
+    server = H2Server()
+    port = await server.start(nursery)
+    async with trio.open_nursery() as finished:
+        pass
+    tcp = await trio.open_tcp_stream(HOST, port)
+    with trio.fail_after(5), pytest.raises(RuntimeError, match="[Nn]ursery"):
+        await H2Connection.open(tcp, finished)
+    with pytest.raises(trio.ClosedResourceError):
+        await tcp.send_all(b"x")  # the connection owned the stream, and closed it

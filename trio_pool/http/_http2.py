@@ -429,6 +429,7 @@ class H2Connection:
         self._outbox = bytearray()  # h2's output, kept safe from h2 clearing it on GOAWAY
         self._queued = 0
         self._write_failed = False
+        self._running = False
         self._write_wanted = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
@@ -501,6 +502,10 @@ class H2Connection:
                 await self._ready.wait()
         except BaseException:
             self._die(lambda: ReadError("the HTTP/2 connection was abandoned while opening"))
+            if not self._running:  # the nursery never ran our task: close the stream here
+                self._finished.set()
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self._stream)
             await self._wait_finished()
             raise
         if self._error is not None:
@@ -848,6 +853,7 @@ class H2Connection:
             await self._drained.wait()
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -923,6 +929,10 @@ class H2Connection:
             flow_controlled = event.flow_controlled_length or 0
             stream = self._streams.get(event.stream_id)
             if stream is None:  # a stream we dropped after GOAWAY that h2 still has open
+                if flow_controlled:
+                    self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
+                return
+            if not event.data:  # padding only: nothing to read, hand the credit back now
                 if flow_controlled:
                     self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
                 return
