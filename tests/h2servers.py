@@ -381,10 +381,10 @@ class ServerConnection:
                 stream.ended.set()
             nursery.start_soon(self._serve, stream)
         elif isinstance(event, h2.events.DataReceived):
+            server.received += len(event.data or b"")
             found = self.streams.get(event.stream_id or 0)
             if found is not None and event.data:
                 found.body += event.data
-                server.received += len(event.data)
                 if server.window_updates:
                     self.h2.acknowledge_received_data(event.flow_controlled_length or 0, found.id)
         elif isinstance(event, h2.events.StreamEnded):

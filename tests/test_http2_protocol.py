@@ -400,11 +400,14 @@ async def test_unread_stream_stops_server_after_one_window(nursery: trio.Nursery
 
 
 async def test_upload_stall_then_cancel(nursery: trio.Nursery) -> None:
-    server = H2Server(window_updates=False)
+    async def never_answer(stream: ServerStream) -> None:
+        await trio.sleep_forever()
+
+    server = H2Server(window_updates=False, routes={"/upload": never_answer})
     port = await server.start(nursery)
     conn = await connect_h2(port, nursery)
     async with trio.open_nursery() as inner:
-        inner.start_soon(partial(conn.request, "POST", "/echo", HOST, body=bytes(200_000)))
+        inner.start_soon(partial(conn.request, "POST", "/upload", HOST, body=bytes(200_000)))
         await wait_until(lambda: server.received == 65535, "the initial window sent")
         await trio.sleep(0.1)
         assert server.received == 65535  # exactly the window, then we wait for WINDOW_UPDATE
@@ -658,7 +661,7 @@ async def test_open_in_a_closed_nursery_closes_the_stream(nursery: trio.Nursery)
     async with trio.open_nursery() as finished:
         pass
     tcp = await trio.open_tcp_stream(HOST, port)
-    with trio.fail_after(5), pytest.raises(RuntimeError, match="[Nn]ursery"):
+    with trio.fail_after(5), pytest.raises(RuntimeError, match=r"[Nn]ursery"):
         await H2Connection.open(tcp, finished)
     with pytest.raises(trio.ClosedResourceError):
         await tcp.send_all(b"x")  # the connection owned the stream, and closed it
