@@ -477,6 +477,14 @@ async def test_bad_arguments_before_io(nursery: trio.Nursery) -> None:
         await conn.request("GET", "/", HOST, headers="x: y")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pseudo"):
         await conn.request("GET", "/", HOST, headers=[(":path", "/x")])
+    with pytest.raises(ValueError, match="CR, LF"):
+        await conn.request("GET", "/", HOST, headers=[("x-a", "1\r\nx-b: 2")])
+    with pytest.raises(ValueError, match="token"):
+        await conn.request("GET", "/", HOST, headers=[("bad name", "1")])
+    with pytest.raises(ValueError, match="method"):
+        await conn.request("GE T", "/", HOST)
+    with pytest.raises(ValueError, match="spaces"):
+        await conn.request("GET", "/a b", HOST)
     slot = conn.reserve_stream_nowait()
     with pytest.raises(ValueError, match="target"):
         await conn.request("GET", "", HOST, slot=slot)

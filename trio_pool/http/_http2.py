@@ -31,6 +31,7 @@ h2 is imported here only; :mod:`trio_pool.http` does not import this module.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ _DEFAULT_WINDOW: Final = 65535
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
 _IGNORED_EVENTS: Final = (
     h2.events.InformationalResponseReceived,
     h2.events.SettingsAcknowledged,
@@ -111,6 +114,10 @@ def _request_headers(
     scheme_b = _check_bytes(scheme, "scheme")
     if not method_b or not target_b or not authority_b:
         raise ValueError("method, target and authority must not be empty")
+    if _BAD_VALUE.search(target_b + authority_b) or b" " in target_b:
+        raise ValueError("target and authority must not contain spaces, CR, LF or NUL")
+    if not _TOKEN.fullmatch(method_b):
+        raise ValueError(f"method must be an HTTP token, got {method!r}")
     if scheme_b not in (b"http", b"https"):
         raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}")
     block = [
@@ -128,6 +135,10 @@ def _request_headers(
         value = _check_bytes(pair[1], "header value")
         if not name or name.startswith(b":"):
             raise ValueError(f"header name {pair[0]!r} is empty or a pseudo-header")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {pair[0]!r} is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"header value {pair[1]!r} contains CR, LF or NUL")
         if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
             continue
         block.append((name, value))
@@ -716,6 +727,8 @@ class H2Connection:
         headers = []
         for name, value in stream.headers:
             if name == b":status":
+                if not (len(value) == 3 and value.isdigit()):
+                    raise RemoteProtocolError(f"the server sent a bad :status {value!r}")
                 status = int(value)
             elif not name.startswith(b":"):
                 headers.append((name, value))
@@ -739,7 +752,11 @@ class H2Connection:
             self._capacity_changed()
             raise RequestNotProcessed("this HTTP/2 connection ran out of stream ids") from None
         stream = _Stream(stream_id)
-        self._h2.send_headers(stream_id, block, end_stream=end_stream)
+        try:
+            self._h2.send_headers(stream_id, block, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked before
+            self._capacity_changed()
+            raise ValueError(f"h2 refused the request headers: {exc}") from exc
         stream.local_ended = end_stream
         self._streams[stream_id] = stream
         self._started += 1
