@@ -673,3 +673,69 @@ async def test_open_in_a_closed_nursery_closes_the_stream(nursery: trio.Nursery)
         await H2Connection.open(tcp, finished)
     with pytest.raises(trio.ClosedResourceError):
         await tcp.send_all(b"x")  # the connection owned the stream, and closed it
+
+
+async def test_hypercorn_sees_a_reset_for_every_cancelled_stream(
+    ca: trustme.CA, cert: trustme.LeafCert, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    app = App()
+    port, shutdown = await start_hypercorn(nursery, app, cert_files=write_cert(cert, tmp_path))
+    conn = await connect_h2(port, nursery, ca)
+    async with trio.open_nursery() as inner:
+        for _ in range(20):
+            inner.start_soon(conn.request, "GET", "/hold", HOST)
+        await wait_until(lambda: app.in_flight == 20, "20 requests in the app")
+        assert conn.open_streams == 20
+        inner.cancel_scope.cancel()
+    assert conn.open_streams == 0
+    await wait_until(lambda: app.disconnects == 20, "hypercorn saw 20 resets")
+    assert await get(conn, "/") == (200, b"ok")  # the connection carries on
+    await conn.aclose()
+    shutdown.set()
+
+
+async def test_goaway_with_error_then_close(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def hold(stream: ServerStream) -> None:
+        await release.wait()
+
+    server = H2Server(routes={"/hold": hold})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    errors: list[BaseException] = []
+    seen: list[tuple[int, bool, bool]] = []
+    conn.on_capacity_change = lambda: seen.append(
+        (conn.open_streams, conn.is_going_away, conn.is_closed)
+    )
+
+    async def one() -> None:
+        try:
+            await conn.request("GET", "/hold", HOST)
+        except (ReadError, RequestNotProcessed) as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as inner:
+        for index in range(3):
+            inner.start_soon(one)
+            await wait_until(lambda i=index: server.open == i + 1, "stream open")  # type: ignore[misc]
+        server_conn = server.connections[0]
+        await server_conn.goaway(last_stream_id=1, code=ErrorCodes.INTERNAL_ERROR)
+        await wait_until(lambda: conn.is_going_away, "GOAWAY seen")
+        await server_conn.tcp.aclose()
+    assert sorted(type(exc).__name__ for exc in errors) == [
+        "ReadError",
+        "RequestNotProcessed",
+        "RequestNotProcessed",
+    ]
+    assert conn.is_closed
+    assert (1, True, False) in seen  # the pool heard of the GOAWAY with one stream left
+    assert seen[-1] == (0, True, True)  # and of the end
+    stats = conn.statistics()
+    assert (stats.open_streams, stats.streams_started, stats.goaway, stats.closed) == (
+        0,
+        3,
+        True,
+        True,
+    )
+    release.set()
