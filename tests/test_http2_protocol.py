@@ -19,7 +19,7 @@ import trustme
 from h2.errors import ErrorCodes
 
 from trio_pool import ConnectTimeout
-from trio_pool.http import HTTPError, ReadError, RemoteProtocolError
+from trio_pool.http import HTTPError, NetworkError, ReadError, RemoteProtocolError, WriteError
 from trio_pool.http._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
 from trio_pool.http._http2 import H2Connection, H2Response
 
@@ -34,7 +34,7 @@ from .h2servers import (
     start_hypercorn,
     write_cert,
 )
-from .servers import HOST, open_fds, start_server
+from .servers import HOST, open_fds, reset, start_server
 
 MAX_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 
@@ -739,3 +739,19 @@ async def test_goaway_with_error_then_close(nursery: trio.Nursery) -> None:
         True,
     )
     release.set()
+
+
+async def test_connection_reset_while_uploading(nursery: trio.Nursery) -> None:
+    async def reset_connection(stream: ServerStream) -> None:
+        await wait_until(lambda: len(stream.body) > 0, "some of the body arrived")
+        reset(stream.conn.tcp)
+
+    server = H2Server(routes={"/reset": reset_connection})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    with trio.fail_after(10), pytest.raises(NetworkError) as caught:
+        await conn.request("POST", "/reset", HOST, body=bytes(5_000_000))
+    assert isinstance(caught.value, ReadError | WriteError)
+    assert conn.is_closed
+    with trio.fail_after(5):
+        await conn._finished.wait()
