@@ -28,7 +28,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     # Not editable: pyright --verifytypes cannot see a package behind an editable install.
-    session.install(".[httpx,anyio,prometheus]", "mypy", "pyright", "trustme")
+    session.install(".[httpx,anyio,prometheus,http2]", "mypy", "pyright", "trustme")
     session.run("mypy")
     session.run("pyright", "--verifytypes", "trio_pool", "--ignoreexternal")
 

@@ -62,8 +62,13 @@ def nginx_config(
     keepalive_requests: int = 7,
     worker_processes: int = 1,
     extra_locations: str = "",
+    extra_servers: str = "",
 ) -> str:
-    """The text of an ``nginx.conf`` that keeps every path inside ``root``."""
+    """The text of an ``nginx.conf`` that keeps every path inside ``root``.
+
+    ``extra_locations`` go into the plain-http server block, ``extra_servers`` (whole
+    ``server { ... }`` blocks, e.g. HTTP/2 on TLS) next to it.
+    """
     user = "user root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
     return f"""\
 daemon off;
@@ -92,6 +97,7 @@ http {{
         location = /empty {{ return 204; }}
 {extra_locations}
     }}
+{extra_servers}
 }}
 """
 

@@ -1,0 +1,1065 @@
+"""HTTP/2 client connections: a thin trio I/O loop around h2's sans-IO state machine.
+
+An :class:`H2Connection` runs over a stream that is already open: a
+:class:`trio.SSLStream` whose ALPN chose ``h2``, or a plain stream for h2c by prior
+knowledge. :meth:`H2Connection.open` sends the preface and our SETTINGS, starts the
+connection's task in the nursery it is given (the pool's), and returns once the peer's
+SETTINGS arrived, so the stream limit is known before the first stream is lent.
+
+The connection's task runs two loops:
+
+* the **reader**, the only code that receives from the socket. It feeds h2 and
+  dispatches the events to per-stream state (:class:`_Stream`), synchronously, and
+  wakes whoever waits on a stream;
+* the **writer**, the only code that sends. Everyone else changes h2's state
+  synchronously (headers, data, ``RST_STREAM``, window updates) and kicks the writer,
+  which drains h2's outbound buffer to the socket. Cancelling a request therefore
+  never interrupts a ``send_all`` half way, and resetting a stream needs no ``await``.
+
+Flow control: every stream's receive window is ``stream_window`` bytes and is only
+re-opened as the caller consumes the body, so a stream nobody reads buffers at most
+one window and then the peer must stop. The connection window is
+``max_concurrent_streams * stream_window``, so open streams together can never use it
+up and a stalled stream cannot starve the others; when a stream ends or is reset,
+its unread bytes are handed back to the connection window at once. Sending waits for
+the peer's ``WINDOW_UPDATE`` and for the writer to drain, so the outbound buffer
+stays small.
+
+h2 is imported here only; :mod:`trio_pool.http` does not import this module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+
+from .._exceptions import ConnectTimeout
+from ._exceptions import HTTPError, ReadError, RemoteProtocolError, WriteError
+from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_STREAMS",
+    "DEFAULT_STREAM_WINDOW",
+    "H2Connection",
+    "H2ConnectionStatistics",
+    "H2Response",
+    "H2StreamSlot",
+]
+
+#: Our own cap on concurrent streams per connection (the peer's limit may be lower).
+DEFAULT_MAX_CONCURRENT_STREAMS: Final = 100
+#: The receive window of each stream: the most a stream buffers while nobody reads it.
+DEFAULT_STREAM_WINDOW: Final = 256 * 1024
+_DEFAULT_SETTINGS_TIMEOUT: Final = 10.0
+_CLOSE_TIMEOUT: Final = 1.0
+_RECEIVE_SIZE: Final = 65536
+# How many body bytes may wait in h2's outbound buffer before a sender waits for the
+# writer: one socket write's worth.
+_HIGH_WATER: Final = 65536
+_MAX_WINDOW: Final = 2**31 - 1
+_DEFAULT_WINDOW: Final = 65535
+_HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
+_IGNORED_EVENTS: Final = (
+    h2.events.InformationalResponseReceived,
+    h2.events.SettingsAcknowledged,
+    h2.events.PingReceived,
+    h2.events.PingAckReceived,
+    h2.events.PriorityUpdated,
+    h2.events.AlternativeServiceAvailable,
+    h2.events.UnknownFrameReceived,
+)
+
+ErrorFactory = Callable[[], HTTPError]
+
+
+def _check_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return value.encode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{what} must be ASCII, got {value!r}") from None
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def _request_headers(
+    method: object,
+    target: object,
+    authority: object,
+    scheme: object,
+    headers: object,
+) -> list[tuple[bytes, bytes]]:
+    """The header block of a request: pseudo-headers first, then ``headers`` lowercased
+    without the HTTP/1.1 connection-specific ones (``Host`` becomes ``:authority``)."""
+    method_b = _check_bytes(method, "method")
+    target_b = _check_bytes(target, "target")
+    authority_b = _check_bytes(authority, "authority")
+    scheme_b = _check_bytes(scheme, "scheme")
+    if not method_b or not target_b or not authority_b:
+        raise ValueError("method, target and authority must not be empty")
+    if _BAD_VALUE.search(target_b + authority_b) or b" " in target_b:
+        raise ValueError("target and authority must not contain spaces, CR, LF or NUL")
+    if not _TOKEN.fullmatch(method_b):
+        raise ValueError(f"method must be an HTTP token, got {method!r}")
+    if scheme_b not in (b"http", b"https"):
+        raise ValueError(f"scheme must be 'http' or 'https', got {scheme!r}")
+    block = [
+        (b":method", method_b),
+        (b":scheme", scheme_b),
+        (b":authority", authority_b),
+        (b":path", target_b),
+    ]
+    if not isinstance(headers, Sequence) or isinstance(headers, str | bytes):
+        raise TypeError(f"headers must be a sequence of pairs, not {type(headers).__name__}")
+    for pair in headers:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"headers must hold (name, value) pairs, got {pair!r}")
+        name = _check_bytes(pair[0], "header name").lower()
+        value = _check_bytes(pair[1], "header value")
+        if not name or name.startswith(b":"):
+            raise ValueError(f"header name {pair[0]!r} is empty or a pseudo-header")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {pair[0]!r} is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"header value {pair[1]!r} contains CR, LF or NUL")
+        if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
+            continue
+        block.append((name, value))
+    return block
+
+
+@dataclass(frozen=True, slots=True)
+class H2ConnectionStatistics:
+    """A snapshot of one HTTP/2 connection (from :meth:`H2Connection.statistics`).
+
+    Attributes:
+        open_streams: Streams in use, reserved ones included.
+        max_concurrent_streams: The peer's limit, capped by ours.
+        streams_started: Streams opened on this connection so far.
+        goaway: Whether the peer sent GOAWAY.
+        closed: Whether the connection is closed (or lost).
+    """
+
+    open_streams: int
+    max_concurrent_streams: int
+    streams_started: int
+    goaway: bool
+    closed: bool
+
+
+class _Stream:
+    """What the reader knows about one stream, and the one task waiting on it."""
+
+    __slots__ = (
+        "chunks",
+        "error",
+        "headers",
+        "id",
+        "local_ended",
+        "registered",
+        "remote_ended",
+        "reset",
+        "trailers",
+        "unacked",
+        "waiter",
+    )
+
+    def __init__(self, stream_id: int) -> None:
+        self.id: int = stream_id
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        # Flow-controlled bytes received and not yet handed back to the peer.
+        self.unacked: int = 0
+        self.local_ended: bool = False
+        self.remote_ended: bool = False
+        self.reset: bool = False
+        self.registered: bool = True  # counted in the connection's open streams
+        self.error: HTTPError | None = None
+        self.waiter: trio.Event | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+    async def wait(self) -> None:
+        """Sleep until the reader (or a failure) changes something on this stream."""
+        waiter = self.waiter = trio.Event()
+        await waiter.wait()
+
+
+class H2StreamSlot:
+    """A stream reserved on an :class:`H2Connection`, not yet sent.
+
+    Counted in :attr:`H2Connection.open_streams` from the moment it is made; pass it to
+    :meth:`H2Connection.request` (which uses it up) or :meth:`release` it.
+    """
+
+    __slots__ = ("_conn", "_held")
+
+    def __init__(self, conn: H2Connection) -> None:
+        self._conn = conn
+        self._held = True
+
+    @property
+    def connection(self) -> H2Connection:
+        """The connection the slot is on."""
+        return self._conn
+
+    @property
+    def held(self) -> bool:
+        """Whether the slot is still reserved (not used, not released)."""
+        return self._held
+
+    def release(self) -> None:
+        """Give the slot back unused. Idempotent; synchronous, so safe in ``finally``."""
+        if self._held:
+            self._held = False
+            self._conn._reserved -= 1
+            self._conn._capacity_changed()
+
+    def _use(self) -> None:
+        if not self._held:
+            raise RuntimeError("this H2StreamSlot was already used or released")
+        self._held = False
+        self._conn._reserved -= 1
+
+
+class H2Response:
+    """The head of an HTTP/2 response, and its body still to read.
+
+    The body methods mirror the HTTP/1.1 exchange (``read_chunk``, ``read_all``,
+    ``abandon``, ``done``, ``started``), so :class:`~trio_pool.http.Response` can
+    wrap either.
+
+    Attributes:
+        status: The status code.
+        headers: The response headers (no pseudo-headers), names lowercase.
+        http_version: Always ``"2"``.
+        stream_id: The HTTP/2 stream the response came on.
+        done: Whether the body was read to its end.
+        started: Whether any of the body was read.
+    """
+
+    __slots__ = ("_conn", "_stream", "done", "headers", "http_version", "started", "status")
+
+    def __init__(
+        self,
+        conn: H2Connection,
+        stream: _Stream,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self._conn = conn
+        self._stream = stream
+        self.status: int = status
+        self.headers: list[tuple[bytes, bytes]] = headers
+        self.http_version: str = "2"
+        self.done: bool = False
+        self.started: bool = False
+
+    def __repr__(self) -> str:
+        return f"<H2Response [{self.status}] stream {self._stream.id}>"
+
+    @property
+    def stream_id(self) -> int:
+        """The HTTP/2 stream id."""
+        return self._stream.id
+
+    def header(self, name: str | bytes) -> bytes | None:
+        """The value of the first header called ``name`` (any case), or ``None``."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        for header, value in self.headers:
+            if header == key:
+                return value
+        return None
+
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        """Trailers, once the body ended with some; else ``None``."""
+        return self._stream.trailers
+
+    async def receive_data(self) -> bytes:
+        """The next piece of the body, or ``b""`` at its end.
+
+        Reading hands the bytes' flow-control credit back to the server. A read that is
+        cancelled or fails resets the stream (``RST_STREAM(CANCEL)``): the rest of the
+        body is lost, the connection carries on.
+
+        Raises:
+            StreamReset: The server reset the stream.
+            ReadError: The connection was lost.
+            RemoteProtocolError: The server broke HTTP/2.
+        """
+        stream = self._stream
+        if (
+            stream.registered
+            and not stream.chunks
+            and stream.error is None
+            and not stream.remote_ended
+        ):
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                while (
+                    stream.registered
+                    and not stream.chunks
+                    and stream.error is None
+                    and not stream.remote_ended
+                ):
+                    await stream.wait()
+            except BaseException:
+                self.abandon()
+                raise
+        else:
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self.abandon()
+                raise
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if stream.chunks:
+            data, flow_controlled = stream.chunks.popleft()
+            self._conn._acknowledge(stream, flow_controlled)
+            self.started = True
+            return data
+        if stream.remote_ended and stream.error is None:
+            self.done = True
+            return b""
+        if stream.error is not None:
+            raise stream.error
+        raise trio.ClosedResourceError("this response's stream was reset (abandoned)")
+
+    async def read_chunk(self) -> bytes:
+        """Same as :meth:`receive_data` (the HTTP/1.1 exchange's name)."""
+        return await self.receive_data()
+
+    async def read_all(self) -> bytes:
+        """Read the rest of the body and return it."""
+        parts = []
+        while chunk := await self.receive_data():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def abandon(self) -> None:
+        """Give up the rest of the body: reset the stream if it is still open.
+        Synchronous and idempotent; the connection carries on."""
+        stream = self._stream
+        stream.chunks.clear()
+        self._conn._cancel_stream(stream)
+
+    async def aclose(self) -> None:
+        """:meth:`abandon`, as a checkpoint. A no-op on a body read to its end."""
+        self.abandon()
+        await trio.lowlevel.checkpoint()
+
+
+class H2Connection:
+    """A client HTTP/2 connection that multiplexes requests over one stream.
+
+    Make one with :meth:`open`. Everything the pool needs to decide with is a
+    synchronous property (:attr:`is_available`, :attr:`available_streams`,
+    :attr:`is_idle`, ...), and :attr:`on_capacity_change` is called, synchronously,
+    whenever the answer may have changed.
+
+    Attributes:
+        on_capacity_change: Called with no arguments when a stream ends or a
+            reservation is released, the peer changes ``SETTINGS_MAX_CONCURRENT_STREAMS``,
+            GOAWAY arrives, or the connection dies. It runs inside the connection's
+            code (often the reader task), so it must neither block nor raise.
+        idle_since: :func:`trio.current_time` when :attr:`open_streams` last fell to
+            0 (or the connection opened); ``None`` while streams are open.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        on_capacity_change: Callable[[], None] | None = None,
+    ) -> None:
+        if not isinstance(stream, trio.abc.Stream):
+            raise TypeError(f"stream must be a trio.abc.Stream, not {type(stream).__name__}")
+        if (
+            not isinstance(max_concurrent_streams, int)
+            or isinstance(max_concurrent_streams, bool)
+            or max_concurrent_streams < 1
+        ):
+            raise ValueError(
+                f"max_concurrent_streams must be an int >= 1, got {max_concurrent_streams!r}"
+            )
+        if (
+            not isinstance(stream_window, int)
+            or isinstance(stream_window, bool)
+            or not _DEFAULT_WINDOW <= stream_window <= _MAX_WINDOW
+        ):
+            raise ValueError(
+                f"stream_window must be an int in [65535, 2**31 - 1], got {stream_window!r}"
+            )
+        self._stream = stream
+        self._cap = max_concurrent_streams
+        self._stream_window = stream_window
+        self.on_capacity_change: Callable[[], None] | None = on_capacity_change
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.state_machine = _StateMachine()
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+            },
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._reserved = 0
+        self._started = 0
+        self._goaway: int | None = None  # the last_stream_id of a GOAWAY
+        self._closed: bool = False
+        self._error: ErrorFactory | None = None
+        self._outbox = bytearray()  # h2's output, kept safe from h2 clearing it on GOAWAY
+        self._queued = 0
+        self._write_failed = False
+        self._running = False
+        self._write_wanted = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._ready = trio.Event()
+        self._finished = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._capacity_lot = trio.lowlevel.ParkingLot()
+        self.idle_since: float | None = None
+
+    # -- opening and closing -------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        stream: trio.abc.Stream,
+        nursery: trio.Nursery,
+        *,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        settings_timeout: float = _DEFAULT_SETTINGS_TIMEOUT,
+        on_capacity_change: Callable[[], None] | None = None,
+    ) -> H2Connection:
+        """Start HTTP/2 on ``stream`` and wait for the peer's SETTINGS.
+
+        The connection owns ``stream`` from here on: it closes it when the connection
+        ends, and at once if opening fails.
+
+        Args:
+            stream: An open stream: TLS after ALPN ``h2``, or plain for h2c.
+            nursery: Where the connection's reader/writer task runs (the pool's); it
+                ends when the connection closes.
+            max_concurrent_streams: Our own cap on concurrent streams; the effective
+                limit is the lower of this and the peer's.
+            stream_window: Each stream's receive window in bytes (at most that much is
+                buffered for a stream nobody reads).
+            settings_timeout: Seconds to wait for the peer's SETTINGS frame.
+            on_capacity_change: See :attr:`on_capacity_change`.
+
+        Raises:
+            TypeError, ValueError: A bad argument (nothing was sent; ``stream`` is left
+                open).
+            ConnectTimeout: The peer sent no SETTINGS within ``settings_timeout``.
+            ReadError, WriteError, RemoteProtocolError: The connection failed first.
+        """
+        if (
+            not isinstance(settings_timeout, int | float)
+            or isinstance(settings_timeout, bool)
+            or not settings_timeout > 0
+            or math.isnan(settings_timeout)
+        ):
+            raise ValueError(f"settings_timeout must be a number > 0, got {settings_timeout!r}")
+        conn = cls(
+            stream,
+            max_concurrent_streams=max_concurrent_streams,
+            stream_window=stream_window,
+            on_capacity_change=on_capacity_change,
+        )
+        await conn._start(nursery, settings_timeout)
+        return conn
+
+    async def _start(self, nursery: trio.Nursery, settings_timeout: float) -> None:
+        self._h2.initiate_connection()
+        connection_window = max(self._cap * self._stream_window, _DEFAULT_WINDOW)
+        increment = min(connection_window, _MAX_WINDOW) - _DEFAULT_WINDOW
+        if increment > 0:
+            self._h2.increment_flow_control_window(increment)
+        try:
+            await nursery.start(self._run)
+            with trio.move_on_after(settings_timeout):
+                await self._ready.wait()
+        except BaseException:
+            self._die(lambda: ReadError("the HTTP/2 connection was abandoned while opening"))
+            if not self._running:  # the nursery never ran our task: close the stream here
+                self._finished.set()
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self._stream)
+            await self._wait_finished()
+            raise
+        if self._error is not None:
+            exc = self._error()
+            await self._wait_finished()
+            raise exc
+        if not self._ready.is_set():
+            self._die(lambda: ReadError("the server sent no HTTP/2 SETTINGS"))
+            await self._wait_finished()
+            raise ConnectTimeout(f"the server sent no HTTP/2 SETTINGS within {settings_timeout} s")
+        self.idle_since = trio.current_time()
+
+    async def aclose(self) -> None:
+        """Close the connection: GOAWAY, then the socket. Open streams fail with
+        :class:`~trio_pool.http.ReadError`. Idempotent; waits at most about a second."""
+        if not self._closed:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                try:
+                    self._h2.close_connection()
+                except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
+                    pass
+                else:
+                    self._kick()
+                    await self._drained_wait()
+            self._die(lambda: ReadError("the HTTP/2 connection was closed"))
+        await self._wait_finished()
+
+    async def _wait_finished(self) -> None:
+        self._cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._finished.wait()
+
+    # -- what the pool looks at ----------------------------------------------------
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        """The peer's ``SETTINGS_MAX_CONCURRENT_STREAMS``, capped by our own limit."""
+        return min(self._h2.remote_settings.max_concurrent_streams, self._cap)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams in use: sent and not yet closed, plus reserved slots."""
+        return len(self._streams) + self._reserved
+
+    @property
+    def available_streams(self) -> int:
+        """How many more streams may be reserved now (0 once closed or going away)."""
+        if self._closed or self._goaway is not None:
+            return 0
+        return max(0, self.max_concurrent_streams - self.open_streams)
+
+    @property
+    def is_available(self) -> bool:
+        """Open, no GOAWAY, and at least one free stream."""
+        return self.available_streams > 0
+
+    @property
+    def is_idle(self) -> bool:
+        """No streams open or reserved."""
+        return self.open_streams == 0
+
+    @property
+    def is_closed(self) -> bool:
+        """Closed by us, by the peer, or lost; never gives a stream again."""
+        return self._closed
+
+    @property
+    def is_going_away(self) -> bool:
+        """The peer sent GOAWAY (or we ran out of stream ids): no new streams."""
+        return self._goaway is not None
+
+    def statistics(self) -> H2ConnectionStatistics:
+        """A frozen snapshot of the connection's counters."""
+        return H2ConnectionStatistics(
+            open_streams=self.open_streams,
+            max_concurrent_streams=self.max_concurrent_streams,
+            streams_started=self._started,
+            goaway=self._goaway is not None,
+            closed=self._closed,
+        )
+
+    # -- lending streams -----------------------------------------------------------
+
+    def reserve_stream_nowait(self) -> H2StreamSlot:
+        """Reserve a stream, synchronously (what the pool's state machine calls).
+
+        Raises:
+            ConnectionUnavailable: Closed, going away, or every stream in use.
+        """
+        if not self.is_available:
+            raise ConnectionUnavailable(self._unavailable_reason())
+        self._reserved += 1
+        self.idle_since = None
+        return H2StreamSlot(self)
+
+    async def reserve_stream(self) -> H2StreamSlot:
+        """Reserve a stream, waiting while every stream is in use.
+
+        For use without a pool; the pool reserves synchronously and keeps its own FIFO
+        of waiters.
+
+        Raises:
+            ConnectionUnavailable: The connection is closed or going away.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.is_available:
+            slot = self.reserve_stream_nowait()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return slot
+        while not self.is_available:
+            if self._closed or self._goaway is not None:
+                raise ConnectionUnavailable(self._unavailable_reason())
+            await self._capacity_lot.park()
+        return self.reserve_stream_nowait()
+
+    def _unavailable_reason(self) -> str:
+        if self._closed:
+            return "the HTTP/2 connection is closed"
+        if self._goaway is not None:
+            return "the server sent GOAWAY on this HTTP/2 connection"
+        return f"all {self.max_concurrent_streams} streams of this HTTP/2 connection are in use"
+
+    async def request(
+        self,
+        method: bytes | str,
+        target: bytes | str,
+        authority: bytes | str,
+        scheme: bytes | str = b"https",
+        headers: Sequence[tuple[bytes | str, bytes | str]] = (),
+        body: bytes = b"",
+        *,
+        slot: H2StreamSlot | None = None,
+    ) -> H2Response:
+        """Send a request on a new stream and wait for the response head.
+
+        Args:
+            method: E.g. ``b"GET"``.
+            target: The path and query, e.g. ``b"/index.html?q=1"``.
+            authority: Host and port as in a ``Host`` header.
+            scheme: ``b"https"`` or ``b"http"``.
+            headers: ``(name, value)`` pairs; names are lowercased, and HTTP/1.1
+                connection-specific headers (``Connection``, ``Host``, ...) dropped.
+            body: The request body, sent as flow control allows.
+            slot: A stream reserved with :meth:`reserve_stream_nowait`; without one,
+                the request waits for a free stream (:meth:`reserve_stream`).
+
+        Returns:
+            The response head; read its body with :meth:`H2Response.receive_data`.
+
+        Raises:
+            TypeError, ValueError: A bad argument, before any I/O.
+            RequestNotProcessed: GOAWAY or ``REFUSED_STREAM``: the server did not
+                process it; retrying elsewhere is safe for any method.
+            ConnectionUnavailable: No slot given, and the connection is closed or
+                going away.
+            StreamReset: The server reset the stream.
+            ReadError, WriteError, RemoteProtocolError: The connection failed.
+
+        Cancellation at any point resets the stream (``RST_STREAM(CANCEL)``) and frees
+        it; the other streams carry on.
+        """
+        if not isinstance(body, bytes):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        if slot is not None and (not isinstance(slot, H2StreamSlot) or slot._conn is not self):
+            raise ValueError("slot must be an H2StreamSlot of this connection")
+        try:
+            block = _request_headers(method, target, authority, scheme, headers)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is None:
+            slot = await self.reserve_stream()
+        else:
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                slot.release()
+                raise
+        try:
+            # Only when the peer lowered its limit after the slot was reserved.
+            while (
+                len(self._streams) >= self.max_concurrent_streams
+                and not self._closed
+                and self._goaway is None
+            ):
+                await self._capacity_lot.park()
+        except BaseException:
+            slot.release()
+            raise
+        stream = self._send_headers(slot, block, end_stream=not body)
+        try:
+            if body:
+                await self._send_body(stream, body)
+            while stream.headers is None and stream.error is None:
+                await stream.wait()
+            if stream.headers is None:
+                assert stream.error is not None
+                raise stream.error
+            return self._make_response(stream)
+        except BaseException:
+            self._cancel_stream(stream)
+            raise
+
+    def _make_response(self, stream: _Stream) -> H2Response:
+        assert stream.headers is not None
+        status = 0
+        headers = []
+        for name, value in stream.headers:
+            if name == b":status":
+                if not (len(value) == 3 and value.isdigit()):
+                    raise RemoteProtocolError(f"the server sent a bad :status {value!r}")
+                status = int(value)
+            elif not name.startswith(b":"):
+                headers.append((name, value))
+        return H2Response(self, stream, status, headers)
+
+    def _send_headers(
+        self, slot: H2StreamSlot, block: list[tuple[bytes, bytes]], *, end_stream: bool
+    ) -> _Stream:
+        """Use ``slot``: pick the next stream id and queue HEADERS, synchronously (ids
+        must go out in the order they are taken)."""
+        slot._use()
+        if self._closed or self._goaway is not None:
+            self._capacity_changed()
+            raise RequestNotProcessed(
+                f"{self._unavailable_reason()}: the request was not sent"
+            ) from (self._error() if self._error is not None else None)
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self._goaway = 0  # out of ids: behave as after GOAWAY
+            self._capacity_changed()
+            raise RequestNotProcessed("this HTTP/2 connection ran out of stream ids") from None
+        stream = _Stream(stream_id)
+        try:
+            self._h2.send_headers(stream_id, block, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked before
+            self._capacity_changed()
+            raise ValueError(f"h2 refused the request headers: {exc}") from exc
+        stream.local_ended = end_stream
+        self._streams[stream_id] = stream
+        self._started += 1
+        self._kick()
+        return stream
+
+    async def _send_body(self, stream: _Stream, body: bytes) -> None:
+        view = memoryview(body)
+        offset = 0
+        while True:
+            if stream.error is not None:
+                raise stream.error
+            if self._error is not None:
+                raise self._error()
+            if stream.reset:  # reset with NO_ERROR after a complete response: stop sending
+                return
+            window = self._h2.local_flow_control_window(stream.id)
+            if window <= 0:
+                await stream.wait()
+                continue
+            size = min(window, self._h2.max_outbound_frame_size, len(body) - offset)
+            end = offset + size >= len(body)
+            self._h2.send_data(stream.id, bytes(view[offset : offset + size]), end_stream=end)
+            offset += size
+            self._queued += size
+            self._kick()
+            if end:
+                stream.local_ended = True
+                self._maybe_closed(stream)
+                return
+            if self._queued >= _HIGH_WATER:
+                await self._drained_wait()
+
+    # -- stream bookkeeping (synchronous) -----------------------------------------
+
+    def _acknowledge(self, stream: _Stream, flow_controlled: int) -> None:
+        """The caller consumed ``flow_controlled`` bytes: hand the credit back."""
+        if flow_controlled and stream.unacked:
+            stream.unacked -= flow_controlled
+            if stream.registered and not self._closed:
+                self._h2.acknowledge_received_data(flow_controlled, stream.id)
+                self._kick()
+
+    def _cancel_stream(self, stream: _Stream, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """Reset ``stream`` if it is still open and free it. Synchronous."""
+        if not stream.registered:
+            return
+        stream.reset = True
+        if not self._closed:
+            try:
+                self._h2.reset_stream(stream.id, code)
+            except h2.exceptions.ProtocolError:  # pragma: no cover - h2 says closed already
+                pass
+            self._kick()
+        self._unregister(stream)
+
+    def _maybe_closed(self, stream: _Stream) -> None:
+        if stream.registered and stream.local_ended and stream.remote_ended:
+            self._unregister(stream)
+
+    def _unregister(self, stream: _Stream) -> None:
+        """``stream`` is closed: stop counting it, give its unread bytes' credit back to
+        the connection window, and tell the pool."""
+        stream.registered = False
+        del self._streams[stream.id]
+        if stream.unacked and not self._closed:
+            # The stream is closed in h2, so this only re-opens the connection window.
+            self._h2.acknowledge_received_data(stream.unacked, stream.id)
+            self._kick()
+        stream.unacked = 0
+        stream.wake()
+        self._capacity_changed()
+
+    def _capacity_changed(self) -> None:
+        if self.open_streams == 0:
+            if self.idle_since is None:
+                self.idle_since = trio.current_time()
+            if self._goaway is not None and not self._closed:
+                self._cancel_scope.cancel()  # nothing left to finish: close
+        if self._capacity_lot:
+            self._capacity_lot.unpark_all()
+        hook = self.on_capacity_change
+        if hook is not None:
+            hook()
+
+    def _die(self, error: ErrorFactory) -> None:
+        """The connection is over: fail every open stream with a fresh ``error()``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        for stream in list(self._streams.values()):
+            if stream.error is None and not stream.remote_ended:
+                stream.error = error()
+            stream.registered = False
+            stream.unacked = 0
+            stream.wake()
+        self._streams.clear()
+        self._ready.set()
+        self._drained.set()
+        self._cancel_scope.cancel()
+        self._capacity_changed()
+
+    # -- the connection's task -----------------------------------------------------
+
+    def _kick(self) -> None:
+        self._write_wanted.set()
+
+    async def _drained_wait(self) -> None:
+        while not self._drained.is_set():
+            await self._drained.wait()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    task_status.started()
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._die(lambda: ReadError("the HTTP/2 connection was closed"))
+            with trio.CancelScope(shield=True):
+                leftover = bytes(self._outbox) + self._h2.data_to_send()
+                self._outbox.clear()
+                if leftover and not self._write_failed:
+                    # A GOAWAY of ours (after a protocol error), RST_STREAMs: best effort.
+                    with trio.move_on_after(_CLOSE_TIMEOUT):
+                        try:
+                            await self._stream.send_all(leftover)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            pass
+                await trio.aclose_forcefully(self._stream)
+            self._finished.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if self._outbox:
+                data = bytes(self._outbox) + self._h2.data_to_send()
+                self._outbox.clear()
+            else:
+                data = self._h2.data_to_send()
+            if not data:
+                self._queued = 0
+                self._drained.set()
+                self._write_wanted = trio.Event()
+                await self._write_wanted.wait()
+                continue
+            self._queued = 0
+            if self._drained.is_set():
+                self._drained = trio.Event()
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._write_failed = True
+                self._die(_chained(WriteError, "sending on the HTTP/2 connection failed", exc))
+                return
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._die(_chained(ReadError, "the HTTP/2 connection was lost", exc))
+                return
+            if not data:
+                self._die(lambda: ReadError("the server closed the HTTP/2 connection"))
+                return
+            # h2 clears its outbound buffer when a GOAWAY arrives: keep what is queued.
+            self._outbox += self._h2.data_to_send()
+            try:
+                events = self._h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                # h2 queued a GOAWAY: _run sends it on the way out.
+                message = f"the server broke HTTP/2: {exc}"
+                self._die(_chained(RemoteProtocolError, message, exc))
+                return
+            for event in events:
+                self._dispatch(event)
+            self._kick()
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            assert event.stream_id is not None
+            assert event.data is not None
+            flow_controlled = event.flow_controlled_length or 0
+            stream = self._streams.get(event.stream_id)
+            if stream is None:  # a stream we dropped after GOAWAY that h2 still has open
+                if flow_controlled:
+                    self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
+                return
+            if not event.data:  # padding only: nothing to read, hand the credit back now
+                if flow_controlled:
+                    self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
+                return
+            stream.chunks.append((event.data, flow_controlled))
+            stream.unacked += flow_controlled
+            stream.wake()
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.headers = list(event.headers or ())
+                stream.wake()
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.remote_ended = True
+                if stream.headers is None:  # pragma: no cover - h2 rejects this itself
+                    stream.error = RemoteProtocolError("the stream ended without a response")
+                stream.wake()
+                self._maybe_closed(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            self._on_reset(event)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.wake()
+            else:
+                for stream in self._streams.values():
+                    stream.wake()
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.trailers = list(event.headers or ())
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._ready.set()
+            changed = event.changed_settings
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                for stream in self._streams.values():
+                    stream.wake()
+            if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in changed:
+                self._capacity_changed()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._on_goaway(event)
+        elif isinstance(event, _IGNORED_EVENTS):
+            pass
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is None:
+            return
+        code = int(event.error_code or 0)
+        if code == ErrorCodes.NO_ERROR and stream.remote_ended:
+            pass  # "stop sending, the response is complete" (RFC 9113, 8.1)
+        elif code == ErrorCodes.REFUSED_STREAM:
+            stream.error = RequestNotProcessed(
+                f"the server refused stream {stream.id} (REFUSED_STREAM) before processing it"
+            )
+        else:
+            stream.error = StreamReset(
+                f"the server reset stream {stream.id} ({_code_name(code)})", code
+            )
+        stream.reset = True
+        if stream.error is not None:
+            stream.chunks.clear()
+        self._unregister(stream)
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        last = int(event.last_stream_id or 0)
+        code = int(event.error_code or 0)
+        self._goaway = last if self._goaway is None else min(last, self._goaway)
+        for stream in [s for s in self._streams.values() if s.id > last]:
+            stream.error = RequestNotProcessed(
+                f"the server sent GOAWAY ({_code_name(code)}, last stream {last}) "
+                f"before processing stream {stream.id}"
+            )
+            stream.reset = True
+            stream.chunks.clear()
+            self._unregister(stream)
+        self._capacity_changed()
+
+
+class _StateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2's connection state machine, except that a GOAWAY received does not close it.
+
+    h2 goes to CLOSED on GOAWAY and then rejects every later frame, even those of the
+    streams at or below ``last_stream_id`` that the server still finishes (in the same
+    read, often). We keep receiving; that no new stream opens is ours to enforce
+    (:attr:`H2Connection.is_available`).
+    """
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state in (
+            h2.connection.ConnectionState.IDLE,
+            h2.connection.ConnectionState.CLIENT_OPEN,
+        ):
+            return []
+        return super().process_input(input_)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
+
+
+def _chained(kind: type[HTTPError], message: str, cause: BaseException) -> ErrorFactory:
+    def make() -> HTTPError:
+        exc = kind(message)
+        exc.__cause__ = cause
+        return exc
+
+    return make
