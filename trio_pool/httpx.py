@@ -33,7 +33,15 @@ import trio
 
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolError, PoolExhausted
 from ._pool import ConnectionPool
-from .http._client import _READ, IDEMPOTENT_METHODS, Exchange, HTTPClient, Limits
+from .http._client import (
+    _READ,
+    IDEMPOTENT_METHODS,
+    Exchange,
+    HTTPClient,
+    Limits,
+    body_bytes,
+    check_framing,
+)
 from .http._exceptions import (
     PoolTimeout,
     ReadError,
@@ -137,6 +145,11 @@ class PoolTransport(httpx.AsyncBaseTransport):
             content = request.content
         except httpx.RequestNotRead:
             content = await request.aread()
+        content = body_bytes(content)
+        try:
+            check_framing(event, content)
+        except ValueError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
 
         limits, body_limits = _limits(request)
         client = self._client

@@ -86,6 +86,62 @@ def _header_list(headers: object) -> list[tuple[bytes, bytes]]:
     return result
 
 
+def body_bytes(content: object) -> bytes:
+    """``content`` as the bytes that go on the wire.
+
+    A buffer is framed by its byte count, never by its item count (a ``memoryview``
+    cast to ``"I"`` has a quarter as many items as bytes: a ``Content-Length`` from
+    ``len()`` would let the rest of the body be read as another request). Views of any
+    format or layout are copied in C order, and a ``bytearray`` is copied too, so a
+    change made while the request waits for a connection cannot change what is sent.
+
+    Raises:
+        TypeError: ``content`` is not bytes, bytearray or memoryview.
+        ValueError: A released memoryview.
+    """
+    if type(content) is bytes:
+        return content
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(content)
+        except ValueError as exc:
+            raise ValueError(f"content cannot be read: {exc}") from None
+    raise TypeError(f"content must be bytes, bytearray or memoryview, not {type(content).__name__}")
+
+
+def check_framing(event: h11.Request, body: bytes) -> None:
+    """Refuse a request whose framing headers cannot describe ``body``.
+
+    h11 has already checked the syntax of the headers (one ``Content-Length`` value,
+    ``Transfer-Encoding`` only ``chunked``); this checks them against the body, before
+    any connection is borrowed.
+
+    Raises:
+        ValueError: ``Content-Length`` differs from the body's byte count, both
+            ``Content-Length`` and ``Transfer-Encoding`` are given (a message a
+            server and a proxy could frame differently), or a body has neither.
+    """
+    length: bytes | None = None
+    chunked = False
+    for name, value in event.headers:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length is not None:
+        if chunked:
+            raise ValueError(
+                "headers must not have both Content-Length and Transfer-Encoding"
+                " (servers could frame the body differently)"
+            )
+        if int(length) != len(body):
+            raise ValueError(
+                f"headers say Content-Length: {length.decode()}, but the body is {len(body)} bytes"
+            )
+    elif body and not chunked:
+        raise ValueError("a body needs a Content-Length or Transfer-Encoding: chunked header")
+
+
 def _check_timeout(value: object, name: str = "timeout") -> float | None:
     if value is None:
         return None
@@ -311,7 +367,7 @@ class HTTPClient:
         self._protocols: dict[PooledConnection, h11.Connection] = {}
         self._prune_at = 256
         self._targets: dict[str, Target] = {}
-        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool]] = {}
+        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, bytes]] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -326,7 +382,7 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes = b"",
+        content: bytes | bytearray | memoryview = b"",
         timeout: float | None = None,
     ) -> Response:
         """Send a request and read the whole response.
@@ -336,7 +392,9 @@ class HTTPClient:
             url: An ``http://`` or ``https://`` URL.
             headers: Extra headers, as a mapping or ``(name, value)`` pairs. ``Host``
                 and ``Content-Length`` are added unless given.
-            content: The request body.
+            content: The request body: bytes, or any bytearray or memoryview (of any
+                format or layout), sent as its bytes and framed by their count. It is
+                copied when the request is made (bytes are not).
             timeout: Seconds for the whole request: waiting for a connection,
                 connecting, sending, and reading the response to its end. Defaults to
                 the client's ``timeout``.
@@ -358,18 +416,18 @@ class HTTPClient:
             trio_pool.ConnectError: Connecting failed (also ``ConnectTimeout``,
                 ``PoolExhausted`` and ``PoolClosed`` from the pool).
         """
-        target, event, idempotent = self._prepare(method, url, headers, content)
+        target, event, idempotent, body = self._prepare(method, url, headers, content)
         timeout = self._timeout if timeout is None else _check_timeout(timeout)
         if timeout is None:
-            exchange = await self._open(target, event, content, idempotent, None, None)
-            body = await exchange.read_all()
-            return exchange.make_response(body)
+            exchange = await self._open(target, event, body, idempotent, None, None)
+            data = await exchange.read_all()
+            return exchange.make_response(data)
         deadline = trio.current_time() + timeout
         limits = Limits(timeout, deadline, deadline, None)
         with trio.CancelScope(deadline=deadline) as scope:
-            exchange = await self._open(target, event, content, idempotent, limits, scope)
-            body = await exchange.read_all()
-            return exchange.make_response(body)
+            exchange = await self._open(target, event, body, idempotent, limits, scope)
+            data = await exchange.read_all()
+            return exchange.make_response(data)
         raise limits.error(target)
 
     def stream(
@@ -378,7 +436,7 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes = b"",
+        content: bytes | bytearray | memoryview = b"",
         timeout: float | None = None,
     ) -> StreamContext:
         """Send a request and stream the response body: ``async with`` the result.
@@ -406,20 +464,24 @@ class HTTPClient:
 
         The errors of :meth:`request` are raised on entering the block and from reads.
         """
-        target, event, idempotent = self._prepare(method, url, headers, content)
+        target, event, idempotent, body = self._prepare(method, url, headers, content)
         timeout = self._timeout if timeout is None else _check_timeout(timeout)
-        return StreamContext(self, target, event, content, idempotent, timeout)
+        return StreamContext(self, target, event, body, idempotent, timeout)
 
     # -- internals ------------------------------------------------------------------
 
     def _prepare(
         self, method: str, url: str, headers: object, content: object
-    ) -> tuple[Target, h11.Request, bool]:
-        """Check the arguments and build the h11 request (cached for the plain case)."""
-        plain = headers is None and not content
+    ) -> tuple[Target, h11.Request, bool, bytes]:
+        """Check the arguments and build the h11 request (cached for the plain case).
+
+        Everything about the request is checked here, before any I/O: the URL, the
+        method, the headers, and the framing of the body (see :func:`check_framing`).
+        """
+        plain = headers is None and type(content) is bytes and not content
         if plain:
             prepared = self._prepared.get((method, url))
-            if prepared is not None and type(content) is bytes:
+            if prepared is not None:
                 return prepared
         target = self._targets.get(url) if isinstance(url, str) else None
         if target is None:
@@ -428,8 +490,7 @@ class HTTPClient:
                 self._targets.clear()
             self._targets[url] = target
         method_bytes = check_method(method)
-        if not isinstance(content, (bytes, bytearray, memoryview)):
-            raise TypeError(f"content must be bytes, not {type(content).__name__}")
+        body = body_bytes(content)
         extra = _header_list(headers)
         names = {name for name, _ in extra}
         fields: list[tuple[bytes, bytes]] = []
@@ -438,16 +499,17 @@ class HTTPClient:
         fields.extend(h for h in self._headers if h[0] not in names)
         fields.extend(extra)
         if (
-            (content or method_bytes in _BODY_METHODS)
+            (body or method_bytes in _BODY_METHODS)
             and b"content-length" not in names
             and b"transfer-encoding" not in names
         ):
-            fields.append((b"content-length", b"%d" % len(content)))
+            fields.append((b"content-length", b"%d" % len(body)))
         try:
             event = h11.Request(method=method_bytes, target=target.target, headers=fields)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"invalid request: {exc}") from None
-        prepared = (target, event, method_bytes in IDEMPOTENT_METHODS)
+        check_framing(event, body)
+        prepared = (target, event, method_bytes in IDEMPOTENT_METHODS, body)
         if plain:
             if len(self._prepared) >= _CACHE_SIZE:
                 self._prepared.clear()

@@ -1,0 +1,211 @@
+"""Request framing (issue 12): what goes on the wire is exactly what the caller asked for.
+
+A body's ``Content-Length`` is its byte count whatever buffer it came in; framing that
+cannot be right is refused with ``ValueError`` before any connection is borrowed; the URL
+and the ``Host`` header say what the connection says. Checked through
+:class:`~trio_pool.http.HTTPClient` and httpx's :class:`~trio_pool.httpx.PoolTransport`
+against a loopback server that records every request it parses.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import AsyncIterator, Iterator
+
+import h11
+import httpx
+import pytest
+import trio
+
+import trio_pool
+from trio_pool.http import HTTPClient
+from trio_pool.httpx import PoolTransport
+
+from .checks import assert_settled
+from .servers import HOST, start_server
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+class RecordingServer:
+    """Parses every byte it receives as HTTP/1.1 requests and answers each ``200 ok``.
+
+    ``requests`` holds ``(request, body)`` per parsed request; ``junk`` counts
+    connections on which the bytes stopped being valid HTTP.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[h11.Request, bytes]] = []
+        self.connections = 0
+        self.junk = 0
+        self.port = 0
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = b""
+        try:
+            for _ in range(10_000):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some())
+                elif isinstance(event, h11.Request):
+                    request, body = event, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    self.requests.append((request, body))
+                    data = conn.send(
+                        h11.Response(status_code=200, headers=[(b"content-length", b"2")])
+                    )
+                    data = (data or b"") + (conn.send(h11.Data(data=b"ok")) or b"")
+                    data += conn.send(h11.EndOfMessage()) or b""
+                    await stream.send_all(data)
+                    conn.start_next_cycle()
+                else:
+                    return
+        except h11.RemoteProtocolError:
+            self.junk += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> RecordingServer:
+    recorder = RecordingServer()
+    recorder.port = await start_server(nursery, recorder.handle)
+    return recorder
+
+
+def smuggling_body() -> bytes:
+    """80 bytes whose last 60 are a complete GET: a ``Content-Length`` of 20 (the item
+    count of the body as ``memoryview(...).cast("I")``) makes them a second request."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nhost: evil\r\nx-pad: " + b"p" * 13 + b"\r\n\r\n"
+    assert len(smuggled) == 60
+    return b"a" * 20 + smuggled
+
+
+def body_forms(payload: bytes) -> Iterator[tuple[str, object]]:
+    """Every buffer form of ``payload`` that ``content`` accepts."""
+    view = memoryview(payload)
+    yield "bytes", payload
+    yield "bytearray", bytearray(payload)
+    yield "memoryview", view
+    yield "memoryview cast I", view.cast("I")
+    yield "memoryview cast H 2-D", view.cast("H", (4, len(payload) // 8))
+    yield "memoryview of bytearray", memoryview(bytearray(payload))
+    yield "memoryview of array('d')", memoryview(array.array("d", payload))
+
+
+FORMS = [name for name, _ in body_forms(smuggling_body())]
+
+
+def form(name: str, payload: bytes) -> object:
+    return dict(body_forms(payload))[name]
+
+
+# -- defect 1: framing by byte count ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FORMS)
+async def test_body_is_framed_by_byte_count(server: RecordingServer, name: str) -> None:
+    payload = smuggling_body()
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        r = await client.request("POST", server.url(), content=form(name, payload))  # type: ignore[arg-type]
+        assert r.status == 200
+        # One more request on the same connection: still in sync.
+        assert (await client.request("GET", server.url("/after"))).content == b"ok"
+        assert server.junk == 0
+        assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
+        request, body = server.requests[0]
+        assert dict(request.headers)[b"content-length"] == b"80"
+        assert body == payload
+        assert pool.statistics().connections_created == 1
+        assert_settled(pool)
+
+
+async def test_non_contiguous_view_sends_its_elements(server: RecordingServer) -> None:
+    base = bytes(range(80))
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request("PUT", server.url(), content=memoryview(base)[::2])
+        request, body = server.requests[0]
+        assert body == base[::2]
+        assert dict(request.headers)[b"content-length"] == b"40"
+
+
+@pytest.mark.parametrize("name", FORMS)
+async def test_chunked_body_is_framed_by_byte_count(server: RecordingServer, name: str) -> None:
+    payload = smuggling_body()
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request(
+            "POST",
+            server.url(),
+            headers={"Transfer-Encoding": "chunked"},
+            content=form(name, payload),  # type: ignore[arg-type]
+        )
+        await client.request("GET", server.url("/after"))
+        assert server.junk == 0
+        assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
+        assert server.requests[0][1] == payload
+
+
+async def test_body_is_copied_when_the_request_is_made(nursery: trio.Nursery) -> None:
+    """A bytearray changed while the request waits for a connection cannot change what
+    (or how much) is sent."""
+    recorder = RecordingServer()
+    recorder.port = await start_server(nursery, recorder.handle)
+    async with trio_pool.open_pool(max_size=1) as pool:
+        client = HTTPClient(pool)
+        body = bytearray(b"12345")
+        held = await pool.acquire(HOST, recorder.port)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(lambda: client.request("POST", recorder.url(), content=body))
+            await trio.testing.wait_all_tasks_blocked()
+            body.extend(b"6789" * 10)
+            pool.release(held)
+        assert recorder.requests[0][1] == b"12345"
+
+
+@pytest.mark.parametrize("content", ["text", 5, array.array("b", b"ab"), [b"a"]])
+async def test_other_body_types_are_type_errors(content: object) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        with pytest.raises(TypeError, match="content"):
+            await client.request("POST", "http://127.0.0.1:9/", content=content)  # type: ignore[arg-type]
+        assert pool.statistics().connections_created == 0
+
+
+async def view_chunks(payload: bytes) -> AsyncIterator[bytes]:
+    """A streamed request body of memoryviews that are not byte-formatted."""
+    view = memoryview(payload)
+    yield view[:40].cast("I")  # type: ignore[misc]
+    yield view[40:].cast("H")  # type: ignore[misc]
+
+
+async def test_httpx_body_is_framed_by_byte_count(server: RecordingServer) -> None:
+    payload = smuggling_body()
+    async with (
+        trio_pool.open_pool() as pool,
+        httpx.AsyncClient(transport=PoolTransport(pool)) as client,
+    ):
+        r = await client.post(server.url(), content=payload)
+        assert r.status_code == 200
+        # A streamed body without a length goes out chunked, framed by bytes.
+        r = await client.post(server.url("/stream"), content=view_chunks(payload))
+        assert r.status_code == 200
+        await client.get(server.url("/after"))
+        assert server.junk == 0
+        assert [req.target for req, _ in server.requests] == [b"/", b"/stream", b"/after"]
+        assert [body for _, body in server.requests] == [payload, payload, b""]
+        assert dict(server.requests[0][0].headers)[b"content-length"] == b"80"
+        assert pool.statistics().connections_created == 1
