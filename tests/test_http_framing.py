@@ -10,12 +10,17 @@ against a loopback server that records every request it parses.
 from __future__ import annotations
 
 import array
+import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 import h11
 import httpx
 import pytest
 import trio
+import trio.testing
+import trustme
 
 import trio_pool
 from trio_pool.http import HTTPClient
@@ -43,7 +48,7 @@ class RecordingServer:
     def url(self, path: str = "/") -> str:
         return f"http://{HOST}:{self.port}{path}"
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         conn = h11.Connection(h11.SERVER)
         request: h11.Request | None = None
@@ -209,3 +214,213 @@ async def test_httpx_body_is_framed_by_byte_count(server: RecordingServer) -> No
         assert [body for _, body in server.requests] == [payload, payload, b""]
         assert dict(server.requests[0][0].headers)[b"content-length"] == b"80"
         assert pool.statistics().connections_created == 1
+
+
+# -- defect 7: the Host header names the host connected to -------------------------------------
+
+
+class LoopbackResolver(trio.abc.HostnameResolver):
+    """Resolves every name to 127.0.0.1 and records the names asked for (no DNS)."""
+
+    def __init__(self) -> None:
+        self.names: list[bytes | str | None] = []
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[
+        tuple[
+            socket.AddressFamily,
+            socket.SocketKind,
+            int,
+            str,
+            tuple[str, int] | tuple[str, int, int, int],
+        ]
+    ]:
+        self.names.append(host)
+        assert isinstance(port, (int, bytes, str))
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (HOST, int(port)))]
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+@pytest.fixture
+async def resolver() -> LoopbackResolver:
+    custom = LoopbackResolver()
+    trio.socket.set_custom_hostname_resolver(custom)
+    return custom
+
+
+IDNA_HOST = "faß.de"
+IDNA_ASCII = "xn--fa-hia.de"  # IDNA 2008; Python's IDNA 2003 codec says "fass.de"
+
+
+async def test_idna_host_header_matches_the_connection(
+    server: RecordingServer, resolver: LoopbackResolver
+) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request("GET", f"http://{IDNA_HOST}:{server.port}/")
+        assert resolver.names == [IDNA_ASCII.encode()]
+        host = dict(server.requests[0][0].headers)[b"host"]
+        assert host == f"{IDNA_ASCII}:{server.port}".encode()
+        # Upper case maps to lower case (UTS 46), as trio does when connecting.
+        await client.request("GET", f"http://FAß.DE:{server.port}/")
+        assert dict(server.requests[1][0].headers)[b"host"] == host
+        assert pool.statistics().connections_created == 1
+
+
+async def test_invalid_idna_host_is_value_error() -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        with pytest.raises(ValueError, match="IDNA"):
+            await client.request("GET", "http://a\u200db.de/")  # a zero-width joiner
+        assert pool.statistics().connections_created == 0
+
+
+async def test_idna_host_over_tls_uses_the_same_name_for_sni(
+    nursery: trio.Nursery, resolver: LoopbackResolver
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(IDNA_ASCII).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    recorder = RecordingServer()
+    listeners = await nursery.start(
+        partial(trio.serve_ssl_over_tcp, recorder.handle, 0, server_context, host=HOST)
+    )
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    url = f"https://{IDNA_HOST}:{port}/"
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, ssl_context=client_context)
+        assert (await client.request("GET", url)).content == b"ok"
+        transport = PoolTransport(pool, ssl_context=client_context)
+        async with httpx.AsyncClient(transport=transport) as httpx_client:
+            assert (await httpx_client.get(url)).content == b"ok"
+        hosts = [dict(req.headers)[b"host"] for req, _ in recorder.requests]
+        assert hosts == [f"{IDNA_ASCII}:{port}".encode()] * 2
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.pool_hits) == (1, 1)
+
+
+async def test_client_default_host_header_replaces_the_automatic_one(
+    server: RecordingServer,
+) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, headers={"Host": "virtual.example"})
+        await client.request("GET", server.url())
+        await client.request("GET", server.url(), headers={"host": "mine.example"})
+        await client.request("POST", server.url(), content=b"x")
+        hosts = [[v for n, v in req.headers if n == b"host"] for req, _ in server.requests]
+        assert hosts == [[b"virtual.example"], [b"mine.example"], [b"virtual.example"]]
+
+
+# -- defect 8: CR, LF and TAB in a URL ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/a\r\nX-Injected: 1",
+        "http://127.0.0.1:{port}/a\nb",
+        "http://127.0.0.1:{port}/a\tb",
+        "http://127.0.0.1:{port}/?q=\r\n",
+        "http://127.0.0.1:{port}/#\t",
+        "http://127.0.\t0.1:{port}/",
+        "http://127.0.0.1:{port}\n/",
+        "ht\ttp://127.0.0.1:{port}/",
+        "\nhttp://127.0.0.1:{port}/",
+        " http://127.0.0.1:{port}/",
+        "http://127.0.0.1:{port}/\x00",
+        "http://127.0.0.1:{port}/\x7f",
+    ],
+)
+async def test_control_characters_in_url_are_value_errors(
+    server: RecordingServer, url: str
+) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        with pytest.raises(ValueError, match="control characters"):
+            await client.request("GET", url.format(port=server.port))
+        with pytest.raises(ValueError, match="control characters"):
+            client.stream("GET", url.format(port=server.port))
+        assert pool.statistics().connections_created == 0
+        assert server.requests == []
+
+
+# -- defect 9: every check before any I/O ------------------------------------------------------
+
+BAD_REQUESTS = {
+    "Content-Length larger than the body": ({"Content-Length": "5"}, b"abc"),
+    "Content-Length smaller than the body": ({"Content-Length": "2"}, b"abc"),
+    "Content-Length on a view's item count": ({"Content-Length": "20"}, smuggling_body()),
+    "Content-Length with Transfer-Encoding": (
+        {"Content-Length": "3", "Transfer-Encoding": "chunked"},
+        b"abc",
+    ),
+    "Transfer-Encoding gzip": ({"Transfer-Encoding": "gzip"}, b"abc"),
+    "Transfer-Encoding twice": ([("Transfer-Encoding", "chunked")] * 2, b"abc"),
+    "conflicting Content-Lengths": ([("Content-Length", "3"), ("Content-Length", "4")], b"abc"),
+    "Content-Length not a number": ({"Content-Length": "+3"}, b"abc"),
+    "a header value with CR LF": ({"X-A": "1\r\nX-B: 2"}, b""),
+    "a header name with a space": ({"X A": "1"}, b""),
+    "an empty header name": ({"": "1"}, b""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+async def test_bad_request_fails_before_borrowing_a_connection(
+    server: RecordingServer, case: str
+) -> None:
+    headers, body = BAD_REQUESTS[case]
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request("GET", server.url())
+        before = pool.statistics()
+        assert before.idle_connections == 1
+        with pytest.raises(ValueError):
+            await client.request("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            client.stream("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
+        after = pool.statistics()
+        assert after.idle_connections == 1
+        assert after.connections_closed == 0
+        assert after.pool_hits == before.pool_hits
+        await client.request("GET", server.url())
+        assert pool.statistics().pool_hits == before.pool_hits + 1
+        assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "Content-Length larger than the body",
+        "Content-Length smaller than the body",
+        "Content-Length with Transfer-Encoding",
+    ],
+)
+async def test_httpx_bad_framing_fails_before_borrowing_a_connection(
+    server: RecordingServer, case: str
+) -> None:
+    headers, body = BAD_REQUESTS[case]
+    async with (
+        trio_pool.open_pool() as pool,
+        httpx.AsyncClient(transport=PoolTransport(pool)) as client,
+    ):
+        await client.get(server.url())
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post(server.url(), headers=headers, content=body)  # type: ignore[arg-type]
+        stats = pool.statistics()
+        assert (stats.idle_connections, stats.connections_closed) == (1, 0)
+        await client.get(server.url())
+        assert pool.statistics().pool_hits == 1
+        assert len(server.requests) == 2

@@ -120,7 +120,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
         """Send ``request`` and return the response with its body still streaming."""
         url = request.url
         scheme = url.raw_scheme
-        host = url.host
+        # The ASCII (IDNA 2008) form, as httpx puts in the Host header: url.host is the
+        # Unicode form, which ssl would encode for SNI with IDNA 2003.
+        host = url.raw_host.decode("ascii")
         key = (scheme, host, url.port)
         where = self._targets.get(key)
         if where is None:

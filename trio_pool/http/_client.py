@@ -328,7 +328,7 @@ class HTTPClient:
     Args:
         pool: The pool to borrow connections from.
         headers: Headers sent with every request (a request's own headers of the same
-            name replace them).
+            name replace them). A ``Host`` header here replaces the automatic one.
         timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`, in seconds;
             ``None`` (the default) waits as long as it takes.
         verify_cert: For https: check the server's certificate and host name.
@@ -493,11 +493,13 @@ class HTTPClient:
         body = body_bytes(content)
         extra = _header_list(headers)
         names = {name for name, _ in extra}
+        defaults = [h for h in self._headers if h[0] not in names]
         fields: list[tuple[bytes, bytes]] = []
-        if b"host" not in names:
+        if b"host" not in names and not any(name == b"host" for name, _ in defaults):
             fields.append((b"host", target.host_header))
-        fields.extend(h for h in self._headers if h[0] not in names)
+        fields.extend(defaults)
         fields.extend(extra)
+        names.update(name for name, _ in defaults)
         if (
             (body or method_bytes in _BODY_METHODS)
             and b"content-length" not in names

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+import idna
 import trio
 
 if TYPE_CHECKING:
@@ -17,10 +18,18 @@ __all__ = ["Response", "Target", "check_method", "parse_url"]
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # RFC 9110 token: what a method may be made of.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Spaces and control characters: urlsplit silently drops CR, LF and TAB anywhere and
+# strips the others at the ends, so a different URL than the caller's would be used.
+_CONTROL: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Target:
-    """Where a URL sends a request: the pool key's parts and the request line's."""
+    """Where a URL sends a request: the pool key's parts and the request line's.
+
+    ``host`` is ASCII: an internationalised name is in its IDNA 2008 form (what trio
+    connects to), so the connection, the TLS server name and the ``Host`` header all
+    name the same domain.
+    """
 
     __slots__ = ("host", "host_header", "port", "target", "tls")
 
@@ -38,10 +47,15 @@ def parse_url(url: object) -> Target:
     Raises:
         TypeError: ``url`` is not a str.
         ValueError: Not an absolute http(s) URL with a host, a bad port, credentials in
-            it, or characters that cannot go on a request line.
+            it, a host name that is not valid IDNA 2008, or spaces, control characters
+            (CR, LF and TAB included) or non-ASCII characters outside the host.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if _CONTROL.search(url):
+        raise ValueError(
+            f"url must not contain spaces or control characters (CR, LF, TAB...): {url!r}"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -62,11 +76,20 @@ def parse_url(url: object) -> Target:
         path = f"{path}?{parts.query}"
     try:
         target = path.encode("ascii")
-        host_bytes = host.encode("idna") if not host.isascii() else host.encode("ascii")
     except UnicodeError:
         raise ValueError(f"url must be ASCII (percent-encode the path): {url!r}") from None
-    if any(c <= 0x20 or c == 0x7F for c in target):
-        raise ValueError(f"url path contains spaces or control characters: {url!r}")
+    if host.isascii():
+        host_bytes = host.encode("ascii")
+    else:
+        # The encoding trio uses to connect (trio.socket's encode_hostname): IDNA 2008
+        # with UTS 46 mapping, not Python's IDNA 2003 codec ("faß.de" is not "fass.de").
+        try:
+            host_bytes = idna.encode(host, uts46=True)
+        except idna.IDNAError as exc:
+            raise ValueError(
+                f"url has a host name that is not valid IDNA: {url!r} ({exc})"
+            ) from None
+        host = host_bytes.decode("ascii")
     if ":" in host:  # IPv6 literal
         host_bytes = b"[" + host_bytes + b"]"
     default = _DEFAULT_PORTS[scheme]
