@@ -47,6 +47,8 @@ from .http._exceptions import (
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
+    StreamClosed,
+    StreamConsumed,
     WriteError,
     WriteTimeout,
 )
@@ -74,6 +76,10 @@ _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
 
 def _to_httpx(exc: Exception, request: httpx.Request) -> Exception:
     """The httpx exception for one of ours (``exc`` itself if none fits)."""
+    if isinstance(exc, StreamClosed):
+        return httpx.StreamClosed()
+    if isinstance(exc, StreamConsumed):  # pragma: no cover - httpx's Response reads once
+        return httpx.StreamConsumed()
     for ours, theirs in _ERRORS:
         if isinstance(exc, ours):
             return theirs(str(exc), request=request)
@@ -222,5 +228,5 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         """A body not read to its end costs the connection (it is discarded)."""
-        self._exchange.abandon()
+        self._exchange.abandon("the response was closed before the body's end")
         await trio.lowlevel.checkpoint()

@@ -26,6 +26,9 @@ from ._exceptions import ReadError as ReadError
 from ._exceptions import ReadTimeout as ReadTimeout
 from ._exceptions import RemoteProtocolError as RemoteProtocolError
 from ._exceptions import RequestTimeout as RequestTimeout
+from ._exceptions import StreamClosed as StreamClosed
+from ._exceptions import StreamConsumed as StreamConsumed
+from ._exceptions import StreamError as StreamError
 from ._exceptions import WriteError as WriteError
 from ._exceptions import WriteTimeout as WriteTimeout
 from ._models import Response as Response
@@ -41,7 +44,10 @@ __all__ = [
     "RemoteProtocolError",
     "RequestTimeout",
     "Response",
+    "StreamClosed",
+    "StreamConsumed",
     "StreamContext",
+    "StreamError",
     "WriteError",
     "WriteTimeout",
 ]

@@ -27,6 +27,7 @@ from ._exceptions import (
     ReadTimeout,
     RemoteProtocolError,
     RequestTimeout,
+    StreamClosed,
     WriteError,
     WriteTimeout,
 )
@@ -199,9 +200,23 @@ class Exchange:
 
     The response body is read from here; at its end the connection is released if
     h11 can start a next cycle on it, and discarded otherwise (or on any failure).
+
+    ``done`` is True once the exchange gave its connection back (exactly once);
+    ``complete`` only when the whole body arrived. A read after the exchange was
+    abandoned (``done`` but not ``complete``) raises :class:`StreamClosed`, naming why.
     """
 
-    __slots__ = ("_client", "_conn", "_h11", "done", "limits", "response", "started", "target")
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_h11",
+        "closed_because",
+        "complete",
+        "done",
+        "limits",
+        "response",
+        "target",
+    )
 
     def __init__(
         self,
@@ -218,7 +233,8 @@ class Exchange:
         self.target: Target = target
         self.limits: Limits | None = None
         self.done: bool = False
-        self.started: bool = False
+        self.complete: bool = False
+        self.closed_because: str = ""
 
     def make_response(self, content: bytes | None) -> Response:
         event = self.response
@@ -232,9 +248,24 @@ class Exchange:
             None if content is not None else self,
         )
 
+    def closed_error(self) -> StreamClosed:
+        return StreamClosed(
+            f"the response body from {self._where()} was not read to its end and is"
+            f" gone: {self.closed_because}"
+        )
+
     async def _next_data(self) -> bytes | None:
         """The next non-empty piece of the body, or ``None`` at its end (the connection
-        is then released or discarded). Any error abandons the exchange."""
+        is then released or discarded). Any error abandons the exchange.
+
+        Raises:
+            StreamClosed: The exchange was abandoned before the body's end.
+        """
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            if self.complete:
+                return None
+            raise self.closed_error()
         h = self._h11
         try:
             while True:
@@ -251,10 +282,16 @@ class Exchange:
                 else:  # pragma: no cover - h11 sends nothing else inside a body
                     raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
         except h11.RemoteProtocolError as exc:
-            self.abandon()
+            self.abandon(f"the server broke the protocol ({exc})")
             raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
-        except BaseException:
-            self.abandon()
+        except RequestTimeout as exc:
+            self.abandon(f"a read timed out ({exc})")
+            raise
+        except HTTPError as exc:
+            self.abandon(f"a read failed ({exc})")
+            raise
+        except BaseException as exc:
+            self.abandon(f"a read was interrupted ({type(exc).__name__})")
             raise
         self._finish()
         return None
@@ -270,10 +307,11 @@ class Exchange:
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body, or ``b""`` at its end (the connection is then
-        released or discarded)."""
-        if self.done:
-            return b""
-        self.started = True
+        released or discarded).
+
+        Raises:
+            StreamClosed: The exchange was abandoned before the body's end.
+        """
         data = await self._next_data()
         return b"" if data is None else bytes(data)
 
@@ -296,7 +334,7 @@ class Exchange:
         return f"{self.target.host}:{self.target.port}"
 
     def _finish(self) -> None:
-        self.done = True
+        self.done = self.complete = True
         h = self._h11
         if h.our_state is _DONE and h.their_state is _DONE and not h.trailing_data[0]:
             h.start_next_cycle()
@@ -305,10 +343,15 @@ class Exchange:
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
-    def abandon(self) -> None:
-        """Give up on the exchange: the connection is discarded (no-op once done)."""
+    def abandon(self, because: str = "it was abandoned") -> None:
+        """Give up on the exchange: the connection is discarded (no-op once done).
+
+        Args:
+            because: Why, for the :class:`StreamClosed` of later reads.
+        """
         if not self.done:
             self.done = True
+            self.closed_because = because
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
@@ -585,10 +628,15 @@ class HTTPClient:
                     await conn.send_all(data)
                 except trio.BrokenResourceError as exc:
                     error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
-                    raise _ConnectionLost(error) from exc
-                if limits is not None:
-                    limits.phase = _READ
-                response = await self._receive_head(conn, protocol, target, limits, scope)
+                    # The server may have answered before it stopped reading (a 413 to
+                    # an upload, say) and closed: its answer is waiting to be read.
+                    response = await self._early_response(conn, protocol, target, limits, scope)
+                    if response is None:
+                        raise _ConnectionLost(error) from exc
+                else:
+                    if limits is not None:
+                        limits.phase = _READ
+                    response = await self._receive_head(conn, protocol, target, limits, scope)
             except _ConnectionLost as lost:
                 self._forget(conn)
                 pool.discard(conn)
@@ -604,6 +652,29 @@ class HTTPClient:
                 pool.discard(conn)
                 raise
             return Exchange(self, conn, protocol, response, target)
+
+    @classmethod
+    async def _early_response(
+        cls,
+        conn: PooledConnection,
+        protocol: h11.Connection,
+        target: Target,
+        limits: Limits | None,
+        scope: trio.CancelScope | None,
+    ) -> h11.Response | None:
+        """After a failed send: the response the server sent before closing, if any.
+
+        h11 has taken the whole request already, so it reads a response as usual. The
+        socket is dead, so this never waits on the network for long: the bytes are in
+        the kernel's buffer, or the read fails at once (also for TLS, whose stream is
+        broken after a failed send).
+        """
+        if limits is not None:
+            limits.phase = _READ
+        try:
+            return await cls._receive_head(conn, protocol, target, limits, scope)
+        except (_ConnectionLost, HTTPError):
+            return None
 
     @staticmethod
     async def _receive_head(
@@ -699,4 +770,8 @@ class StreamContext:
         tb: TracebackType | None,
     ) -> None:
         if self._exchange is not None:
-            self._exchange.abandon()
+            self._exchange.abandon(
+                "the stream() block exited before the body's end (read it inside the block)"
+                if exc_type is None
+                else f"the stream() block exited by {exc_type.__name__}"
+            )

@@ -20,6 +20,9 @@ __all__ = [
     "ReadTimeout",
     "RemoteProtocolError",
     "RequestTimeout",
+    "StreamClosed",
+    "StreamConsumed",
+    "StreamError",
     "WriteError",
     "WriteTimeout",
 ]
@@ -71,3 +74,22 @@ class WriteTimeout(RequestTimeout):
 
 class ReadTimeout(RequestTimeout):
     """The timeout ran out while waiting for (part of) the response."""
+
+
+class StreamError(HTTPError, RuntimeError):
+    """A streamed response body cannot be read (any more). The subclass says why.
+
+    A :class:`RuntimeError` too: a misuse of the response, not a network failure.
+    """
+
+
+class StreamClosed(StreamError):
+    """The body was abandoned before its end: a read timed out or failed, the
+    ``stream()`` block exited, or :meth:`Response.aclose` was called. The connection is
+    gone, and so is the rest of the body (httpx: ``httpx.StreamClosed``)."""
+
+
+class StreamConsumed(StreamError):
+    """The body was already read by an :meth:`Response.aiter_bytes` iterator and not
+    kept: only that iterator can go on (httpx: ``httpx.StreamConsumed``). Use
+    :meth:`Response.aread` to keep the body."""

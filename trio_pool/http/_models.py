@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import idna
 import trio
 
+from ._exceptions import StreamConsumed
+
 if TYPE_CHECKING:
     from ._client import Exchange
 
@@ -123,6 +125,19 @@ class Response:
     the wire: read it with :meth:`aiter_bytes` or :meth:`aread`; a body not read to
     the end when the ``async with`` block exits costs its connection (it is discarded).
 
+    How a streamed body ends, as httpx has it:
+
+    - :meth:`aread` keeps the body: later :meth:`aread` calls and :meth:`aiter_bytes`
+      iterators return it again, inside the block or after it.
+    - An :meth:`aiter_bytes` iterator hands the body out once: after it started, another
+      iterator or :meth:`aread` raises :class:`~trio_pool.http.StreamConsumed`.
+    - A body abandoned before its end (a read that timed out, failed or was cancelled,
+      :meth:`aclose`, or leaving the block) is gone with its connection: every later
+      read raises :class:`~trio_pool.http.StreamClosed` saying which (also where an
+      iterator had started on it: unlike httpx, which says ``StreamConsumed`` there,
+      the more useful fact wins).
+    - :attr:`is_complete` is True only once the whole body has arrived.
+
     Attributes:
         status: The status code, e.g. ``200``.
         reason: The reason phrase, e.g. ``b"OK"``.
@@ -131,7 +146,15 @@ class Response:
         http_version: ``"1.1"`` or ``"1.0"``.
     """
 
-    __slots__ = ("_content", "_exchange", "headers", "http_version", "reason", "status")
+    __slots__ = (
+        "_consumed",
+        "_content",
+        "_exchange",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
@@ -148,6 +171,7 @@ class Response:
         self.http_version: str = http_version
         self._content = content
         self._exchange = exchange
+        self._consumed = False
 
     def __repr__(self) -> str:
         return f"<Response [{self.status} {self.reason.decode('latin-1')}]>"
@@ -184,44 +208,65 @@ class Response:
 
     @property
     def is_complete(self) -> bool:
-        """Whether the body was read to the end (always true for ``request``)."""
-        return self._exchange is None or self._exchange.done
+        """Whether the whole body has arrived (always true for ``request``); false for a
+        body abandoned before its end."""
+        return self._exchange is None or self._exchange.complete
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """Iterate over the body in chunks as they arrive (the content, if read)."""
+        """Iterate over the body in chunks as they arrive (the content, if read).
+
+        The iterator raises :class:`~trio_pool.http.StreamConsumed` if another iterator
+        already started on a body that was not kept, and
+        :class:`~trio_pool.http.StreamClosed` if the body was abandoned.
+        """
         return _BodyIterator(self)
 
     async def aread(self) -> bytes:
         """Read the rest of the body and return all of it (also kept as :attr:`content`).
 
         Raises:
-            RuntimeError: Part of a streamed body was already consumed by
-                :meth:`aiter_bytes`.
+            StreamConsumed: An :meth:`aiter_bytes` iterator already took (part of) the
+                body.
+            StreamClosed: The body was abandoned before its end (a failed read,
+                :meth:`aclose`, or the ``stream()`` block exited).
         """
         if self._content is None:
-            assert self._exchange is not None
-            if self._exchange.started:
-                raise RuntimeError("aread() after aiter_bytes() consumed part of the body")
-            self._content = await self._exchange.read_all()
+            exchange = self._exchange
+            assert exchange is not None
+            if self._consumed and not (exchange.done and not exchange.complete):
+                await trio.lowlevel.checkpoint()
+                raise _consumed_error(exchange)
+            self._content = await exchange.read_all()
+        else:
+            await trio.lowlevel.checkpoint()
         return self._content
 
     async def aclose(self) -> None:
         """Give up the rest of the body: an unfinished exchange discards its connection.
 
-        Idempotent; a no-op on a complete response.
+        Idempotent; a no-op on a complete response. Reads after it raise
+        :class:`~trio_pool.http.StreamClosed` (unless the body was complete).
         """
         exchange = self._exchange
         if exchange is not None and not exchange.done:
-            exchange.abandon()
+            exchange.abandon("aclose() was called before the body's end")
         await trio.lowlevel.checkpoint()
 
 
+def _consumed_error(exchange: Exchange) -> StreamConsumed:
+    return StreamConsumed(
+        f"the response body from {exchange.target.host}:{exchange.target.port} was"
+        " already read by aiter_bytes() (use aread() to keep it)"
+    )
+
+
 class _BodyIterator:
-    __slots__ = ("_response", "_sent")
+    __slots__ = ("_response", "_sent", "_started")
 
     def __init__(self, response: Response) -> None:
         self._response = response
         self._sent = False
+        self._started = False
 
     def __aiter__(self) -> _BodyIterator:
         return self
@@ -229,12 +274,18 @@ class _BodyIterator:
     async def __anext__(self) -> bytes:
         response = self._response
         if response._content is not None:
+            await trio.lowlevel.checkpoint()
             if self._sent or not response._content:
                 raise StopAsyncIteration
             self._sent = True
             return response._content
         exchange = response._exchange
         assert exchange is not None
+        if not self._started:
+            if response._consumed and not (exchange.done and not exchange.complete):
+                await trio.lowlevel.checkpoint()
+                raise _consumed_error(exchange)
+            response._consumed = self._started = True
         chunk = await exchange.read_chunk()
         if not chunk:
             raise StopAsyncIteration
