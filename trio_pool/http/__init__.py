@@ -32,9 +32,14 @@ from ._exceptions import StreamError as StreamError
 from ._exceptions import WriteError as WriteError
 from ._exceptions import WriteTimeout as WriteTimeout
 from ._models import Response as Response
+from ._timeouts import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._timeouts import USE_CLIENT_DEFAULT as USE_CLIENT_DEFAULT
+from ._timeouts import Timeout as Timeout
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "IDEMPOTENT_METHODS",
+    "USE_CLIENT_DEFAULT",
     "HTTPClient",
     "HTTPError",
     "NetworkError",
@@ -48,6 +53,7 @@ __all__ = [
     "StreamConsumed",
     "StreamContext",
     "StreamError",
+    "Timeout",
     "WriteError",
     "WriteTimeout",
 ]

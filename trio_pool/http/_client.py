@@ -9,7 +9,6 @@ whoever borrows the socket next.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -19,6 +18,7 @@ import h11
 import trio
 
 from .._connection import PooledConnection
+from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from ._exceptions import (
     HTTPError,
@@ -32,6 +32,7 @@ from ._exceptions import (
     WriteTimeout,
 )
 from ._models import Response, Target, check_method, parse_url
+from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
 __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 
@@ -45,7 +46,6 @@ _IDLE: Final = h11.IDLE
 _DONE: Final = h11.DONE
 _END: Final = h11.EndOfMessage()
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
-_ACQUIRE, _WRITE, _READ = 0, 1, 2
 
 HeaderTypes: TypeAlias = (
     Mapping[str, str] | Mapping[bytes, bytes] | Sequence[tuple[str | bytes, str | bytes]]
@@ -143,47 +143,10 @@ def check_framing(event: h11.Request, body: bytes) -> None:
         raise ValueError("a body needs a Content-Length or Transfer-Encoding: chunked header")
 
 
-def _check_timeout(value: object, name: str = "timeout") -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
-    return float(value)
-
-
-class Limits:
-    """Deadlines of one request: for getting a connection and sending (``send_deadline``),
-    for the response (``read_deadline``), and for each single read (``read_timeout``).
-
-    ``phase`` records where the request is, so a deadline that fires names its phase.
-    """
-
-    __slots__ = ("moving", "phase", "read_deadline", "read_timeout", "send_deadline", "timeout")
-
-    def __init__(
-        self, timeout: float, send_deadline: float, read_deadline: float, read_timeout: float | None
-    ) -> None:
-        self.timeout: float = timeout
-        self.send_deadline: float = send_deadline
-        self.read_deadline: float = read_deadline
-        self.read_timeout: float | None = read_timeout
-        self.moving: bool = read_timeout is not None or read_deadline != send_deadline
-        self.phase: int = _ACQUIRE
-
-    def next_read(self) -> float:
-        if self.read_timeout is None:
-            return self.read_deadline
-        return min(self.read_deadline, trio.current_time() + self.read_timeout)
-
-    def error(self, target: Target) -> RequestTimeout:
-        where = f"{target.host}:{target.port}"
-        if self.phase == _ACQUIRE:
-            return PoolTimeout(f"no connection to {where} within {self.timeout} s")
-        if self.phase == _WRITE:
-            return WriteTimeout(f"sending the request to {where} took over {self.timeout} s")
-        return ReadTimeout(f"no response from {where} within {self.timeout} s")
+def _read_timeout(target: Target, limit: float, what: str) -> ReadTimeout:
+    return ReadTimeout(
+        f"no data from {target.host}:{target.port} within {limit} s (read timeout, {what})"
+    )
 
 
 class _ConnectionLost(Exception):
@@ -213,7 +176,7 @@ class Exchange:
         "closed_because",
         "complete",
         "done",
-        "limits",
+        "read_timeout",
         "response",
         "target",
     )
@@ -231,7 +194,7 @@ class Exchange:
         self._h11 = protocol
         self.response: h11.Response = response
         self.target: Target = target
-        self.limits: Limits | None = None
+        self.read_timeout: float | None = None
         self.done: bool = False
         self.complete: bool = False
         self.closed_because: str = ""
@@ -317,15 +280,15 @@ class Exchange:
 
     async def _receive(self) -> None:
         conn = self._conn
-        limits = self.limits
+        limit = self.read_timeout
         try:
-            if limits is None:
+            if limit is None:
                 data = await conn.receive_some(_RECEIVE_SIZE)
             else:
-                with trio.CancelScope(deadline=limits.next_read()) as scope:
+                with trio.move_on_after(limit) as scope:
                     data = await conn.receive_some(_RECEIVE_SIZE)
                 if scope.cancelled_caught:
-                    raise limits.error(self.target)
+                    raise _read_timeout(self.target, limit, "reading the body")
         except trio.BrokenResourceError as exc:
             raise ReadError(f"{self._where()}: reading the response failed: {exc}") from exc
         self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
@@ -372,8 +335,11 @@ class HTTPClient:
         pool: The pool to borrow connections from.
         headers: Headers sent with every request (a request's own headers of the same
             name replace them). A ``Host`` header here replaces the automatic one.
-        timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`, in seconds;
-            ``None`` (the default) waits as long as it takes.
+        timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`: a
+            :class:`Timeout`, or a number of seconds for each phase (waiting for a
+            connection from the pool, connecting, writing, each read), as httpx has
+            it. The default is 5 seconds, httpx's; ``None`` sets no limits of its own
+            (the pool's ``acquire_timeout`` and ``connection_timeout`` still apply).
         verify_cert: For https: check the server's certificate and host name.
         ssl_context: For https: the :class:`ssl.SSLContext` to use.
         retry: Retry idempotent requests once when a reused connection was dead.
@@ -381,7 +347,7 @@ class HTTPClient:
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
             has the wrong type.
-        ValueError: ``timeout`` is not positive.
+        ValueError: ``timeout`` is negative or NaN.
     """
 
     def __init__(
@@ -389,7 +355,7 @@ class HTTPClient:
         pool: ConnectionPool,
         *,
         headers: HeaderTypes | None = None,
-        timeout: float | None = None,
+        timeout: float | Timeout | None = DEFAULT_TIMEOUT,
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         retry: bool = True,
@@ -402,7 +368,7 @@ class HTTPClient:
             raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)}")
         self._pool = pool
         self._headers = _header_list(headers)
-        self._timeout = _check_timeout(timeout)
+        self._timeout = to_timeout(timeout)
         self._verify_cert = verify_cert
         self._ssl_context = ssl_context
         self._retry = bool(retry)
@@ -426,7 +392,7 @@ class HTTPClient:
         *,
         headers: HeaderTypes | None = None,
         content: bytes | bytearray | memoryview = b"",
-        timeout: float | None = None,
+        timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Response:
         """Send a request and read the whole response.
 
@@ -438,40 +404,38 @@ class HTTPClient:
             content: The request body: bytes, or any bytearray or memoryview (of any
                 format or layout), sent as its bytes and framed by their count. It is
                 copied when the request is made (bytes are not).
-            timeout: Seconds for the whole request: waiting for a connection,
-                connecting, sending, and reading the response to its end. Defaults to
-                the client's ``timeout``.
+            timeout: The limits of each phase, as for the client (a :class:`Timeout`,
+                a number of seconds for every phase, or ``None`` for none); defaults to
+                the client's. A limit is per phase, and for reads per read, as httpx's:
+                a server that keeps sending is never cut off. ``0`` means no waiting,
+                as ``acquire(timeout=0)`` (see :class:`Timeout`).
 
         Returns:
             The complete :class:`Response`; its connection is already back in the pool
             (or closed).
 
         Raises:
-            ValueError: A bad method, URL, header or timeout (before any I/O).
+            ValueError: A bad method, URL, header, body framing or timeout (before any
+                I/O).
             TypeError: An argument of the wrong type (before any I/O).
-            PoolTimeout: ``timeout`` ran out while getting a connection.
-            WriteTimeout: ``timeout`` ran out while sending.
-            ReadTimeout: ``timeout`` ran out while reading the response.
+            PoolTimeout: No connection became free within the pool limit (it is a
+                :class:`~trio_pool.PoolExhausted` too; the pool counts it in
+                ``acquire_timeouts``).
+            trio_pool.ConnectTimeout: Connecting took longer than the connect limit.
+            WriteTimeout: Sending took longer than the write limit.
+            ReadTimeout: A read took longer than the read limit.
             WriteError: The connection failed while sending.
             ReadError: The connection failed while reading.
             RemoteProtocolError: The server sent something that is not HTTP/1.1, or
                 closed the connection before the response was complete.
-            trio_pool.ConnectError: Connecting failed (also ``ConnectTimeout``,
-                ``PoolExhausted`` and ``PoolClosed`` from the pool).
+            trio_pool.ConnectError: Connecting failed (``PoolClosed`` from the pool
+                passes through too).
         """
         target, event, idempotent, body = self._prepare(method, url, headers, content)
-        timeout = self._timeout if timeout is None else _check_timeout(timeout)
-        if timeout is None:
-            exchange = await self._open(target, event, body, idempotent, None, None)
-            data = await exchange.read_all()
-            return exchange.make_response(data)
-        deadline = trio.current_time() + timeout
-        limits = Limits(timeout, deadline, deadline, None)
-        with trio.CancelScope(deadline=deadline) as scope:
-            exchange = await self._open(target, event, body, idempotent, limits, scope)
-            data = await exchange.read_all()
-            return exchange.make_response(data)
-        raise limits.error(target)
+        limits = self._timeout if timeout is USE_CLIENT_DEFAULT else to_timeout(timeout)
+        exchange = await self._open(target, event, body, idempotent, limits)
+        data = await exchange.read_all()
+        return exchange.make_response(data)
 
     def stream(
         self,
@@ -480,7 +444,7 @@ class HTTPClient:
         *,
         headers: HeaderTypes | None = None,
         content: bytes | bytearray | memoryview = b"",
-        timeout: float | None = None,
+        timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> StreamContext:
         """Send a request and stream the response body: ``async with`` the result.
 
@@ -498,8 +462,8 @@ class HTTPClient:
             url: As for :meth:`request`.
             headers: As for :meth:`request`.
             content: As for :meth:`request`.
-            timeout: Seconds until the response head has arrived (connection, sending,
-                head), and then for each read of the body.
+            timeout: As for :meth:`request`; the read limit applies to each read of
+                the body too.
 
         Raises:
             ValueError: Bad arguments, right away.
@@ -508,8 +472,8 @@ class HTTPClient:
         The errors of :meth:`request` are raised on entering the block and from reads.
         """
         target, event, idempotent, body = self._prepare(method, url, headers, content)
-        timeout = self._timeout if timeout is None else _check_timeout(timeout)
-        return StreamContext(self, target, event, body, idempotent, timeout)
+        limits = self._timeout if timeout is USE_CLIENT_DEFAULT else to_timeout(timeout)
+        return StreamContext(self, target, event, body, idempotent, limits)
 
     # -- internals ------------------------------------------------------------------
 
@@ -577,21 +541,26 @@ class HTTPClient:
             protocols[conn] = protocol
         return protocol
 
-    async def _acquire(self, target: Target, new: bool) -> PooledConnection:
+    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
         pool = self._pool
-        if target.tls:
-            acquire = pool.acquire_new if new else pool.acquire
+        acquire = pool.acquire_new if new else pool.acquire
+        try:
+            if target.tls:
+                return await acquire(
+                    target.host,
+                    target.port,
+                    tls=True,
+                    sni=target.host,
+                    verify_cert=self._verify_cert,
+                    ssl_context=self._ssl_context,
+                    timeout=limits.pool,
+                    connect_timeout=limits.connect,
+                )
             return await acquire(
-                target.host,
-                target.port,
-                tls=True,
-                sni=target.host,
-                verify_cert=self._verify_cert,
-                ssl_context=self._ssl_context,
+                target.host, target.port, timeout=limits.pool, connect_timeout=limits.connect
             )
-        if new:
-            return await pool.acquire_new(target.host, target.port)
-        return await pool.acquire(target.host, target.port)
+        except PoolExhausted as exc:
+            raise PoolTimeout(f"{exc} (pool timeout)") from exc
 
     async def _open(
         self,
@@ -599,20 +568,18 @@ class HTTPClient:
         event: h11.Request,
         content: bytes,
         idempotent: bool,
-        limits: Limits | None,
-        scope: trio.CancelScope | None,
+        limits: Timeout,
     ) -> Exchange:
         """Borrow a connection, send the request, read the response head.
 
-        Retries once on a new connection when a reused one dies before answering and
-        the method is idempotent. Any failure or cancellation discards the connection.
+        Each phase has its own limit (see :class:`Timeout`). Retries once on a new
+        connection when a reused one dies before answering and the method is
+        idempotent. Any failure or cancellation discards the connection.
         """
         pool = self._pool
         retried = False
         while True:
-            if limits is not None:
-                limits.phase = _ACQUIRE
-            conn = await self._acquire(target, retried)
+            conn = await self._acquire(target, retried, limits)
             try:
                 protocol = self._protocol(conn)
                 try:
@@ -620,30 +587,34 @@ class HTTPClient:
                     if content:
                         data += protocol.send(h11.Data(data=content)) or b""
                     data += protocol.send(_END) or b""
-                except h11.LocalProtocolError as exc:
+                except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
                     raise ValueError(f"cannot send this request: {exc}") from exc
-                if limits is not None:
-                    limits.phase = _WRITE
                 try:
-                    await conn.send_all(data)
+                    write = limits.write
+                    if write is None:
+                        await conn.send_all(data)
+                    else:
+                        with trio.move_on_after(write) as scope:
+                            await conn.send_all(data)
+                        if scope.cancelled_caught:
+                            raise WriteTimeout(
+                                f"sending the request to {target.host}:{target.port} took"
+                                f" longer than {write} s (write timeout)"
+                            )
                 except trio.BrokenResourceError as exc:
                     error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
                     # The server may have answered before it stopped reading (a 413 to
                     # an upload, say) and closed: its answer is waiting to be read.
-                    response = await self._early_response(conn, protocol, target, limits, scope)
+                    response = await self._early_response(conn, protocol, target, limits.read)
                     if response is None:
                         raise _ConnectionLost(error) from exc
                 else:
-                    if limits is not None:
-                        limits.phase = _READ
-                    response = await self._receive_head(conn, protocol, target, limits, scope)
+                    response = await self._receive_head(conn, protocol, target, limits.read)
             except _ConnectionLost as lost:
                 self._forget(conn)
                 pool.discard(conn)
                 if idempotent and conn.reused and not retried and self._retry:
                     retried = True
-                    if scope is not None and limits is not None and limits.moving:
-                        scope.deadline = limits.send_deadline
                     continue
                 lost.error.connection_reused = conn.reused
                 raise lost.error from lost.__cause__
@@ -651,7 +622,9 @@ class HTTPClient:
                 self._forget(conn)
                 pool.discard(conn)
                 raise
-            return Exchange(self, conn, protocol, response, target)
+            exchange = Exchange(self, conn, protocol, response, target)
+            exchange.read_timeout = limits.read
+            return exchange
 
     @classmethod
     async def _early_response(
@@ -659,8 +632,7 @@ class HTTPClient:
         conn: PooledConnection,
         protocol: h11.Connection,
         target: Target,
-        limits: Limits | None,
-        scope: trio.CancelScope | None,
+        read: float | None,
     ) -> h11.Response | None:
         """After a failed send: the response the server sent before closing, if any.
 
@@ -669,10 +641,8 @@ class HTTPClient:
         the kernel's buffer, or the read fails at once (also for TLS, whose stream is
         broken after a failed send).
         """
-        if limits is not None:
-            limits.phase = _READ
         try:
-            return await cls._receive_head(conn, protocol, target, limits, scope)
+            return await cls._receive_head(conn, protocol, target, read)
         except (_ConnectionLost, HTTPError):
             return None
 
@@ -681,18 +651,21 @@ class HTTPClient:
         conn: PooledConnection,
         protocol: h11.Connection,
         target: Target,
-        limits: Limits | None,
-        scope: trio.CancelScope | None,
+        read: float | None,
     ) -> h11.Response:
         got_bytes = False
         try:
             while True:
                 event = protocol.next_event()
                 if event is _NEED_DATA:
-                    if scope is not None and limits is not None and limits.moving:
-                        scope.deadline = limits.next_read()
                     try:
-                        data = await conn.receive_some(_RECEIVE_SIZE)
+                        if read is None:
+                            data = await conn.receive_some(_RECEIVE_SIZE)
+                        else:
+                            with trio.move_on_after(read) as scope:
+                                data = await conn.receive_some(_RECEIVE_SIZE)
+                            if scope.cancelled_caught:
+                                raise _read_timeout(target, read, "waiting for the response head")
                     except trio.BrokenResourceError as exc:
                         error = ReadError(
                             f"{target.host}:{target.port}: reading the response failed: {exc}"
@@ -723,7 +696,7 @@ class StreamContext:
     """What :meth:`HTTPClient.stream` returns: ``async with`` it to get the
     :class:`Response` with its body still to read."""
 
-    __slots__ = ("_client", "_content", "_event", "_exchange", "_idempotent", "_target", "_timeout")
+    __slots__ = ("_client", "_content", "_event", "_exchange", "_idempotent", "_limits", "_target")
 
     def __init__(
         self,
@@ -732,34 +705,22 @@ class StreamContext:
         event: h11.Request,
         content: bytes,
         idempotent: bool,
-        timeout: float | None,
+        limits: Timeout,
     ) -> None:
         self._client = client
         self._target = target
         self._event = event
         self._content = content
         self._idempotent = idempotent
-        self._timeout = timeout
+        self._limits = limits
         self._exchange: Exchange | None = None
 
     async def __aenter__(self) -> Response:
         if self._exchange is not None:
             raise RuntimeError("this stream() context was entered already")
-        client = self._client
-        timeout = self._timeout
-        args = (self._target, self._event, self._content, self._idempotent)
-        if timeout is None:
-            exchange = await client._open(*args, None, None)
-        else:
-            deadline = trio.current_time() + timeout
-            limits = Limits(timeout, deadline, deadline, None)
-            with trio.CancelScope(deadline=deadline) as scope:
-                exchange = await client._open(*args, limits, scope)
-            if scope.cancelled_caught:
-                raise limits.error(self._target)
-            body_limits = Limits(timeout, math.inf, math.inf, timeout)
-            body_limits.phase = _READ
-            exchange.limits = body_limits
+        exchange = await self._client._open(
+            self._target, self._event, self._content, self._idempotent, self._limits
+        )
         self._exchange = exchange
         return exchange.make_response(None)
 
