@@ -107,6 +107,9 @@ def body_forms(payload: bytes) -> Iterator[tuple[str, object]]:
     yield "memoryview cast H 2-D", view.cast("H", (4, len(payload) // 8))
     yield "memoryview of bytearray", memoryview(bytearray(payload))
     yield "memoryview of array('d')", memoryview(array.array("d", payload))
+    yield "bytes subclass", type("Bytes", (bytes,), {})(payload)
+    yield "slice of a larger view", memoryview(b"<" * 8 + payload + b">" * 8)[8:-8].cast("Q")
+    yield "bytearray cast to a 2-D view", memoryview(bytearray(payload)).cast("B", (8, 10))
 
 
 FORMS = [name for name, _ in body_forms(smuggling_body())]
@@ -179,6 +182,29 @@ async def test_body_is_copied_when_the_request_is_made(nursery: trio.Nursery) ->
             body.extend(b"6789" * 10)
             pool.release(held)
         assert recorder.requests[0][1] == b"12345"
+
+
+async def test_released_view_is_value_error() -> None:
+    view = memoryview(b"abc")
+    view.release()
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(ValueError, match="content"):
+            await HTTPClient(pool).request("POST", "http://127.0.0.1:9/", content=view)
+        assert pool.statistics().connections_created == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"), [("POST", [b"0"]), ("PUT", [b"0"]), ("GET", []), ("DELETE", [])]
+)
+async def test_empty_views_frame_as_empty(
+    server: RecordingServer, method: str, expected: list[bytes]
+) -> None:
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        await client.request(method, server.url(), content=memoryview(b"").cast("I"))
+        request, body = server.requests[0]
+        assert [v for n, v in request.headers if n == b"content-length"] == expected
+        assert body == b""
 
 
 @pytest.mark.parametrize("content", ["text", 5, array.array("b", b"ab"), [b"a"]])

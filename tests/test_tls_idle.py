@@ -53,6 +53,8 @@ class RawTLSServer:
         self.send_fault = trio.Event()
         self.fault_sent = trio.Event()
         self.port = 0
+        # Instead: echo the first message and send the fault in the same segment.
+        self.with_reply = False
 
     async def handle(self, stream: trio.SocketStream) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -74,7 +76,19 @@ class RawTLSServer:
                 held = outgoing.read()  # the session tickets: sent later, on purpose
             elif outgoing.pending:
                 await stream.send_all(outgoing.read())  # TLS 1.2's last flight
-            await self.send_fault.wait()
+            if self.with_reply:
+                for _ in range(20):
+                    try:
+                        message = tls.read(65536)
+                        break
+                    except ssl.SSLWantReadError:
+                        data = await stream.receive_some()
+                        if not data:
+                            return
+                        incoming.write(data)
+                held += record(tls, outgoing, message)
+            else:
+                await self.send_fault.wait()
             fault = self.fault(tls, outgoing, held)
             if fault:
                 await stream.send_all(fault)
@@ -165,3 +179,29 @@ async def test_complete_tickets_keep_an_idle_connection_reusable(
         assert again is conn
         assert again.reused
         pool.release(again)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["TLSv1.2", "TLSv1.3"])
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_partial_record_behind_the_reply_is_never_reused(
+    nursery: trio.Nursery, ca: trustme.CA, version: ssl.TLSVersion, fault: str
+) -> None:
+    """The fragment comes in the same segment as the reply, so trio has it in the
+    stream's incoming buffer already (not in the socket) when the reply is read."""
+    server = RawTLSServer(ca, version)
+    server.fault = FAULTS[fault]
+    server.with_reply = True
+    server.port = await start_server(nursery, server.handle)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with trio_pool.open_pool(max_size=2) as pool:
+        conn = await pool.acquire_tls(HOST, server.port, ssl_context=client_context)
+        await conn.send_all(b"ping")
+        with trio.fail_after(5):
+            await server.fault_sent.wait()
+            assert await conn.receive_some() == b"ping"
+        pool.release(conn)
+        assert conn.is_closed
+        again = await pool.acquire_tls(HOST, server.port, ssl_context=client_context)
+        assert again is not conn
+        pool.discard(again)
