@@ -199,6 +199,33 @@ async def test_aclose_then_reads_raise_stream_closed(nursery: trio.Nursery) -> N
         assert_settled(pool)
 
 
+async def test_aclose_from_another_task_during_a_read(nursery: trio.Nursery) -> None:
+    server = await start(nursery)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        async with client.stream("GET", server.url()) as r:
+            chunks = r.aiter_bytes()
+            assert await chunks.__anext__() == BODY[:10]
+            errors: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await chunks.__anext__()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                await r.aclose()
+            assert len(errors) == 1
+            assert isinstance(errors[0], StreamClosed), errors
+            await assert_closed(r)
+        stats = pool.statistics()
+        assert (stats.connections_closed, stats.active_connections) == (1, 0)
+        assert_settled(pool)
+
+
 async def test_cancelled_read_then_reads_raise_stream_closed(nursery: trio.Nursery) -> None:
     server = await start(nursery)
     async with trio_pool.open_pool() as pool:

@@ -247,6 +247,8 @@ class Exchange:
         except h11.RemoteProtocolError as exc:
             self.abandon(f"the server broke the protocol ({exc})")
             raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
+        except StreamClosed:
+            raise
         except RequestTimeout as exc:
             self.abandon(f"a read timed out ({exc})")
             raise
@@ -291,6 +293,12 @@ class Exchange:
                     raise _read_timeout(self.target, limit, "reading the body")
         except trio.BrokenResourceError as exc:
             raise ReadError(f"{self._where()}: reading the response failed: {exc}") from exc
+        except trio.ClosedResourceError as exc:
+            if self.done:  # another task abandoned the exchange during this read
+                raise self.closed_error() from exc
+            raise  # pragma: no cover - the connection is only closed by abandoning
+        if self.done:  # abandoned by another task while the bytes came in
+            raise self.closed_error()
         self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
 
     def _where(self) -> str:
