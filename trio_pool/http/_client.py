@@ -9,6 +9,7 @@ whoever borrows the socket next.
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -287,7 +288,9 @@ class Exchange:
             if limit is None:
                 data = await conn.receive_some(_RECEIVE_SIZE)
             else:
-                with trio.move_on_after(limit) as scope:
+                with trio.CancelScope() as scope:
+                    # Set inside, as _Timer does: a read that need not wait never fails.
+                    scope.deadline = trio.current_time() + limit
                     data = await conn.receive_some(_RECEIVE_SIZE)
                 if scope.cancelled_caught:
                     raise _read_timeout(self.target, limit, "reading the body")
@@ -597,27 +600,16 @@ class HTTPClient:
                     data += protocol.send(_END) or b""
                 except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
                     raise ValueError(f"cannot send this request: {exc}") from exc
-                try:
-                    write = limits.write
-                    if write is None:
-                        await conn.send_all(data)
-                    else:
-                        with trio.move_on_after(write) as scope:
-                            await conn.send_all(data)
-                        if scope.cancelled_caught:
-                            raise WriteTimeout(
-                                f"sending the request to {target.host}:{target.port} took"
-                                f" longer than {write} s (write timeout)"
-                            )
-                except trio.BrokenResourceError as exc:
-                    error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
-                    # The server may have answered before it stopped reading (a 413 to
-                    # an upload, say) and closed: its answer is waiting to be read.
-                    response = await self._early_response(conn, protocol, target, limits.read)
-                    if response is None:
-                        raise _ConnectionLost(error) from exc
+                if limits.write is None and limits.read is None:
+                    response = await self._send(conn, protocol, target, data, None)
                 else:
-                    response = await self._receive_head(conn, protocol, target, limits.read)
+                    # One cancel scope for the write and the head, its deadline moved
+                    # per phase: a scope per read would cost more than the rest.
+                    timer = _Timer(limits.write, limits.read)
+                    with timer.scope:
+                        response = await self._send(conn, protocol, target, data, timer)
+                    if timer.scope.cancelled_caught:
+                        raise timer.error(target)
             except _ConnectionLost as lost:
                 self._forget(conn)
                 pool.discard(conn)
@@ -635,45 +627,48 @@ class HTTPClient:
             return exchange
 
     @classmethod
-    async def _early_response(
+    async def _send(
         cls,
         conn: PooledConnection,
         protocol: h11.Connection,
         target: Target,
-        read: float | None,
-    ) -> h11.Response | None:
-        """After a failed send: the response the server sent before closing, if any.
-
-        h11 has taken the whole request already, so it reads a response as usual. The
-        socket is dead, so this never waits on the network for long: the bytes are in
-        the kernel's buffer, or the read fails at once (also for TLS, whose stream is
-        broken after a failed send).
-        """
+        data: bytes,
+        timer: _Timer | None,
+    ) -> h11.Response:
+        """Send the request and read the response head."""
         try:
-            return await cls._receive_head(conn, protocol, target, read)
-        except (_ConnectionLost, HTTPError):
-            return None
+            if timer is not None:
+                timer.writing()
+            await conn.send_all(data)
+        except trio.BrokenResourceError as exc:
+            error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
+            # The server may have answered before it stopped reading (a 413 to an
+            # upload, say) and closed: its answer is waiting to be read. h11 has taken
+            # the whole request already, so it reads a response as usual; the socket is
+            # dead, so this never waits on the network for long (and fails at once for
+            # TLS, whose stream is broken after a failed send).
+            try:
+                return await cls._receive_head(conn, protocol, target, timer)
+            except (_ConnectionLost, HTTPError):
+                raise _ConnectionLost(error) from exc
+        return await cls._receive_head(conn, protocol, target, timer)
 
     @staticmethod
     async def _receive_head(
         conn: PooledConnection,
         protocol: h11.Connection,
         target: Target,
-        read: float | None,
+        timer: _Timer | None,
     ) -> h11.Response:
         got_bytes = False
         try:
             while True:
                 event = protocol.next_event()
                 if event is _NEED_DATA:
+                    if timer is not None:
+                        timer.reading()
                     try:
-                        if read is None:
-                            data = await conn.receive_some(_RECEIVE_SIZE)
-                        else:
-                            with trio.move_on_after(read) as scope:
-                                data = await conn.receive_some(_RECEIVE_SIZE)
-                            if scope.cancelled_caught:
-                                raise _read_timeout(target, read, "waiting for the response head")
+                        data = await conn.receive_some(_RECEIVE_SIZE)
                     except trio.BrokenResourceError as exc:
                         error = ReadError(
                             f"{target.host}:{target.port}: reading the response failed: {exc}"
@@ -698,6 +693,50 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+class _Timer:
+    """The write and read limits of sending a request and reading its head, in one
+    cancel scope whose deadline moves with the phase.
+
+    Moving a deadline costs about as much as the rest of a small request's client
+    work, so the scope starts with the write deadline, and the read deadline replaces
+    it only where the two differ by more than a millisecond (the common single
+    ``timeout`` and a quick write: the read may then end up to 1 ms early).
+    """
+
+    __slots__ = ("read", "reading_now", "scope", "write")
+
+    def __init__(self, write: float | None, read: float | None) -> None:
+        self.write = write
+        self.read = read
+        self.reading_now = False
+        # A zero write limit is set after entering (in writing()): a scope entered past
+        # its deadline would fail a write that need not wait.
+        first = math.inf if not write else trio.current_time() + write
+        self.scope: trio.CancelScope = trio.CancelScope(deadline=first)
+
+    def writing(self) -> None:
+        if self.write == 0:
+            self.scope.deadline = trio.current_time()
+
+    def reading(self) -> None:
+        self.reading_now = True
+        read = self.read
+        deadline = math.inf if read is None else trio.current_time() + read
+        if abs(deadline - self.scope.deadline) > 0.001 or (deadline == math.inf) != (
+            self.scope.deadline == math.inf
+        ):
+            self.scope.deadline = deadline
+
+    def error(self, target: Target) -> RequestTimeout:
+        if self.reading_now:
+            assert self.read is not None
+            return _read_timeout(target, self.read, "waiting for the response head")
+        return WriteTimeout(
+            f"sending the request to {target.host}:{target.port} took longer than"
+            f" {self.write} s (write timeout)"
+        )
 
 
 class StreamContext:

@@ -58,8 +58,9 @@ class Timeout:
     ``0`` means "no waiting" in every phase, as ``ConnectionPool.acquire(timeout=0)``
     has it for the pool: ``pool=0`` fails at once when no connection is free,
     ``connect=0`` lets only an idle connection serve the request, ``write=0`` /
-    ``read=0`` fail at the first write or read. So a single ``0`` lets no request
-    through; per phase, ``Timeout(5.0, pool=0)`` is the fail-fast setting.
+    ``read=0`` fail as soon as a write or read would have to wait. So a single ``0``
+    lets hardly any request through (its response cannot be there yet); per phase,
+    ``Timeout(5.0, pool=0)`` is the fail-fast setting.
 
     Args:
         timeout: The limit of every phase not given by name.
