@@ -22,6 +22,7 @@ import trio.testing
 import trustme
 
 import trio_pool
+from trio_pool.http import HTTPClient
 
 from .servers import HOST, start_server
 
@@ -53,8 +54,9 @@ class RawTLSServer:
         self.send_fault = trio.Event()
         self.fault_sent = trio.Event()
         self.port = 0
-        # Instead: echo the first message and send the fault in the same segment.
+        # Instead: echo the first message (or send ``reply``) and the fault in one segment.
         self.with_reply = False
+        self.reply: bytes | None = None
 
     async def handle(self, stream: trio.SocketStream) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -86,7 +88,7 @@ class RawTLSServer:
                         if not data:
                             return
                         incoming.write(data)
-                held += record(tls, outgoing, message)
+                held += record(tls, outgoing, message if self.reply is None else self.reply)
             else:
                 await self.send_fault.wait()
             fault = self.fault(tls, outgoing, held)
@@ -205,3 +207,24 @@ async def test_partial_record_behind_the_reply_is_never_reused(
         again = await pool.acquire_tls(HOST, server.port, ssl_context=client_context)
         assert again is not conn
         pool.discard(again)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=["TLSv1.2", "TLSv1.3"])
+async def test_http_response_never_read_from_a_fragment(
+    nursery: trio.Nursery, ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    """End to end: the fragment behind a response would be read as the next response."""
+    server = RawTLSServer(ca, version)
+    server.fault = header_and_part
+    server.with_reply = True
+    server.reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    server.port = await start_server(nursery, server.handle)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, ssl_context=client_context, timeout=3)
+        url = f"https://{HOST}:{server.port}/"
+        for _ in range(3):
+            assert (await client.request("GET", url)).content == b"ok"
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.pool_hits) == (3, 0)
