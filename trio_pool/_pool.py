@@ -220,6 +220,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
         """Borrow a connection to ``host:port``.
 
@@ -255,6 +256,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             forward: With an ``http://`` ``proxy``: connect to the proxy itself, for
                 plain-http requests sent to it in absolute form, pooled per proxy.
                 ``host`` and ``port`` must then be the proxy's, and ``tls`` False.
+            connect_timeout: Limit for a connect this call starts (TCP connect plus TLS
+                handshake), overriding ``connection_timeout``; ``0`` lets no connect
+                start (only an idle connection can serve the call).
 
         Returns:
             The borrowed :class:`~trio_pool.PooledConnection`.
@@ -264,15 +268,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             ProxyError: The proxy refused or broke the tunnel (``status`` holds the
                 HTTP status of a refused ``CONNECT``).
             ConnectError: Connecting failed (the cause is chained).
-            ConnectTimeout: Connecting took longer than ``connection_timeout``.
+            ConnectTimeout: Connecting took longer than ``connection_timeout`` (or
+                ``connect_timeout``).
             PoolClosed: The pool is closed, or closed while waiting.
             ValueError: A bad argument (before any I/O).
             TypeError: An argument of the wrong type (before any I/O).
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        return await self._acquire(state, timeout, False)
+        return await self._acquire(state, timeout, False, connect_timeout)
 
     async def acquire_tls(
         self,
@@ -286,6 +293,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
         """:meth:`acquire` with ``tls=True``."""
         return await self.acquire(
@@ -299,6 +307,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             proxy=proxy,
             uds=uds,
             forward=forward,
+            connect_timeout=connect_timeout,
         )
 
     async def acquire_new(
@@ -314,6 +323,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
         """Like :meth:`acquire`, but always open a new connection.
 
@@ -322,10 +332,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        return await self._acquire(state, timeout, True)
+        return await self._acquire(state, timeout, True, connect_timeout)
 
-    async def _acquire(self, state: KeyState, timeout: float | None, new: bool) -> PooledConnection:
+    async def _acquire(
+        self,
+        state: KeyState,
+        timeout: float | None,
+        new: bool,
+        connect_timeout: float | None = None,
+    ) -> PooledConnection:
         await trio.lowlevel.checkpoint_if_cancelled()
         now = trio.current_time()
         grant = self._state.take(state, now, new=new)
@@ -334,7 +352,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         elif grant is not CONNECT:
             await trio.lowlevel.cancel_shielded_checkpoint()
         if grant is CONNECT:
-            conn = await self._connect(state)
+            conn = await self._connect(state, connect_timeout=connect_timeout)
         else:
             assert isinstance(grant, PooledConnection)
             conn = grant
@@ -369,22 +387,27 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     # -- connect --------------------------------------------------------------------
 
-    async def _connect(self, state: KeyState, *, to_idle: bool = False) -> PooledConnection:
+    async def _connect(
+        self, state: KeyState, *, to_idle: bool = False, connect_timeout: float | None = None
+    ) -> PooledConnection:
         """Open a connection in a slot already reserved for ``state``; whatever happens,
         the slot is either filled or given back before this returns or raises."""
         key = state.key
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        limit = self._config.connection_timeout if connect_timeout is None else connect_timeout
+        stage = "TCP connect"
         try:
-            with trio.move_on_after(self._config.connection_timeout) as scope:
+            with trio.move_on_after(limit) as scope:
                 tcp = await open_transport(key)
                 stream = tcp
                 if key.tls:
+                    stage = "TLS handshake"
                     stream = await self._handshake(state, tcp)
             if scope.cancelled_caught:
                 raise ConnectTimeout(
-                    f"connecting to {key.host}:{key.port} took longer than"
-                    f" {self._config.connection_timeout} s"
+                    f"connecting to {key.host}:{key.port} took longer than {limit} s"
+                    f" (connect timeout, during the {stage})"
                 )
         except BaseException as exc:
             if tcp is not None:
@@ -466,6 +489,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
+        connect_timeout: float | None = None,
     ) -> ConnectionContext:
         """Borrow a connection for the body of an ``async with`` block.
 
@@ -475,8 +499,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        return ConnectionContext(self, state, timeout)
+        return ConnectionContext(self, state, timeout, connect_timeout)
 
     def _close_stream(self, conn: PooledConnection) -> None:
         stream = conn.stream
@@ -792,12 +818,19 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 class ConnectionContext:
     """What :meth:`ConnectionPool.connection` returns: ``async with`` it."""
 
-    __slots__ = ("_conn", "_lease", "_pool", "_state", "_timeout")
+    __slots__ = ("_conn", "_connect_timeout", "_lease", "_pool", "_state", "_timeout")
 
-    def __init__(self, pool: ConnectionPool, state: KeyState, timeout: float | None) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        state: KeyState,
+        timeout: float | None,
+        connect_timeout: float | None = None,
+    ) -> None:
         self._pool = pool
         self._state = state
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._conn: PooledConnection | None = None
         self._lease = 0
 
@@ -806,7 +839,7 @@ class ConnectionContext:
             raise RuntimeError("this connection() context was entered already")
         if self._state.dropped:  # unused for max_idle_time since connection() was called
             self._state = self._pool._lookup(*self._state.aliases[0])  # type: ignore[arg-type]
-        conn = await self._pool._acquire(self._state, self._timeout, False)
+        conn = await self._pool._acquire(self._state, self._timeout, False, self._connect_timeout)
         self._conn = conn
         self._lease = conn._lease
         return conn

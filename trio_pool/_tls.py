@@ -39,6 +39,15 @@ def is_tls_error(exc: BaseException) -> bool:
     return isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError)
 
 
+def _whole_records(data: bytes) -> bool:
+    """Whether ``data`` is a sequence of complete TLS records (5-byte header: type,
+    version, 16-bit length; then that many bytes)."""
+    offset, size = 0, len(data)
+    while offset + 5 <= size:
+        offset += 5 + int.from_bytes(data[offset + 3 : offset + 5], "big")
+    return offset == size
+
+
 def probe_tls(
     stream: trio.SSLStream[trio.SocketStream], poller: select.poll
 ) -> tuple[Health, bytes]:
@@ -49,6 +58,14 @@ def probe_tls(
     reads them next anyway) and run through the SSL object: post-handshake messages
     (session tickets, key updates) are consumed and the connection stays healthy;
     ``close_notify`` or EOF means closed; application data means pending.
+
+    A record that has only partly arrived (its header, or a header and part of its
+    body, alone or after complete records) cannot be decrypted yet, so nobody can tell
+    a ticket from the start of a response nobody asked for: it counts as pending too.
+    The SSL object would swallow such a fragment and just ask for more, so the probe
+    checks the record framing of every byte it has not yet shown the SSL object; idle
+    bytes always start on a record boundary, as the last read ended with one whole
+    record and the incoming buffer holds only what came after it.
 
     Returns:
         The health, and the application bytes the probe had to decrypt to see them
@@ -66,6 +83,9 @@ def probe_tls(
     readable = bool(poller.poll(0))
     if not readable and not incoming.pending:
         return Health.OK, b""
+    # Every byte the SSL object has not seen: what trio buffered, then the socket's.
+    unseen = incoming.read() if incoming.pending else b""
+    eof = False
     if readable and not incoming.eof:
         fd = stream.transport_stream.socket.fileno()
         if fd < 0:
@@ -73,11 +93,17 @@ def probe_tls(
         try:
             data = _peek(fd, 65536, 0)
         except OSError:
-            return Health.CLOSED, b""
+            data, eof = b"", True
         if data == b"":
-            incoming.write_eof()
+            eof = True
         elif data is not None:
-            incoming.write(data)
+            unseen += data
+    if unseen:
+        incoming.write(unseen)  # (the buffer was emptied above: the order is kept)
+    if eof:
+        incoming.write_eof()
+    if not _whole_records(unseen):
+        return (Health.CLOSED if eof else Health.PENDING), b""
     try:
         chunk = ssl_object.read(1)
     except ssl.SSLWantReadError:

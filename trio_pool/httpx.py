@@ -18,7 +18,6 @@ streamed; errors become httpx's exception types.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import AsyncIterator
 from typing import Final
@@ -33,16 +32,19 @@ import trio
 
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolError, PoolExhausted
 from ._pool import ConnectionPool
-from .http._client import _READ, IDEMPOTENT_METHODS, Exchange, HTTPClient, Limits
+from .http._client import IDEMPOTENT_METHODS, Exchange, HTTPClient, body_bytes, check_framing
 from .http._exceptions import (
     PoolTimeout,
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
+    StreamClosed,
+    StreamConsumed,
     WriteError,
     WriteTimeout,
 )
 from .http._models import Target
+from .http._timeouts import NO_LIMIT, Timeout
 
 __all__ = ["PoolTransport"]
 
@@ -66,6 +68,10 @@ _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
 
 def _to_httpx(exc: Exception, request: httpx.Request) -> Exception:
     """The httpx exception for one of ours (``exc`` itself if none fits)."""
+    if isinstance(exc, StreamClosed):
+        return httpx.StreamClosed()
+    if isinstance(exc, StreamConsumed):  # pragma: no cover - httpx's Response reads once
+        return httpx.StreamConsumed()
     for ours, theirs in _ERRORS:
         if isinstance(exc, ours):
             return theirs(str(exc), request=request)
@@ -81,10 +87,13 @@ class PoolTransport(httpx.AsyncBaseTransport):
         ssl_context: For https: the :class:`ssl.SSLContext` to use.
         retry: Retry idempotent requests once when a reused connection was dead.
 
-    httpx's timeouts apply as follows: ``pool + connect + write`` bounds getting a
-    connection and sending the request, and ``read`` bounds each read of the response
-    (its head, then every chunk of the body). Connects are also bounded by the pool's
-    ``connection_timeout``.
+    httpx's four timeouts apply separately, as in httpx's own transport: ``pool`` to
+    the wait for a connection from the pool (``httpx.PoolTimeout``), ``connect`` to
+    TCP connect plus TLS handshake (``httpx.ConnectTimeout``), ``write`` to sending
+    the request (``httpx.WriteTimeout``), ``read`` to each read of the response head
+    and body (``httpx.ReadTimeout``); each error names the limit that fired. A
+    ``None`` pool or connect limit leaves the pool's ``acquire_timeout`` or
+    ``connection_timeout`` in force (httpx: no limit).
     """
 
     def __init__(
@@ -112,7 +121,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
         """Send ``request`` and return the response with its body still streaming."""
         url = request.url
         scheme = url.raw_scheme
-        host = url.host
+        # The ASCII (IDNA 2008) form, as httpx puts in the Host header: url.host is the
+        # Unicode form, which ssl would encode for SNI with IDNA 2003.
+        host = url.raw_host.decode("ascii")
         key = (scheme, host, url.port)
         where = self._targets.get(key)
         if where is None:
@@ -137,23 +148,20 @@ class PoolTransport(httpx.AsyncBaseTransport):
             content = request.content
         except httpx.RequestNotRead:
             content = await request.aread()
+        content = body_bytes(content)
+        try:
+            check_framing(event, content)
+        except ValueError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
 
-        limits, body_limits = _limits(request)
-        client = self._client
+        limits = _limits(request)
         idempotent = method in IDEMPOTENT_METHODS
         try:
-            if limits is None:
-                exchange = await client._open(target, event, content, idempotent, None, None)
-            else:
-                with trio.CancelScope(deadline=limits.send_deadline) as scope:
-                    exchange = await client._open(target, event, content, idempotent, limits, scope)
-                if scope.cancelled_caught:
-                    raise limits.error(target)
-        except ValueError as exc:
+            exchange = await self._client._open(target, event, content, idempotent, limits)
+        except ValueError as exc:  # pragma: no cover - checked before any I/O
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except PoolError as exc:
             raise _to_httpx(exc, request) from exc
-        exchange.limits = body_limits
         head = exchange.response
         return httpx.Response(
             status_code=head.status_code,
@@ -167,23 +175,22 @@ class PoolTransport(httpx.AsyncBaseTransport):
         await trio.lowlevel.checkpoint()
 
 
-def _limits(request: httpx.Request) -> tuple[Limits | None, Limits | None]:
-    """httpx's timeout extension as the limits of sending and of the body."""
+def _limits(request: httpx.Request) -> Timeout:
+    """httpx's timeout extension (``connect``, ``read``, ``write``, ``pool``) as our
+    :class:`~trio_pool.http.Timeout`: each limit applies to its own phase."""
     timeouts = request.extensions.get("timeout")
     if not timeouts:
-        return None, None
-    send_parts = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("write"))
-    read = timeouts.get("read")
-    if all(part is None for part in send_parts) and read is None:
-        return None, None
-    send_total = math.inf if any(part is None for part in send_parts) else float(sum(send_parts))
-    now = trio.current_time()
-    limits = Limits(send_total, now + send_total, math.inf, read)
-    body_limits = None
-    if read is not None:
-        body_limits = Limits(read, math.inf, math.inf, read)
-        body_limits.phase = _READ
-    return limits, body_limits
+        return NO_LIMIT
+    try:
+        return Timeout(
+            None,
+            connect=timeouts.get("connect"),
+            read=timeouts.get("read"),
+            write=timeouts.get("write"),
+            pool=timeouts.get("pool"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise httpx.LocalProtocolError(f"bad timeout extension: {exc}", request=request) from exc
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -207,5 +214,5 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         """A body not read to its end costs the connection (it is discarded)."""
-        self._exchange.abandon()
+        self._exchange.abandon("the response was closed before the body's end")
         await trio.lowlevel.checkpoint()

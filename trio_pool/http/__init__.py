@@ -26,12 +26,20 @@ from ._exceptions import ReadError as ReadError
 from ._exceptions import ReadTimeout as ReadTimeout
 from ._exceptions import RemoteProtocolError as RemoteProtocolError
 from ._exceptions import RequestTimeout as RequestTimeout
+from ._exceptions import StreamClosed as StreamClosed
+from ._exceptions import StreamConsumed as StreamConsumed
+from ._exceptions import StreamError as StreamError
 from ._exceptions import WriteError as WriteError
 from ._exceptions import WriteTimeout as WriteTimeout
 from ._models import Response as Response
+from ._timeouts import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from ._timeouts import USE_CLIENT_DEFAULT as USE_CLIENT_DEFAULT
+from ._timeouts import Timeout as Timeout
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "IDEMPOTENT_METHODS",
+    "USE_CLIENT_DEFAULT",
     "HTTPClient",
     "HTTPError",
     "NetworkError",
@@ -41,7 +49,11 @@ __all__ = [
     "RemoteProtocolError",
     "RequestTimeout",
     "Response",
+    "StreamClosed",
+    "StreamConsumed",
     "StreamContext",
+    "StreamError",
+    "Timeout",
     "WriteError",
     "WriteTimeout",
 ]

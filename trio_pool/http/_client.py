@@ -19,6 +19,7 @@ import h11
 import trio
 
 from .._connection import PooledConnection
+from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from ._exceptions import (
     HTTPError,
@@ -27,10 +28,12 @@ from ._exceptions import (
     ReadTimeout,
     RemoteProtocolError,
     RequestTimeout,
+    StreamClosed,
     WriteError,
     WriteTimeout,
 )
 from ._models import Response, Target, check_method, parse_url
+from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
 __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 
@@ -44,7 +47,6 @@ _IDLE: Final = h11.IDLE
 _DONE: Final = h11.DONE
 _END: Final = h11.EndOfMessage()
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
-_ACQUIRE, _WRITE, _READ = 0, 1, 2
 
 HeaderTypes: TypeAlias = (
     Mapping[str, str] | Mapping[bytes, bytes] | Sequence[tuple[str | bytes, str | bytes]]
@@ -86,47 +88,66 @@ def _header_list(headers: object) -> list[tuple[bytes, bytes]]:
     return result
 
 
-def _check_timeout(value: object, name: str = "timeout") -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
-    return float(value)
+def body_bytes(content: object) -> bytes:
+    """``content`` as the bytes that go on the wire.
 
+    A buffer is framed by its byte count, never by its item count (a ``memoryview``
+    cast to ``"I"`` has a quarter as many items as bytes: a ``Content-Length`` from
+    ``len()`` would let the rest of the body be read as another request). Views of any
+    format or layout are copied in C order, and a ``bytearray`` is copied too, so a
+    change made while the request waits for a connection cannot change what is sent.
 
-class Limits:
-    """Deadlines of one request: for getting a connection and sending (``send_deadline``),
-    for the response (``read_deadline``), and for each single read (``read_timeout``).
-
-    ``phase`` records where the request is, so a deadline that fires names its phase.
+    Raises:
+        TypeError: ``content`` is not bytes, bytearray or memoryview.
+        ValueError: A released memoryview.
     """
+    if type(content) is bytes:
+        return content
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(content)
+        except ValueError as exc:
+            raise ValueError(f"content cannot be read: {exc}") from None
+    raise TypeError(f"content must be bytes, bytearray or memoryview, not {type(content).__name__}")
 
-    __slots__ = ("moving", "phase", "read_deadline", "read_timeout", "send_deadline", "timeout")
 
-    def __init__(
-        self, timeout: float, send_deadline: float, read_deadline: float, read_timeout: float | None
-    ) -> None:
-        self.timeout: float = timeout
-        self.send_deadline: float = send_deadline
-        self.read_deadline: float = read_deadline
-        self.read_timeout: float | None = read_timeout
-        self.moving: bool = read_timeout is not None or read_deadline != send_deadline
-        self.phase: int = _ACQUIRE
+def check_framing(event: h11.Request, body: bytes) -> None:
+    """Refuse a request whose framing headers cannot describe ``body``.
 
-    def next_read(self) -> float:
-        if self.read_timeout is None:
-            return self.read_deadline
-        return min(self.read_deadline, trio.current_time() + self.read_timeout)
+    h11 has already checked the syntax of the headers (one ``Content-Length`` value,
+    ``Transfer-Encoding`` only ``chunked``); this checks them against the body, before
+    any connection is borrowed.
 
-    def error(self, target: Target) -> RequestTimeout:
-        where = f"{target.host}:{target.port}"
-        if self.phase == _ACQUIRE:
-            return PoolTimeout(f"no connection to {where} within {self.timeout} s")
-        if self.phase == _WRITE:
-            return WriteTimeout(f"sending the request to {where} took over {self.timeout} s")
-        return ReadTimeout(f"no response from {where} within {self.timeout} s")
+    Raises:
+        ValueError: ``Content-Length`` differs from the body's byte count, both
+            ``Content-Length`` and ``Transfer-Encoding`` are given (a message a
+            server and a proxy could frame differently), or a body has neither.
+    """
+    length: bytes | None = None
+    chunked = False
+    for name, value in event.headers:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length is not None:
+        if chunked:
+            raise ValueError(
+                "headers must not have both Content-Length and Transfer-Encoding"
+                " (servers could frame the body differently)"
+            )
+        if int(length) != len(body):
+            raise ValueError(
+                f"headers say Content-Length: {length.decode()}, but the body is {len(body)} bytes"
+            )
+    elif body and not chunked:
+        raise ValueError("a body needs a Content-Length or Transfer-Encoding: chunked header")
+
+
+def _read_timeout(target: Target, limit: float, what: str) -> ReadTimeout:
+    return ReadTimeout(
+        f"no data from {target.host}:{target.port} within {limit} s (read timeout, {what})"
+    )
 
 
 class _ConnectionLost(Exception):
@@ -143,9 +164,23 @@ class Exchange:
 
     The response body is read from here; at its end the connection is released if
     h11 can start a next cycle on it, and discarded otherwise (or on any failure).
+
+    ``done`` is True once the exchange gave its connection back (exactly once);
+    ``complete`` only when the whole body arrived. A read after the exchange was
+    abandoned (``done`` but not ``complete``) raises :class:`StreamClosed`, naming why.
     """
 
-    __slots__ = ("_client", "_conn", "_h11", "done", "limits", "response", "started", "target")
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_h11",
+        "closed_because",
+        "complete",
+        "done",
+        "read_timeout",
+        "response",
+        "target",
+    )
 
     def __init__(
         self,
@@ -160,9 +195,10 @@ class Exchange:
         self._h11 = protocol
         self.response: h11.Response = response
         self.target: Target = target
-        self.limits: Limits | None = None
+        self.read_timeout: float | None = None
         self.done: bool = False
-        self.started: bool = False
+        self.complete: bool = False
+        self.closed_because: str = ""
 
     def make_response(self, content: bytes | None) -> Response:
         event = self.response
@@ -176,9 +212,24 @@ class Exchange:
             None if content is not None else self,
         )
 
+    def closed_error(self) -> StreamClosed:
+        return StreamClosed(
+            f"the response body from {self._where()} was not read to its end and is"
+            f" gone: {self.closed_because}"
+        )
+
     async def _next_data(self) -> bytes | None:
         """The next non-empty piece of the body, or ``None`` at its end (the connection
-        is then released or discarded). Any error abandons the exchange."""
+        is then released or discarded). Any error abandons the exchange.
+
+        Raises:
+            StreamClosed: The exchange was abandoned before the body's end.
+        """
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            if self.complete:
+                return None
+            raise self.closed_error()
         h = self._h11
         try:
             while True:
@@ -195,10 +246,18 @@ class Exchange:
                 else:  # pragma: no cover - h11 sends nothing else inside a body
                     raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
         except h11.RemoteProtocolError as exc:
-            self.abandon()
+            self.abandon(f"the server broke the protocol ({exc})")
             raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
-        except BaseException:
-            self.abandon()
+        except StreamClosed:
+            raise
+        except RequestTimeout as exc:
+            self.abandon(f"a read timed out ({exc})")
+            raise
+        except HTTPError as exc:
+            self.abandon(f"a read failed ({exc})")
+            raise
+        except BaseException as exc:
+            self.abandon(f"a read was interrupted ({type(exc).__name__})")
             raise
         self._finish()
         return None
@@ -214,33 +273,42 @@ class Exchange:
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body, or ``b""`` at its end (the connection is then
-        released or discarded)."""
-        if self.done:
-            return b""
-        self.started = True
+        released or discarded).
+
+        Raises:
+            StreamClosed: The exchange was abandoned before the body's end.
+        """
         data = await self._next_data()
         return b"" if data is None else bytes(data)
 
     async def _receive(self) -> None:
         conn = self._conn
-        limits = self.limits
+        limit = self.read_timeout
         try:
-            if limits is None:
+            if limit is None:
                 data = await conn.receive_some(_RECEIVE_SIZE)
             else:
-                with trio.CancelScope(deadline=limits.next_read()) as scope:
+                with trio.CancelScope() as scope:
+                    # Set inside, as _Timer does: a read that need not wait never fails.
+                    scope.deadline = trio.current_time() + limit
                     data = await conn.receive_some(_RECEIVE_SIZE)
                 if scope.cancelled_caught:
-                    raise limits.error(self.target)
+                    raise _read_timeout(self.target, limit, "reading the body")
         except trio.BrokenResourceError as exc:
             raise ReadError(f"{self._where()}: reading the response failed: {exc}") from exc
+        except trio.ClosedResourceError as exc:
+            if self.done:  # another task abandoned the exchange during this read
+                raise self.closed_error() from exc
+            raise  # pragma: no cover - the connection is only closed by abandoning
+        if self.done:  # abandoned by another task while the bytes came in
+            raise self.closed_error()
         self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
 
     def _where(self) -> str:
         return f"{self.target.host}:{self.target.port}"
 
     def _finish(self) -> None:
-        self.done = True
+        self.done = self.complete = True
         h = self._h11
         if h.our_state is _DONE and h.their_state is _DONE and not h.trailing_data[0]:
             h.start_next_cycle()
@@ -249,10 +317,15 @@ class Exchange:
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
-    def abandon(self) -> None:
-        """Give up on the exchange: the connection is discarded (no-op once done)."""
+    def abandon(self, because: str = "it was abandoned") -> None:
+        """Give up on the exchange: the connection is discarded (no-op once done).
+
+        Args:
+            because: Why, for the :class:`StreamClosed` of later reads.
+        """
         if not self.done:
             self.done = True
+            self.closed_because = because
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
@@ -272,9 +345,12 @@ class HTTPClient:
     Args:
         pool: The pool to borrow connections from.
         headers: Headers sent with every request (a request's own headers of the same
-            name replace them).
-        timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`, in seconds;
-            ``None`` (the default) waits as long as it takes.
+            name replace them). A ``Host`` header here replaces the automatic one.
+        timeout: Default ``timeout`` of :meth:`request` and :meth:`stream`: a
+            :class:`Timeout`, or a number of seconds for each phase (waiting for a
+            connection from the pool, connecting, writing, each read), as httpx has
+            it. The default is 5 seconds, httpx's; ``None`` sets no limits of its own
+            (the pool's ``acquire_timeout`` and ``connection_timeout`` still apply).
         verify_cert: For https: check the server's certificate and host name.
         ssl_context: For https: the :class:`ssl.SSLContext` to use.
         retry: Retry idempotent requests once when a reused connection was dead.
@@ -282,7 +358,7 @@ class HTTPClient:
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
             has the wrong type.
-        ValueError: ``timeout`` is not positive.
+        ValueError: ``timeout`` is negative or NaN.
     """
 
     def __init__(
@@ -290,7 +366,7 @@ class HTTPClient:
         pool: ConnectionPool,
         *,
         headers: HeaderTypes | None = None,
-        timeout: float | None = None,
+        timeout: float | Timeout | None = DEFAULT_TIMEOUT,
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         retry: bool = True,
@@ -303,7 +379,7 @@ class HTTPClient:
             raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)}")
         self._pool = pool
         self._headers = _header_list(headers)
-        self._timeout = _check_timeout(timeout)
+        self._timeout = to_timeout(timeout)
         self._verify_cert = verify_cert
         self._ssl_context = ssl_context
         self._retry = bool(retry)
@@ -311,7 +387,7 @@ class HTTPClient:
         self._protocols: dict[PooledConnection, h11.Connection] = {}
         self._prune_at = 256
         self._targets: dict[str, Target] = {}
-        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool]] = {}
+        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, bytes]] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -326,8 +402,8 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes = b"",
-        timeout: float | None = None,
+        content: bytes | bytearray | memoryview = b"",
+        timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Response:
         """Send a request and read the whole response.
 
@@ -336,41 +412,41 @@ class HTTPClient:
             url: An ``http://`` or ``https://`` URL.
             headers: Extra headers, as a mapping or ``(name, value)`` pairs. ``Host``
                 and ``Content-Length`` are added unless given.
-            content: The request body.
-            timeout: Seconds for the whole request: waiting for a connection,
-                connecting, sending, and reading the response to its end. Defaults to
-                the client's ``timeout``.
+            content: The request body: bytes, or any bytearray or memoryview (of any
+                format or layout), sent as its bytes and framed by their count. It is
+                copied when the request is made (bytes are not).
+            timeout: The limits of each phase, as for the client (a :class:`Timeout`,
+                a number of seconds for every phase, or ``None`` for none); defaults to
+                the client's. A limit is per phase, and for reads per read, as httpx's:
+                a server that keeps sending is never cut off. ``0`` means no waiting,
+                as ``acquire(timeout=0)`` (see :class:`Timeout`).
 
         Returns:
             The complete :class:`Response`; its connection is already back in the pool
             (or closed).
 
         Raises:
-            ValueError: A bad method, URL, header or timeout (before any I/O).
+            ValueError: A bad method, URL, header, body framing or timeout (before any
+                I/O).
             TypeError: An argument of the wrong type (before any I/O).
-            PoolTimeout: ``timeout`` ran out while getting a connection.
-            WriteTimeout: ``timeout`` ran out while sending.
-            ReadTimeout: ``timeout`` ran out while reading the response.
+            PoolTimeout: No connection became free within the pool limit (it is a
+                :class:`~trio_pool.PoolExhausted` too; the pool counts it in
+                ``acquire_timeouts``).
+            trio_pool.ConnectTimeout: Connecting took longer than the connect limit.
+            WriteTimeout: Sending took longer than the write limit.
+            ReadTimeout: A read took longer than the read limit.
             WriteError: The connection failed while sending.
             ReadError: The connection failed while reading.
             RemoteProtocolError: The server sent something that is not HTTP/1.1, or
                 closed the connection before the response was complete.
-            trio_pool.ConnectError: Connecting failed (also ``ConnectTimeout``,
-                ``PoolExhausted`` and ``PoolClosed`` from the pool).
+            trio_pool.ConnectError: Connecting failed (``PoolClosed`` from the pool
+                passes through too).
         """
-        target, event, idempotent = self._prepare(method, url, headers, content)
-        timeout = self._timeout if timeout is None else _check_timeout(timeout)
-        if timeout is None:
-            exchange = await self._open(target, event, content, idempotent, None, None)
-            body = await exchange.read_all()
-            return exchange.make_response(body)
-        deadline = trio.current_time() + timeout
-        limits = Limits(timeout, deadline, deadline, None)
-        with trio.CancelScope(deadline=deadline) as scope:
-            exchange = await self._open(target, event, content, idempotent, limits, scope)
-            body = await exchange.read_all()
-            return exchange.make_response(body)
-        raise limits.error(target)
+        target, event, idempotent, body = self._prepare(method, url, headers, content)
+        limits = self._timeout if timeout is USE_CLIENT_DEFAULT else to_timeout(timeout)
+        exchange = await self._open(target, event, body, idempotent, limits)
+        data = await exchange.read_all()
+        return exchange.make_response(data)
 
     def stream(
         self,
@@ -378,8 +454,8 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes = b"",
-        timeout: float | None = None,
+        content: bytes | bytearray | memoryview = b"",
+        timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> StreamContext:
         """Send a request and stream the response body: ``async with`` the result.
 
@@ -397,8 +473,8 @@ class HTTPClient:
             url: As for :meth:`request`.
             headers: As for :meth:`request`.
             content: As for :meth:`request`.
-            timeout: Seconds until the response head has arrived (connection, sending,
-                head), and then for each read of the body.
+            timeout: As for :meth:`request`; the read limit applies to each read of
+                the body too.
 
         Raises:
             ValueError: Bad arguments, right away.
@@ -406,20 +482,24 @@ class HTTPClient:
 
         The errors of :meth:`request` are raised on entering the block and from reads.
         """
-        target, event, idempotent = self._prepare(method, url, headers, content)
-        timeout = self._timeout if timeout is None else _check_timeout(timeout)
-        return StreamContext(self, target, event, content, idempotent, timeout)
+        target, event, idempotent, body = self._prepare(method, url, headers, content)
+        limits = self._timeout if timeout is USE_CLIENT_DEFAULT else to_timeout(timeout)
+        return StreamContext(self, target, event, body, idempotent, limits)
 
     # -- internals ------------------------------------------------------------------
 
     def _prepare(
         self, method: str, url: str, headers: object, content: object
-    ) -> tuple[Target, h11.Request, bool]:
-        """Check the arguments and build the h11 request (cached for the plain case)."""
-        plain = headers is None and not content
+    ) -> tuple[Target, h11.Request, bool, bytes]:
+        """Check the arguments and build the h11 request (cached for the plain case).
+
+        Everything about the request is checked here, before any I/O: the URL, the
+        method, the headers, and the framing of the body (see :func:`check_framing`).
+        """
+        plain = headers is None and type(content) is bytes and not content
         if plain:
             prepared = self._prepared.get((method, url))
-            if prepared is not None and type(content) is bytes:
+            if prepared is not None:
                 return prepared
         target = self._targets.get(url) if isinstance(url, str) else None
         if target is None:
@@ -428,26 +508,28 @@ class HTTPClient:
                 self._targets.clear()
             self._targets[url] = target
         method_bytes = check_method(method)
-        if not isinstance(content, (bytes, bytearray, memoryview)):
-            raise TypeError(f"content must be bytes, not {type(content).__name__}")
+        body = body_bytes(content)
         extra = _header_list(headers)
         names = {name for name, _ in extra}
+        defaults = [h for h in self._headers if h[0] not in names]
         fields: list[tuple[bytes, bytes]] = []
-        if b"host" not in names:
+        if b"host" not in names and not any(name == b"host" for name, _ in defaults):
             fields.append((b"host", target.host_header))
-        fields.extend(h for h in self._headers if h[0] not in names)
+        fields.extend(defaults)
         fields.extend(extra)
+        names.update(name for name, _ in defaults)
         if (
-            (content or method_bytes in _BODY_METHODS)
+            (body or method_bytes in _BODY_METHODS)
             and b"content-length" not in names
             and b"transfer-encoding" not in names
         ):
-            fields.append((b"content-length", b"%d" % len(content)))
+            fields.append((b"content-length", b"%d" % len(body)))
         try:
             event = h11.Request(method=method_bytes, target=target.target, headers=fields)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"invalid request: {exc}") from None
-        prepared = (target, event, method_bytes in IDEMPOTENT_METHODS)
+        check_framing(event, body)
+        prepared = (target, event, method_bytes in IDEMPOTENT_METHODS, body)
         if plain:
             if len(self._prepared) >= _CACHE_SIZE:
                 self._prepared.clear()
@@ -470,21 +552,26 @@ class HTTPClient:
             protocols[conn] = protocol
         return protocol
 
-    async def _acquire(self, target: Target, new: bool) -> PooledConnection:
+    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
         pool = self._pool
-        if target.tls:
-            acquire = pool.acquire_new if new else pool.acquire
+        acquire = pool.acquire_new if new else pool.acquire
+        try:
+            if target.tls:
+                return await acquire(
+                    target.host,
+                    target.port,
+                    tls=True,
+                    sni=target.host,
+                    verify_cert=self._verify_cert,
+                    ssl_context=self._ssl_context,
+                    timeout=limits.pool,
+                    connect_timeout=limits.connect,
+                )
             return await acquire(
-                target.host,
-                target.port,
-                tls=True,
-                sni=target.host,
-                verify_cert=self._verify_cert,
-                ssl_context=self._ssl_context,
+                target.host, target.port, timeout=limits.pool, connect_timeout=limits.connect
             )
-        if new:
-            return await pool.acquire_new(target.host, target.port)
-        return await pool.acquire(target.host, target.port)
+        except PoolExhausted as exc:
+            raise PoolTimeout(f"{exc} (pool timeout)") from exc
 
     async def _open(
         self,
@@ -492,20 +579,18 @@ class HTTPClient:
         event: h11.Request,
         content: bytes,
         idempotent: bool,
-        limits: Limits | None,
-        scope: trio.CancelScope | None,
+        limits: Timeout,
     ) -> Exchange:
         """Borrow a connection, send the request, read the response head.
 
-        Retries once on a new connection when a reused one dies before answering and
-        the method is idempotent. Any failure or cancellation discards the connection.
+        Each phase has its own limit (see :class:`Timeout`). Retries once on a new
+        connection when a reused one dies before answering and the method is
+        idempotent. Any failure or cancellation discards the connection.
         """
         pool = self._pool
         retried = False
         while True:
-            if limits is not None:
-                limits.phase = _ACQUIRE
-            conn = await self._acquire(target, retried)
+            conn = await self._acquire(target, retried, limits)
             try:
                 protocol = self._protocol(conn)
                 try:
@@ -513,25 +598,23 @@ class HTTPClient:
                     if content:
                         data += protocol.send(h11.Data(data=content)) or b""
                     data += protocol.send(_END) or b""
-                except h11.LocalProtocolError as exc:
+                except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
                     raise ValueError(f"cannot send this request: {exc}") from exc
-                if limits is not None:
-                    limits.phase = _WRITE
-                try:
-                    await conn.send_all(data)
-                except trio.BrokenResourceError as exc:
-                    error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
-                    raise _ConnectionLost(error) from exc
-                if limits is not None:
-                    limits.phase = _READ
-                response = await self._receive_head(conn, protocol, target, limits, scope)
+                if limits.write is None and limits.read is None:
+                    response = await self._send(conn, protocol, target, data, None)
+                else:
+                    # One cancel scope for the write and the head, its deadline moved
+                    # per phase: a scope per read would cost more than the rest.
+                    timer = _Timer(limits.write, limits.read)
+                    with timer.scope:
+                        response = await self._send(conn, protocol, target, data, timer)
+                    if timer.scope.cancelled_caught:
+                        raise timer.error(target)
             except _ConnectionLost as lost:
                 self._forget(conn)
                 pool.discard(conn)
                 if idempotent and conn.reused and not retried and self._retry:
                     retried = True
-                    if scope is not None and limits is not None and limits.moving:
-                        scope.deadline = limits.send_deadline
                     continue
                 lost.error.connection_reused = conn.reused
                 raise lost.error from lost.__cause__
@@ -539,23 +622,51 @@ class HTTPClient:
                 self._forget(conn)
                 pool.discard(conn)
                 raise
-            return Exchange(self, conn, protocol, response, target)
+            exchange = Exchange(self, conn, protocol, response, target)
+            exchange.read_timeout = limits.read
+            return exchange
+
+    @classmethod
+    async def _send(
+        cls,
+        conn: PooledConnection,
+        protocol: h11.Connection,
+        target: Target,
+        data: bytes,
+        timer: _Timer | None,
+    ) -> h11.Response:
+        """Send the request and read the response head."""
+        try:
+            if timer is not None:
+                timer.writing()
+            await conn.send_all(data)
+        except trio.BrokenResourceError as exc:
+            error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
+            # The server may have answered before it stopped reading (a 413 to an
+            # upload, say) and closed: its answer is waiting to be read. h11 has taken
+            # the whole request already, so it reads a response as usual; the socket is
+            # dead, so this never waits on the network for long (and fails at once for
+            # TLS, whose stream is broken after a failed send).
+            try:
+                return await cls._receive_head(conn, protocol, target, timer)
+            except (_ConnectionLost, HTTPError):
+                raise _ConnectionLost(error) from exc
+        return await cls._receive_head(conn, protocol, target, timer)
 
     @staticmethod
     async def _receive_head(
         conn: PooledConnection,
         protocol: h11.Connection,
         target: Target,
-        limits: Limits | None,
-        scope: trio.CancelScope | None,
+        timer: _Timer | None,
     ) -> h11.Response:
         got_bytes = False
         try:
             while True:
                 event = protocol.next_event()
                 if event is _NEED_DATA:
-                    if scope is not None and limits is not None and limits.moving:
-                        scope.deadline = limits.next_read()
+                    if timer is not None:
+                        timer.reading()
                     try:
                         data = await conn.receive_some(_RECEIVE_SIZE)
                     except trio.BrokenResourceError as exc:
@@ -584,11 +695,55 @@ class HTTPClient:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
 
 
+class _Timer:
+    """The write and read limits of sending a request and reading its head, in one
+    cancel scope whose deadline moves with the phase.
+
+    Moving a deadline costs about as much as the rest of a small request's client
+    work, so the scope starts with the write deadline, and the read deadline replaces
+    it only where the two differ by more than a millisecond (the common single
+    ``timeout`` and a quick write: the read may then end up to 1 ms early).
+    """
+
+    __slots__ = ("read", "reading_now", "scope", "write")
+
+    def __init__(self, write: float | None, read: float | None) -> None:
+        self.write = write
+        self.read = read
+        self.reading_now = False
+        # A zero write limit is set after entering (in writing()): a scope entered past
+        # its deadline would fail a write that need not wait.
+        first = math.inf if not write else trio.current_time() + write
+        self.scope: trio.CancelScope = trio.CancelScope(deadline=first)
+
+    def writing(self) -> None:
+        if self.write == 0:
+            self.scope.deadline = trio.current_time()
+
+    def reading(self) -> None:
+        self.reading_now = True
+        read = self.read
+        deadline = math.inf if read is None else trio.current_time() + read
+        if abs(deadline - self.scope.deadline) > 0.001 or (deadline == math.inf) != (
+            self.scope.deadline == math.inf
+        ):
+            self.scope.deadline = deadline
+
+    def error(self, target: Target) -> RequestTimeout:
+        if self.reading_now:
+            assert self.read is not None
+            return _read_timeout(target, self.read, "waiting for the response head")
+        return WriteTimeout(
+            f"sending the request to {target.host}:{target.port} took longer than"
+            f" {self.write} s (write timeout)"
+        )
+
+
 class StreamContext:
     """What :meth:`HTTPClient.stream` returns: ``async with`` it to get the
     :class:`Response` with its body still to read."""
 
-    __slots__ = ("_client", "_content", "_event", "_exchange", "_idempotent", "_target", "_timeout")
+    __slots__ = ("_client", "_content", "_event", "_exchange", "_idempotent", "_limits", "_target")
 
     def __init__(
         self,
@@ -597,34 +752,22 @@ class StreamContext:
         event: h11.Request,
         content: bytes,
         idempotent: bool,
-        timeout: float | None,
+        limits: Timeout,
     ) -> None:
         self._client = client
         self._target = target
         self._event = event
         self._content = content
         self._idempotent = idempotent
-        self._timeout = timeout
+        self._limits = limits
         self._exchange: Exchange | None = None
 
     async def __aenter__(self) -> Response:
         if self._exchange is not None:
             raise RuntimeError("this stream() context was entered already")
-        client = self._client
-        timeout = self._timeout
-        args = (self._target, self._event, self._content, self._idempotent)
-        if timeout is None:
-            exchange = await client._open(*args, None, None)
-        else:
-            deadline = trio.current_time() + timeout
-            limits = Limits(timeout, deadline, deadline, None)
-            with trio.CancelScope(deadline=deadline) as scope:
-                exchange = await client._open(*args, limits, scope)
-            if scope.cancelled_caught:
-                raise limits.error(self._target)
-            body_limits = Limits(timeout, math.inf, math.inf, timeout)
-            body_limits.phase = _READ
-            exchange.limits = body_limits
+        exchange = await self._client._open(
+            self._target, self._event, self._content, self._idempotent, self._limits
+        )
         self._exchange = exchange
         return exchange.make_response(None)
 
@@ -635,4 +778,8 @@ class StreamContext:
         tb: TracebackType | None,
     ) -> None:
         if self._exchange is not None:
-            self._exchange.abandon()
+            self._exchange.abandon(
+                "the stream() block exited before the body's end (read it inside the block)"
+                if exc_type is None
+                else f"the stream() block exited by {exc_type.__name__}"
+            )

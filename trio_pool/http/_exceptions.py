@@ -10,7 +10,7 @@ chains its cause (``raise ... from exc``).
 
 from __future__ import annotations
 
-from .._exceptions import PoolError
+from .._exceptions import PoolError, PoolExhausted
 
 __all__ = [
     "HTTPError",
@@ -20,6 +20,9 @@ __all__ = [
     "ReadTimeout",
     "RemoteProtocolError",
     "RequestTimeout",
+    "StreamClosed",
+    "StreamConsumed",
+    "StreamError",
     "WriteError",
     "WriteTimeout",
 ]
@@ -58,16 +61,39 @@ class ReadError(NetworkError):
 
 
 class RequestTimeout(HTTPError, TimeoutError):
-    """The request's ``timeout`` ran out. The subclass says in which phase."""
+    """A limit of the request's ``timeout`` ran out. The subclass says in which phase,
+    and the message names the limit. (A connect that takes too long raises the pool's
+    :class:`~trio_pool.ConnectTimeout`.)"""
 
 
-class PoolTimeout(RequestTimeout):
-    """The timeout ran out while waiting for a connection or connecting."""
+class PoolTimeout(RequestTimeout, PoolExhausted):
+    """No connection became free within the pool limit (the pool was full). Also a
+    :class:`~trio_pool.PoolExhausted`, which it wraps."""
 
 
 class WriteTimeout(RequestTimeout):
-    """The timeout ran out while sending the request."""
+    """Sending the request took longer than the write limit."""
 
 
 class ReadTimeout(RequestTimeout):
-    """The timeout ran out while waiting for (part of) the response."""
+    """A read of the response (its head, or a piece of its body) took longer than the
+    read limit."""
+
+
+class StreamError(HTTPError, RuntimeError):
+    """A streamed response body cannot be read (any more). The subclass says why.
+
+    A :class:`RuntimeError` too: a misuse of the response, not a network failure.
+    """
+
+
+class StreamClosed(StreamError):
+    """The body was abandoned before its end: a read timed out or failed, the
+    ``stream()`` block exited, or :meth:`Response.aclose` was called. The connection is
+    gone, and so is the rest of the body (httpx: ``httpx.StreamClosed``)."""
+
+
+class StreamConsumed(StreamError):
+    """The body was already read by an :meth:`Response.aiter_bytes` iterator and not
+    kept: only that iterator can go on (httpx: ``httpx.StreamConsumed``). Use
+    :meth:`Response.aread` to keep the body."""

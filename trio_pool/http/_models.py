@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+import idna
 import trio
+
+from ._exceptions import StreamConsumed
 
 if TYPE_CHECKING:
     from ._client import Exchange
@@ -17,10 +20,18 @@ __all__ = ["Response", "Target", "check_method", "parse_url"]
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # RFC 9110 token: what a method may be made of.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Spaces and control characters: urlsplit silently drops CR, LF and TAB anywhere and
+# strips the others at the ends, so a different URL than the caller's would be used.
+_CONTROL: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Target:
-    """Where a URL sends a request: the pool key's parts and the request line's."""
+    """Where a URL sends a request: the pool key's parts and the request line's.
+
+    ``host`` is ASCII: an internationalised name is in its IDNA 2008 form (what trio
+    connects to), so the connection, the TLS server name and the ``Host`` header all
+    name the same domain.
+    """
 
     __slots__ = ("host", "host_header", "port", "target", "tls")
 
@@ -38,10 +49,15 @@ def parse_url(url: object) -> Target:
     Raises:
         TypeError: ``url`` is not a str.
         ValueError: Not an absolute http(s) URL with a host, a bad port, credentials in
-            it, or characters that cannot go on a request line.
+            it, a host name that is not valid IDNA 2008, or spaces, control characters
+            (CR, LF and TAB included) or non-ASCII characters outside the host.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if _CONTROL.search(url):
+        raise ValueError(
+            f"url must not contain spaces or control characters (CR, LF, TAB...): {url!r}"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -62,11 +78,20 @@ def parse_url(url: object) -> Target:
         path = f"{path}?{parts.query}"
     try:
         target = path.encode("ascii")
-        host_bytes = host.encode("idna") if not host.isascii() else host.encode("ascii")
     except UnicodeError:
         raise ValueError(f"url must be ASCII (percent-encode the path): {url!r}") from None
-    if any(c <= 0x20 or c == 0x7F for c in target):
-        raise ValueError(f"url path contains spaces or control characters: {url!r}")
+    if host.isascii():
+        host_bytes = host.encode("ascii")
+    else:
+        # The encoding trio uses to connect (trio.socket's encode_hostname): IDNA 2008
+        # with UTS 46 mapping, not Python's IDNA 2003 codec ("faß.de" is not "fass.de").
+        try:
+            host_bytes = idna.encode(host, uts46=True)
+        except idna.IDNAError as exc:
+            raise ValueError(
+                f"url has a host name that is not valid IDNA: {url!r} ({exc})"
+            ) from None
+        host = host_bytes.decode("ascii")
     if ":" in host:  # IPv6 literal
         host_bytes = b"[" + host_bytes + b"]"
     default = _DEFAULT_PORTS[scheme]
@@ -100,6 +125,19 @@ class Response:
     the wire: read it with :meth:`aiter_bytes` or :meth:`aread`; a body not read to
     the end when the ``async with`` block exits costs its connection (it is discarded).
 
+    How a streamed body ends, as httpx has it:
+
+    - :meth:`aread` keeps the body: later :meth:`aread` calls and :meth:`aiter_bytes`
+      iterators return it again, inside the block or after it.
+    - An :meth:`aiter_bytes` iterator hands the body out once: after it started, another
+      iterator or :meth:`aread` raises :class:`~trio_pool.http.StreamConsumed`.
+    - A body abandoned before its end (a read that timed out, failed or was cancelled,
+      :meth:`aclose`, or leaving the block) is gone with its connection: every later
+      read raises :class:`~trio_pool.http.StreamClosed` saying which (also where an
+      iterator had started on it: unlike httpx, which says ``StreamConsumed`` there,
+      the more useful fact wins).
+    - :attr:`is_complete` is True only once the whole body has arrived.
+
     Attributes:
         status: The status code, e.g. ``200``.
         reason: The reason phrase, e.g. ``b"OK"``.
@@ -108,7 +146,15 @@ class Response:
         http_version: ``"1.1"`` or ``"1.0"``.
     """
 
-    __slots__ = ("_content", "_exchange", "headers", "http_version", "reason", "status")
+    __slots__ = (
+        "_consumed",
+        "_content",
+        "_exchange",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self,
@@ -125,6 +171,7 @@ class Response:
         self.http_version: str = http_version
         self._content = content
         self._exchange = exchange
+        self._consumed = False
 
     def __repr__(self) -> str:
         return f"<Response [{self.status} {self.reason.decode('latin-1')}]>"
@@ -161,44 +208,65 @@ class Response:
 
     @property
     def is_complete(self) -> bool:
-        """Whether the body was read to the end (always true for ``request``)."""
-        return self._exchange is None or self._exchange.done
+        """Whether the whole body has arrived (always true for ``request``); false for a
+        body abandoned before its end."""
+        return self._exchange is None or self._exchange.complete
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """Iterate over the body in chunks as they arrive (the content, if read)."""
+        """Iterate over the body in chunks as they arrive (the content, if read).
+
+        The iterator raises :class:`~trio_pool.http.StreamConsumed` if another iterator
+        already started on a body that was not kept, and
+        :class:`~trio_pool.http.StreamClosed` if the body was abandoned.
+        """
         return _BodyIterator(self)
 
     async def aread(self) -> bytes:
         """Read the rest of the body and return all of it (also kept as :attr:`content`).
 
         Raises:
-            RuntimeError: Part of a streamed body was already consumed by
-                :meth:`aiter_bytes`.
+            StreamConsumed: An :meth:`aiter_bytes` iterator already took (part of) the
+                body.
+            StreamClosed: The body was abandoned before its end (a failed read,
+                :meth:`aclose`, or the ``stream()`` block exited).
         """
         if self._content is None:
-            assert self._exchange is not None
-            if self._exchange.started:
-                raise RuntimeError("aread() after aiter_bytes() consumed part of the body")
-            self._content = await self._exchange.read_all()
+            exchange = self._exchange
+            assert exchange is not None
+            if self._consumed and not (exchange.done and not exchange.complete):
+                await trio.lowlevel.checkpoint()
+                raise _consumed_error(exchange)
+            self._content = await exchange.read_all()
+        else:
+            await trio.lowlevel.checkpoint()
         return self._content
 
     async def aclose(self) -> None:
         """Give up the rest of the body: an unfinished exchange discards its connection.
 
-        Idempotent; a no-op on a complete response.
+        Idempotent; a no-op on a complete response. Reads after it raise
+        :class:`~trio_pool.http.StreamClosed` (unless the body was complete).
         """
         exchange = self._exchange
         if exchange is not None and not exchange.done:
-            exchange.abandon()
+            exchange.abandon("aclose() was called before the body's end")
         await trio.lowlevel.checkpoint()
 
 
+def _consumed_error(exchange: Exchange) -> StreamConsumed:
+    return StreamConsumed(
+        f"the response body from {exchange.target.host}:{exchange.target.port} was"
+        " already read by aiter_bytes() (use aread() to keep it)"
+    )
+
+
 class _BodyIterator:
-    __slots__ = ("_response", "_sent")
+    __slots__ = ("_response", "_sent", "_started")
 
     def __init__(self, response: Response) -> None:
         self._response = response
         self._sent = False
+        self._started = False
 
     def __aiter__(self) -> _BodyIterator:
         return self
@@ -206,12 +274,18 @@ class _BodyIterator:
     async def __anext__(self) -> bytes:
         response = self._response
         if response._content is not None:
+            await trio.lowlevel.checkpoint()
             if self._sent or not response._content:
                 raise StopAsyncIteration
             self._sent = True
             return response._content
         exchange = response._exchange
         assert exchange is not None
+        if not self._started:
+            if response._consumed and not (exchange.done and not exchange.complete):
+                await trio.lowlevel.checkpoint()
+                raise _consumed_error(exchange)
+            response._consumed = self._started = True
         chunk = await exchange.read_chunk()
         if not chunk:
             raise StopAsyncIteration
