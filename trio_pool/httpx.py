@@ -30,9 +30,16 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 import h11
 import trio
 
-from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolError, PoolExhausted
+from ._exceptions import (
+    ConnectError,
+    ConnectTimeout,
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    ProxyError,
+)
 from ._pool import ConnectionPool
-from ._proxy import Proxy, ProxyError
+from ._proxy import Proxy
 from .http._client import (
     IDEMPOTENT_METHODS,
     Body,
