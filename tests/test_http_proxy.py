@@ -145,10 +145,10 @@ async def test_forwarded_request_line_and_proxy_authorization(nursery: trio.Nurs
     assert first.startswith(b"GET http://origin.test:8080/x HTTP/1.1\r\n")
     assert b"host: origin.test:8080\r\n" in first
     # user:p@ss
-    assert b"proxy-authorization: Basic dXNlcjpwQHNz\r\n" in first.lower()
+    assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in first
     assert second.startswith(b"GET http://[::1]/y HTTP/1.1\r\n")
     assert third.startswith(b"GET http://origin.test/z HTTP/1.1\r\n")
-    assert b"proxy-authorization: basic ywi6yg==\r\n" in third.lower()
+    assert b"proxy-authorization: basic ytpi\r\n" in third.lower()
     assert b"x-via: t\r\n" in third.lower()
 
 
