@@ -218,9 +218,9 @@ async def test_refused_tunnel_is_proxy_error_with_status(
         assert refused.value.status == 403
         # Without the credentials: 407; with them (from the URL): through.
         with pytest.raises(ProxyError) as unauthorised:
-            await HTTPClient(pool, proxy=f"http://{HOST}:{guarded.port}", ssl_context=client_ctx).request(
-                "GET", url
-            )
+            await HTTPClient(
+                pool, proxy=f"http://{HOST}:{guarded.port}", ssl_context=client_ctx
+            ).request("GET", url)
         assert unauthorised.value.status == 407
         r = await HTTPClient(pool, proxy=guarded.url, ssl_context=client_ctx).request("GET", url)
         assert (r.status, r.content) == (200, b"hi")
@@ -281,7 +281,10 @@ async def test_http_and_https_through_microsocks(
     plain = echo_path_and_host()
     plain.port = await start_server(nursery, plain.handle)
     tls = await start_h11_tls(nursery, server_ctx)
-    async with open_microsocks(tmp_path, auth=("me", "secret")) as socks, trio_pool.open_pool() as pool:
+    async with (
+        open_microsocks(tmp_path, auth=("me", "secret")) as socks,
+        trio_pool.open_pool() as pool,
+    ):
         proxy = socks.url.replace("socks5", scheme, 1)
         client = HTTPClient(pool, proxy=proxy, ssl_context=client_ctx)
         for _ in range(2):
@@ -424,5 +427,3 @@ def _refuses_ssl_context(pool: trio_pool.ConnectionPool) -> None:
         HTTPClient(pool, proxy=proxy)
     with pytest.raises(ValueError, match="ssl_context"):
         PoolTransport(pool, proxy=proxy)
-
-

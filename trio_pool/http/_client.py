@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import ssl
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
@@ -45,6 +45,7 @@ __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _RECEIVE_SIZE: Final = 65536
+_CLOSE_TIMEOUT: Final = 1.0
 _CACHE_SIZE: Final = 1024
 _NEED_DATA: Final = h11.NEED_DATA
 _IDLE: Final = h11.IDLE
@@ -871,10 +872,12 @@ class HTTPClient:
         """Send the head, then each piece of ``body`` as it is produced (h11 frames
         them, chunked or held to the ``Content-Length``), then read the response head.
 
-        The write limit runs per write; the iterable's own time is not limited.
+        The write limit runs per write; the iterable's own time is not limited. An
+        iterator left before its end (a failure, an early answer) is closed.
         """
         where = f"{target.host}:{target.port}"
         sending = False
+        iterator: AsyncIterator[object] | None = None
         try:
             data = protocol.send(event) or b""
             timer.writing_piece()
@@ -887,6 +890,7 @@ class HTTPClient:
                 try:
                     piece = await anext(iterator)
                 except StopAsyncIteration:
+                    iterator = None
                     break
                 data = chunk_bytes(piece)
                 if not data:
@@ -921,6 +925,9 @@ class HTTPClient:
                 return await cls._receive_head(conn, protocol, target, timer)
             except (_ConnectionLost, HTTPError):
                 raise _ConnectionLost(error) from exc
+        finally:
+            if iterator is not None:
+                await _close_iterator(iterator)
         return await cls._receive_head(conn, protocol, target, timer)
 
     @staticmethod
@@ -963,6 +970,21 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+async def _close_iterator(iterator: AsyncIterator[object]) -> None:
+    """Close a body's iterator left before its end (an async generator would otherwise
+    be finalized whenever it is collected), shielded, for a second at most. Its own
+    errors are dropped: the request's error (or its early answer) is what counts."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+        try:
+            await aclose()
+        except Exception:  # noqa: S110 - secondary to the error being raised
+            pass
 
 
 class _Timer:
