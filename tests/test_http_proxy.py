@@ -11,7 +11,6 @@ address.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h11
@@ -174,9 +173,8 @@ async def test_https_through_tinyproxy_tunnel_is_pooled_and_resumes_tls(
             assert origin.connections == 1  # one tunnel, reused
             assert f"CONNECT localhost:{origin.port}" in tinyproxy.log()
             # A second tunnel (the first one is busy) resumes the TLS session.
-            async with client.stream("GET", url) as first:
-                async with client.stream("GET", url) as second:
-                    assert await first.aread() == await second.aread() == b"hi"
+            async with client.stream("GET", url) as first, client.stream("GET", url) as second:
+                assert await first.aread() == await second.aread() == b"hi"
             assert origin.connections == 2
             stats = pool.statistics()
             assert stats.tls_resumptions >= 1

@@ -336,7 +336,7 @@ async def test_early_413_to_a_streamed_upload_is_returned(nursery: trio.Nursery)
         assert_settled(pool)
 
 
-# -- memory -----------------------------------------------------------------------------------------
+# -- memory ---------------------------------------------------------------------------------------
 
 
 async def test_a_64_mib_upload_is_not_buffered(nursery: trio.Nursery) -> None:
@@ -355,9 +355,8 @@ async def test_a_64_mib_upload_is_not_buffered(nursery: trio.Nursery) -> None:
         try:
             r = await client.request("POST", server.url(), content=generated(), timeout=30)
             async with httpx.AsyncClient(transport=transport, timeout=30) as hc:
-                hr = await hc.post(
-                    server.url(), headers={"Content-Length": "%d" % (64 * MiB)}, content=generated()
-                )
+                length = {"Content-Length": str(64 * MiB)}
+                hr = await hc.post(server.url(), headers=length, content=generated())
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

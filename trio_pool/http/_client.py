@@ -983,7 +983,7 @@ async def _close_iterator(iterator: AsyncIterator[object]) -> None:
         scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
         try:
             await aclose()
-        except Exception:  # noqa: S110 - secondary to the error being raised
+        except Exception:  # secondary to the error being raised
             pass
 
 
