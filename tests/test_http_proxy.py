@@ -25,6 +25,7 @@ from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
 
 from .checks import assert_settled
+from .nginx import open_nginx
 from .proxies import open_microsocks, open_tinyproxy, read_head
 from .servers import HOST, open_fds, start_server
 from .test_http import H11Server, ok, send_response, start_h11
@@ -425,3 +426,23 @@ def _refuses_ssl_context(pool: trio_pool.ConnectionPool) -> None:
         HTTPClient(pool, proxy=proxy)
     with pytest.raises(ValueError, match="ssl_context"):
         PoolTransport(pool, proxy=proxy)
+
+
+@pytest.mark.nginx
+async def test_nginx_on_a_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "nginx.sock"
+    server = (
+        f"    server {{\n        listen unix:{path};\n"
+        '        location / { return 200 "uds $host $request_uri"; }\n    }\n'
+    )
+    async with open_nginx(tmp_path, extra_servers=server), trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, uds=str(path))
+        for _ in range(3):
+            r = await client.request("GET", "http://engine.test/v1.43/info")
+            assert (r.status, r.content) == (200, b"uds engine.test /v1.43/info")
+        async with httpx.AsyncClient(transport=PoolTransport(pool, uds=str(path))) as hc:
+            hr = await hc.get("http://engine.test/containers/json")
+            assert hr.content == b"uds engine.test /containers/json"
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.pool_hits) == (1, 3)
+        assert_settled(pool)
