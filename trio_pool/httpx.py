@@ -48,6 +48,7 @@ from .http._client import (
     body_bytes,
     body_stream,
     check_framing,
+    routed_target,
 )
 from .http._exceptions import (
     LocalProtocolError,
@@ -197,14 +198,12 @@ class PoolTransport(httpx.AsyncBaseTransport):
             uds=route.uds,
             forward=route.forward,
         )
-        request_target = url.raw_path
         fields = request.headers.raw
+        request_target = url.raw_path
         if route.forward:
             # To an http:// proxy: the whole URL, and the proxy's own headers.
-            assert route.proxy is not None
-            request_target = b"http://" + route.host_header + request_target
             names = {name.lower() for name, _ in fields}
-            fields = fields + [h for h in route.proxy.request_headers if h[0] not in names]
+            request_target = routed_target(route, request_target, fields, names)
         try:
             event = h11.Request(method=method, target=request_target, headers=fields)
         except h11.LocalProtocolError as exc:

@@ -190,6 +190,23 @@ def check_framing(event: h11.Request, body: bytes | None) -> None:
         raise ValueError("a body needs a Content-Length or Transfer-Encoding: chunked header")
 
 
+def routed_target(
+    target: Target, path: bytes, fields: list[tuple[bytes, bytes]], names: set[bytes]
+) -> bytes:
+    """The request target for ``path`` on ``target``'s route, adding what the route
+    needs to ``fields`` (``names``: the lowercased names already there).
+
+    To an ``http://`` proxy (``forward``): the absolute form, with the proxy's
+    ``Proxy-Authorization`` and headers unless the request has its own. Otherwise
+    ``path`` as it is: tunnels and Unix sockets carry origin-form requests.
+    """
+    if not target.forward:
+        return path
+    assert target.proxy is not None
+    fields.extend(h for h in target.proxy.request_headers if h[0] not in names)
+    return b"http://" + target.host_header + path
+
+
 def proxy_environment() -> dict[str, str] | None:
     """The proxy variables of :data:`os.environ` now (``None`` if none is set), checked.
 
@@ -663,11 +680,7 @@ class HTTPClient:
         fields.extend(defaults)
         fields.extend(extra)
         names.update(name for name, _ in defaults)
-        request_target = target.target
-        if target.forward:
-            assert target.proxy is not None
-            request_target = b"http://" + target.host_header + request_target
-            fields.extend(h for h in target.proxy.request_headers if h[0] not in names)
+        request_target = routed_target(target, target.target, fields, names)
         if b"content-length" not in names and b"transfer-encoding" not in names:
             if stream is not None:
                 fields.append((b"transfer-encoding", b"chunked"))
