@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -28,7 +29,7 @@ from trio_pool.http import (
 from trio_pool.httpx import PoolTransport
 
 from .checks import assert_settled
-from .proxies import open_microsocks
+from .proxies import open_microsocks, open_tinyproxy
 from .servers import HOST, start_server
 from .test_http import answer_first_only, send_response, start_h11
 from .test_http_lifecycle import answer_413_early
@@ -377,4 +378,52 @@ async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Pa
         r = await client.request("POST", server.url(), content=pieces(b"via ", b"socks"))
         assert r.content == b"9"
         assert server.bodies == [b"via socks"]
+        assert_settled(pool)
+
+
+async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_body_server(nursery)
+    closed = trio.Event()
+    started = trio.Event()
+
+    async def forever() -> AsyncIterator[bytes]:
+        try:
+            yield b"start"
+            started.set()
+            await trio.sleep_forever()
+            yield b"never"  # pragma: no cover
+        finally:
+            closed.set()
+
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        with trio.move_on_after(10) as scope:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(partial(client.request, "POST", server.url(), content=forever()))
+                await started.wait()
+                inner.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert closed.is_set()
+        stats = pool.statistics()
+        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+        assert_settled(pool)
+
+
+async def test_streamed_upload_forwarded_through_tinyproxy(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server = await start_body_server(nursery)
+    async with (
+        open_tinyproxy(tmp_path, connect_ports=[server.port]) as tinyproxy,
+        trio_pool.open_pool() as pool,
+    ):
+        client = HTTPClient(pool, proxy=tinyproxy.url)
+        length = {"Content-Length": "11"}
+        r = await client.request(
+            "PUT", server.url(), headers=length, content=pieces(b"via ", b"forward")
+        )
+        assert r.content == b"11"
+        assert server.bodies == [b"via forward"]
         assert_settled(pool)
