@@ -108,7 +108,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         retry: Retry idempotent requests once when a reused connection was dead
             (never a request whose body is streamed).
         proxy: Send requests through this proxy, as httpx's ``proxy=`` has it: a URL
-            ``str``, an :class:`httpx.URL`, an :class:`httpx.Proxy` (its ``auth`` and
+            ``str``, an ``httpx.URL``, an ``httpx.Proxy`` (its ``auth`` and
             ``headers`` are used) or a :class:`trio_pool.Proxy`; ``http://``,
             ``socks5://`` or ``socks5h://``. See :class:`trio_pool.http.HTTPClient`.
             Give it here, not to ``httpx.AsyncClient(proxy=...)``: httpx would send
