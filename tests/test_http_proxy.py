@@ -446,3 +446,34 @@ async def test_nginx_on_a_unix_socket(tmp_path: Path) -> None:
         stats = pool.statistics()
         assert (stats.connections_created, stats.pool_hits) == (1, 3)
         assert_settled(pool)
+
+
+async def test_trust_env_https_proxy_and_all_proxy(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    client_ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+) -> None:
+    heads, port = await recording_forward_proxy(nursery)
+    origin = await start_h11_tls(nursery, server_ctx)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    async with (
+        open_tinyproxy(tmp_path, connect_ports=[origin.port]) as tinyproxy,
+        trio_pool.open_pool() as pool,
+    ):
+        monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
+        monkeypatch.setenv("ALL_PROXY", f"http://{HOST}:{port}")  # for http: no HTTP_PROXY
+        client = HTTPClient(pool, trust_env=True, ssl_context=client_ctx)
+        transport = PoolTransport(pool, trust_env=True, ssl_context=client_ctx)
+        r = await client.request("GET", f"https://127.0.0.1:{origin.port}/")
+        assert r.content == b"hi"
+        async with httpx.AsyncClient(transport=transport) as hc:
+            assert (await hc.get(f"https://127.0.0.1:{origin.port}/")).content == b"hi"
+            assert (await hc.get("http://origin.test/all")).content == b"proxied"
+        assert f"CONNECT 127.0.0.1:{origin.port}" in tinyproxy.log()
+        assert origin.connections == 1  # the client's tunnel, reused by the transport
+        assert [h.split(b" ")[1] for h in heads] == [b"http://origin.test/all"]
+        assert_settled(pool)
