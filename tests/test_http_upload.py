@@ -22,8 +22,10 @@ import trio_pool
 from trio_pool.http import (
     HTTPClient,
     LocalProtocolError,
+    ReadError,
     RemoteProtocolError,
     Timeout,
+    WriteError,
     WriteTimeout,
 )
 from trio_pool.httpx import PoolTransport
@@ -33,6 +35,8 @@ from .proxies import open_microsocks, open_tinyproxy
 from .servers import HOST, start_server
 from .test_http import answer_first_only, send_response, start_h11
 from .test_http_lifecycle import answer_413_early
+from .test_proxy_faults import fake_http_proxy
+from .test_proxy_faults import reset as proxy_reset
 
 MiB = 1024 * 1024
 
@@ -427,3 +431,48 @@ async def test_streamed_upload_forwarded_through_tinyproxy(
         assert r.content == b"11"
         assert server.bodies == [b"via forward"]
         assert_settled(pool)
+
+
+async def test_proxy_reset_mid_upload_is_a_network_error_and_closes_the_iterator(
+    nursery: trio.Nursery,
+) -> None:
+    async def read_then_reset(stream: trio.SocketStream, head: bytes) -> None:
+        received = len(head)
+        while received < MiB:  # the request head and the first pieces, then a reset
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            received += len(data)
+        await proxy_reset(stream, head)
+
+    proxy, heads = await fake_http_proxy(nursery, read_then_reset)
+    closed = trio.Event()
+    big = b"x" * 65536
+
+    async def upload() -> AsyncIterator[bytes]:
+        try:
+            for _ in range(1024):  # 64 MiB: far more than the proxy takes
+                yield big
+        finally:
+            closed.set()
+
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, proxy=proxy)
+        with pytest.raises((WriteError, ReadError)) as info:
+            await client.request("POST", "http://origin.test/upload", content=upload(), timeout=10)
+        assert info.value.connection_reused is False  # and a streamed body is never retried
+        assert heads[0].startswith(b"POST http://origin.test/upload HTTP/1.1\r\n")
+        assert len(heads) == 1
+        assert closed.is_set()
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.connections_closed) == (1, 1)
+        assert_settled(pool)
+
+
+async def test_transport_refuses_a_sync_only_request_stream() -> None:
+    async with trio_pool.open_pool() as pool:
+        # httpx.AsyncClient refuses these itself; a caller of the transport may not.
+        request = httpx.Request("POST", "http://127.0.0.1:9/", content=iter([b"a"]))
+        with pytest.raises(TypeError, match="async request stream"):
+            await PoolTransport(pool).handle_async_request(request)
+        assert pool.statistics().connections_created == 0
