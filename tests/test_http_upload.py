@@ -375,6 +375,7 @@ async def test_a_64_mib_upload_is_not_buffered(nursery: trio.Nursery) -> None:
 # -- through a proxy -----------------------------------------------------------------------------
 
 
+@pytest.mark.proxy
 async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Path) -> None:
     server = await start_body_server(nursery)
     async with open_microsocks(tmp_path) as socks, trio_pool.open_pool() as pool:
@@ -415,6 +416,7 @@ async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
         assert_settled(pool)
 
 
+@pytest.mark.proxy
 async def test_streamed_upload_forwarded_through_tinyproxy(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
