@@ -132,6 +132,9 @@ async def test_forwarded_request_line_and_proxy_authorization(nursery: trio.Nurs
         assert r.content == b"proxied"
         r = await client.request("GET", "http://[::1]/y")
         assert r.content == b"proxied"
+        # A request's own Proxy-Authorization replaces the proxy's.
+        own = {"proxy-authorization": "Bearer token"}
+        assert (await client.request("GET", "http://origin.test/o", headers=own)).status == 200
         # Through the transport too, with an httpx.Proxy's own auth and headers.
         proxy = httpx.Proxy(f"http://{HOST}:{port}", auth=("a", "b"), headers={"X-Via": "t"})
         async with httpx.AsyncClient(transport=PoolTransport(pool, proxy=proxy)) as hc:
@@ -141,7 +144,9 @@ async def test_forwarded_request_line_and_proxy_authorization(nursery: trio.Nurs
         # transport's proxy has other credentials: another key, another connection.
         assert pool.statistics().connections_created == 2
         assert len(pool._state.keys) == 2
-    first, second, third = heads
+    first, second, own_auth, third = heads
+    assert own_auth.lower().count(b"proxy-authorization") == 1
+    assert b"proxy-authorization: Bearer token\r\n" in own_auth
     assert first.startswith(b"GET http://origin.test:8080/x HTTP/1.1\r\n")
     assert b"host: origin.test:8080\r\n" in first
     # user:p@ss

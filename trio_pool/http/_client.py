@@ -203,7 +203,7 @@ def routed_target(
     if not target.forward:
         return path
     assert target.proxy is not None
-    fields.extend(h for h in target.proxy.request_headers if h[0] not in names)
+    fields.extend(h for h in target.proxy.request_headers if h[0].lower() not in names)
     return b"http://" + target.host_header + path
 
 
