@@ -30,10 +30,28 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 import h11
 import trio
 
-from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolError, PoolExhausted
+from ._exceptions import (
+    ConnectError,
+    ConnectTimeout,
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    ProxyError,
+)
 from ._pool import ConnectionPool
-from .http._client import IDEMPOTENT_METHODS, Exchange, HTTPClient, body_bytes, check_framing
+from ._proxy import Proxy
+from .http._client import (
+    IDEMPOTENT_METHODS,
+    Body,
+    Exchange,
+    HTTPClient,
+    body_bytes,
+    body_stream,
+    check_framing,
+    routed_target,
+)
 from .http._exceptions import (
+    LocalProtocolError,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -43,7 +61,7 @@ from .http._exceptions import (
     WriteError,
     WriteTimeout,
 )
-from .http._models import Target
+from .http._models import Target, authority
 from .http._timeouts import NO_LIMIT, Timeout
 
 __all__ = ["PoolTransport"]
@@ -55,7 +73,9 @@ _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
     (PoolTimeout, httpx.PoolTimeout),
     (PoolExhausted, httpx.PoolTimeout),
     (ConnectTimeout, httpx.ConnectTimeout),
+    (ProxyError, httpx.ProxyError),
     (ConnectError, httpx.ConnectError),
+    (LocalProtocolError, httpx.LocalProtocolError),
     (WriteTimeout, httpx.WriteTimeout),
     (ReadTimeout, httpx.ReadTimeout),
     (WriteError, httpx.WriteError),
@@ -85,7 +105,28 @@ class PoolTransport(httpx.AsyncBaseTransport):
         pool: The pool to borrow connections from; the transport never closes it.
         verify_cert: For https: check the server's certificate and host name.
         ssl_context: For https: the :class:`ssl.SSLContext` to use.
-        retry: Retry idempotent requests once when a reused connection was dead.
+        retry: Retry idempotent requests once when a reused connection was dead
+            (never a request whose body is streamed).
+        proxy: Send requests through this proxy, as httpx's ``proxy=`` has it: a URL
+            ``str``, an ``httpx.URL``, an ``httpx.Proxy`` (its ``auth`` and
+            ``headers`` are used) or a :class:`trio_pool.Proxy`; ``http://``,
+            ``socks5://`` or ``socks5h://``. See :class:`trio_pool.http.HTTPClient`.
+            Give it here, not to ``httpx.AsyncClient(proxy=...)``: httpx would send
+            the proxied requests through a transport of its own.
+        uds: Connect to this Unix socket path instead of the URL's host and port, as
+            httpx's ``uds=`` (pooled per path; the URL still gives ``Host`` and TLS).
+        trust_env: Take the proxy from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
+            and ``NO_PROXY`` (read when the transport is made). Off by default:
+            ``httpx.AsyncClient(transport=...)`` never applies the environment's
+            proxies to a transport it was given, whatever its own ``trust_env``, so
+            a transport that read them unasked would change what such clients do.
+            Ignored when ``proxy`` or ``uds`` is given.
+
+    A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
+    that the proxy refuses (407, say) is its response, as with httpx. Request bodies
+    that httpx streams (``content=`` an async iterator) are streamed, not buffered:
+    chunked unless ``Content-Length`` is set, and then held to it
+    (``httpx.LocalProtocolError``).
 
     httpx's four timeouts apply separately, as in httpx's own transport: ``pool`` to
     the wait for a connection from the pool (``httpx.PoolTimeout``), ``connect`` to
@@ -103,14 +144,20 @@ class PoolTransport(httpx.AsyncBaseTransport):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         retry: bool = True,
+        proxy: str | httpx.URL | httpx.Proxy | Proxy | None = None,
+        uds: str | None = None,
+        trust_env: bool = False,
     ) -> None:
         self._client = HTTPClient(
             pool,
             verify_cert=verify_cert,
             ssl_context=ssl_context,
             retry=retry,
+            proxy=proxy,
+            uds=uds,
+            trust_env=trust_env,
         )
-        self._targets: dict[tuple[bytes, str, int | None], tuple[str, int, bool]] = {}
+        self._targets: dict[tuple[bytes, str, int | None], Target] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -125,8 +172,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
         # Unicode form, which ssl would encode for SNI with IDNA 2003.
         host = url.raw_host.decode("ascii")
         key = (scheme, host, url.port)
-        where = self._targets.get(key)
-        if where is None:
+        route = self._targets.get(key)
+        if route is None:
             if scheme not in _DEFAULT_PORTS:
                 raise httpx.UnsupportedProtocol(
                     f"PoolTransport supports http and https URLs, not {url.scheme!r}",
@@ -134,30 +181,56 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 )
             if not host:
                 raise httpx.UnsupportedProtocol("the URL has no host", request=request)
-            where = (host, url.port or _DEFAULT_PORTS[scheme], scheme == b"https")
+            port = url.port or _DEFAULT_PORTS[scheme]
+            tls = scheme == b"https"
+            route = self._client._route(Target(host, port, tls, b"", authority(host, port, tls)))
             if len(self._targets) >= 1024:
                 self._targets.clear()
-            self._targets[key] = where
+            self._targets[key] = route
         method = request.method.encode("ascii")
-        target = Target(where[0], where[1], where[2], url.raw_path, b"")
+        target = Target(
+            route.host,
+            route.port,
+            route.tls,
+            url.raw_path,
+            b"",
+            proxy=route.proxy,
+            uds=route.uds,
+            forward=route.forward,
+        )
+        fields = request.headers.raw
+        request_target = url.raw_path
+        if route.forward:
+            # To an http:// proxy: the whole URL, and the proxy's own headers.
+            names = {name.lower() for name, _ in fields}
+            request_target = routed_target(route, request_target, fields, names)
         try:
-            event = h11.Request(method=method, target=url.raw_path, headers=request.headers.raw)
+            event = h11.Request(method=method, target=request_target, headers=fields)
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        body: Body
         try:
-            content = request.content
+            body = body_bytes(request.content)
+            length: bytes | None = body
         except httpx.RequestNotRead:
-            content = await request.aread()
-        content = body_bytes(content)
+            # A streamed body: sent as httpx's stream produces it, never buffered.
+            stream = body_stream(request.stream)
+            if stream is None:
+                raise TypeError(
+                    "PoolTransport needs an async request stream (httpx.AsyncByteStream),"
+                    f" not {type(request.stream).__name__}"
+                ) from None
+            body = stream
+            length = None
         try:
-            check_framing(event, content)
+            check_framing(event, length)
         except ValueError as exc:
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
 
         limits = _limits(request)
         idempotent = method in IDEMPOTENT_METHODS
         try:
-            exchange = await self._client._open(target, event, content, idempotent, limits)
+            exchange = await self._client._open(target, event, body, idempotent, limits)
         except ValueError as exc:  # pragma: no cover - checked before any I/O
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except PoolError as exc:

@@ -20,6 +20,7 @@ from ._client import IDEMPOTENT_METHODS as IDEMPOTENT_METHODS
 from ._client import HTTPClient as HTTPClient
 from ._client import StreamContext as StreamContext
 from ._exceptions import HTTPError as HTTPError
+from ._exceptions import LocalProtocolError as LocalProtocolError
 from ._exceptions import NetworkError as NetworkError
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import ReadError as ReadError
@@ -42,6 +43,7 @@ __all__ = [
     "USE_CLIENT_DEFAULT",
     "HTTPClient",
     "HTTPError",
+    "LocalProtocolError",
     "NetworkError",
     "PoolTimeout",
     "ReadError",

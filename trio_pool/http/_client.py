@@ -10,8 +10,9 @@ whoever borrows the socket next.
 from __future__ import annotations
 
 import math
+import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
@@ -21,8 +22,11 @@ import trio
 from .._connection import PooledConnection
 from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
+from .._proxy import Proxy, as_proxy
+from .._proxy_env import environment_proxy
 from ._exceptions import (
     HTTPError,
+    LocalProtocolError,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -41,6 +45,7 @@ __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _RECEIVE_SIZE: Final = 65536
+_CLOSE_TIMEOUT: Final = 1.0
 _CACHE_SIZE: Final = 1024
 _NEED_DATA: Final = h11.NEED_DATA
 _IDLE: Final = h11.IDLE
@@ -51,6 +56,15 @@ _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
 HeaderTypes: TypeAlias = (
     Mapping[str, str] | Mapping[bytes, bytes] | Sequence[tuple[str | bytes, str | bytes]]
 )
+#: What ``content`` may be: a buffer (sent as its bytes, framed by their count, and
+#: replayable), or an async iterable of bytes (streamed, chunked unless a
+#: ``Content-Length`` is given, never replayed).
+ContentTypes: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
+#: A prepared body: the bytes, or the async iterable to stream.
+Body: TypeAlias = bytes | AsyncIterable[object]
+_Acquire: TypeAlias = Callable[..., Awaitable[PooledConnection]]
+#: The variables ``trust_env`` reads (plus ``REQUEST_METHOD``, for the httpoxy guard).
+_PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
 
 def _to_bytes(value: object, what: str) -> bytes:
@@ -108,15 +122,47 @@ def body_bytes(content: object) -> bytes:
             return bytes(content)
         except ValueError as exc:
             raise ValueError(f"content cannot be read: {exc}") from None
-    raise TypeError(f"content must be bytes, bytearray or memoryview, not {type(content).__name__}")
+    raise TypeError(
+        "content must be bytes, bytearray, memoryview or an async iterable of bytes,"
+        f" not {type(content).__name__}"
+    )
 
 
-def check_framing(event: h11.Request, body: bytes) -> None:
+def body_stream(content: object) -> AsyncIterable[object] | None:
+    """``content`` if it is a body to stream (an async iterable that is not a buffer),
+    else ``None`` (then :func:`body_bytes` applies)."""
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return None
+    if hasattr(type(content), "__aiter__"):
+        return content  # type: ignore[return-value]
+    return None
+
+
+def chunk_bytes(chunk: object) -> bytes:
+    """One piece of a streamed body as bytes (a buffer is sent as its bytes).
+
+    Raises:
+        TypeError: Not bytes, bytearray or memoryview (the message names ``content``).
+    """
+    if type(chunk) is bytes:
+        return chunk
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(chunk)
+        except ValueError as exc:
+            raise ValueError(f"content yielded a buffer that cannot be read: {exc}") from None
+    raise TypeError(
+        f"content must yield bytes, bytearray or memoryview, not {type(chunk).__name__}"
+    )
+
+
+def check_framing(event: h11.Request, body: bytes | None) -> None:
     """Refuse a request whose framing headers cannot describe ``body``.
 
     h11 has already checked the syntax of the headers (one ``Content-Length`` value,
     ``Transfer-Encoding`` only ``chunked``); this checks them against the body, before
-    any connection is borrowed.
+    any connection is borrowed. ``body`` is ``None`` for a streamed body, whose length
+    is known only once sent (h11 then holds it to its ``Content-Length``).
 
     Raises:
         ValueError: ``Content-Length`` differs from the body's byte count, both
@@ -136,12 +182,69 @@ def check_framing(event: h11.Request, body: bytes) -> None:
                 "headers must not have both Content-Length and Transfer-Encoding"
                 " (servers could frame the body differently)"
             )
-        if int(length) != len(body):
+        if body is not None and int(length) != len(body):
             raise ValueError(
                 f"headers say Content-Length: {length.decode()}, but the body is {len(body)} bytes"
             )
-    elif body and not chunked:
+    elif (body is None or body) and not chunked:
         raise ValueError("a body needs a Content-Length or Transfer-Encoding: chunked header")
+
+
+def routed_target(
+    target: Target, path: bytes, fields: list[tuple[bytes, bytes]], names: set[bytes]
+) -> bytes:
+    """The request target for ``path`` on ``target``'s route, adding what the route
+    needs to ``fields`` (``names``: the lowercased names already there).
+
+    To an ``http://`` proxy (``forward``): the absolute form, with the proxy's
+    ``Proxy-Authorization`` and headers unless the request has its own. Otherwise
+    ``path`` as it is: tunnels and Unix sockets carry origin-form requests.
+    """
+    if not target.forward:
+        return path
+    assert target.proxy is not None
+    fields.extend(h for h in target.proxy.request_headers if h[0].lower() not in names)
+    return b"http://" + target.host_header + path
+
+
+def proxy_environment() -> dict[str, str] | None:
+    """The proxy variables of :data:`os.environ` now (``None`` if none is set), checked.
+
+    Read once, when a client is made, as httpx does.
+
+    Raises:
+        ValueError: A proxy variable holds an unusable URL (the message names it).
+    """
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name.lower() in _PROXY_VARIABLES or name == "REQUEST_METHOD"
+    }
+    if not any(name.lower() != "no_proxy" and name != "REQUEST_METHOD" for name in environ):
+        return None
+    check = {name: value for name, value in environ.items() if name.lower() != "no_proxy"}
+    for scheme in ("http", "https"):
+        environment_proxy(scheme, "", None, check)
+    return environ
+
+
+def check_uds(uds: object) -> str | None:
+    """``uds`` checked: ``None`` or a non-empty str path.
+
+    Raises:
+        TypeError: Not a str (a :class:`os.PathLike` is refused too: pass ``str(path)``).
+        ValueError: Empty, or with a NUL byte.
+    """
+    if uds is None:
+        return None
+    if not isinstance(uds, str):
+        raise TypeError(
+            f"uds must be a str path or None, not {type(uds).__name__}"
+            + (" (pass str(path))" if isinstance(uds, os.PathLike) else "")
+        )
+    if not uds or "\x00" in uds[1:]:
+        raise ValueError(f"uds must be a non-empty path without NUL bytes, got {uds!r}")
+    return uds
 
 
 def _read_timeout(target: Target, limit: float, what: str) -> ReadTimeout:
@@ -353,12 +456,29 @@ class HTTPClient:
             (the pool's ``acquire_timeout`` and ``connection_timeout`` still apply).
         verify_cert: For https: check the server's certificate and host name.
         ssl_context: For https: the :class:`ssl.SSLContext` to use.
-        retry: Retry idempotent requests once when a reused connection was dead.
+        retry: Retry idempotent requests once when a reused connection was dead
+            (requests whose body is streamed are never retried).
+        proxy: Send every request through this proxy: a URL ``str``
+            (``http://[user:pass@]host:port``, ``socks5://`` or ``socks5h://``), a
+            :class:`~trio_pool.Proxy`, or an ``httpx.URL`` / ``httpx.Proxy``.
+            ``http://`` URLs go to an HTTP proxy in absolute form on connections
+            pooled per proxy; ``https://`` URLs through a ``CONNECT`` tunnel with TLS to
+            the origin inside it, pooled per (proxy, origin); through SOCKS5 both are
+            tunnelled. ``Proxy-Authorization`` comes from the proxy URL's credentials.
+        uds: Connect to this Unix socket path instead of the URL's host and port (the
+            URL still gives the ``Host`` header, and TLS for ``https://``), pooled per
+            path.
+        trust_env: Take the proxy from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
+            and ``NO_PROXY`` as httpx does, read when the client is made. Off by
+            default; ignored when ``proxy`` or ``uds`` is given.
 
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
             has the wrong type.
-        ValueError: ``timeout`` is negative or NaN.
+        ValueError: ``timeout`` is negative or NaN; an unparsable or unsupported proxy
+            URL (in ``proxy``, or in a proxy variable with ``trust_env``); an empty
+            ``uds``; ``proxy`` and ``uds`` both given; an ``httpx.Proxy`` with an
+            ``ssl_context`` (that is for https:// proxies, which are not supported).
     """
 
     def __init__(
@@ -370,6 +490,9 @@ class HTTPClient:
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         retry: bool = True,
+        proxy: str | Proxy | object | None = None,
+        uds: str | None = None,
+        trust_env: bool = False,
     ) -> None:
         if not isinstance(pool, ConnectionPool):
             raise TypeError(f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}")
@@ -377,6 +500,15 @@ class HTTPClient:
             raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context)}")
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
+        self._proxy = as_proxy(proxy, "proxy")
+        self._uds = check_uds(uds)
+        if self._proxy is not None and self._uds is not None:
+            raise ValueError("proxy and uds exclude each other: a connection takes one route")
+        self._environ = (
+            proxy_environment() if trust_env and self._proxy is None and self._uds is None else None
+        )
         self._pool = pool
         self._headers = _header_list(headers)
         self._timeout = to_timeout(timeout)
@@ -387,7 +519,7 @@ class HTTPClient:
         self._protocols: dict[PooledConnection, h11.Connection] = {}
         self._prune_at = 256
         self._targets: dict[str, Target] = {}
-        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, bytes]] = {}
+        self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, Body]] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -402,7 +534,7 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes | bytearray | memoryview = b"",
+        content: ContentTypes = b"",
         timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Response:
         """Send a request and read the whole response.
@@ -414,7 +546,12 @@ class HTTPClient:
                 and ``Content-Length`` are added unless given.
             content: The request body: bytes, or any bytearray or memoryview (of any
                 format or layout), sent as its bytes and framed by their count. It is
-                copied when the request is made (bytes are not).
+                copied when the request is made (bytes are not). Or an async iterable
+                of bytes, streamed as it produces them: chunked, unless the headers
+                give a ``Content-Length`` (then it must produce exactly that many
+                bytes, else :class:`LocalProtocolError`). The write limit applies to
+                each piece; the time the iterable takes to produce one is not limited.
+                A streamed request is never retried.
             timeout: The limits of each phase, as for the client (a :class:`Timeout`,
                 a number of seconds for every phase, or ``None`` for none); defaults to
                 the client's. A limit is per phase, and for reads per read, as httpx's:
@@ -428,7 +565,13 @@ class HTTPClient:
         Raises:
             ValueError: A bad method, URL, header, body framing or timeout (before any
                 I/O).
-            TypeError: An argument of the wrong type (before any I/O).
+            TypeError: An argument of the wrong type (before any I/O); a piece of a
+                streamed ``content`` that is not bytes (when met: the connection is
+                discarded).
+            LocalProtocolError: A streamed ``content`` produced more or fewer bytes
+                than its ``Content-Length`` (the connection is discarded).
+            trio_pool.ProxyError: The proxy refused the tunnel (``status`` says how)
+                or failed (a :class:`~trio_pool.ConnectError`).
             PoolTimeout: No connection became free within the pool limit (it is a
                 :class:`~trio_pool.PoolExhausted` too; the pool counts it in
                 ``acquire_timeouts``).
@@ -454,7 +597,7 @@ class HTTPClient:
         url: str,
         *,
         headers: HeaderTypes | None = None,
-        content: bytes | bytearray | memoryview = b"",
+        content: ContentTypes = b"",
         timeout: float | Timeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> StreamContext:
         """Send a request and stream the response body: ``async with`` the result.
@@ -488,13 +631,31 @@ class HTTPClient:
 
     # -- internals ------------------------------------------------------------------
 
+    def _route(self, target: Target) -> Target:
+        """Set how ``target`` is reached: the client's Unix socket or proxy, or the
+        environment's proxy for it (``trust_env``)."""
+        if self._uds is not None:
+            target.uds = self._uds
+            return target
+        proxy = self._proxy
+        if proxy is None and self._environ is not None:
+            scheme = "https" if target.tls else "http"
+            proxy = environment_proxy(scheme, target.host, target.port, self._environ)
+        if proxy is not None:
+            target.proxy = proxy
+            target.forward = not target.tls and not proxy.is_socks
+        return target
+
     def _prepare(
         self, method: str, url: str, headers: object, content: object
-    ) -> tuple[Target, h11.Request, bool, bytes]:
+    ) -> tuple[Target, h11.Request, bool, Body]:
         """Check the arguments and build the h11 request (cached for the plain case).
 
         Everything about the request is checked here, before any I/O: the URL, the
         method, the headers, and the framing of the body (see :func:`check_framing`).
+        This is the one place a request is prepared, whatever carries it: its route
+        (see :meth:`_route`) decides the request target (absolute form to an
+        ``http://`` proxy) and adds the proxy's headers.
         """
         plain = headers is None and type(content) is bytes and not content
         if plain:
@@ -503,12 +664,13 @@ class HTTPClient:
                 return prepared
         target = self._targets.get(url) if isinstance(url, str) else None
         if target is None:
-            target = parse_url(url)
+            target = self._route(parse_url(url))
             if len(self._targets) >= _CACHE_SIZE:
                 self._targets.clear()
             self._targets[url] = target
         method_bytes = check_method(method)
-        body = body_bytes(content)
+        stream = body_stream(content)
+        body: Body = body_bytes(content) if stream is None else stream
         extra = _header_list(headers)
         names = {name for name, _ in extra}
         defaults = [h for h in self._headers if h[0] not in names]
@@ -518,17 +680,17 @@ class HTTPClient:
         fields.extend(defaults)
         fields.extend(extra)
         names.update(name for name, _ in defaults)
-        if (
-            (body or method_bytes in _BODY_METHODS)
-            and b"content-length" not in names
-            and b"transfer-encoding" not in names
-        ):
-            fields.append((b"content-length", b"%d" % len(body)))
+        request_target = routed_target(target, target.target, fields, names)
+        if b"content-length" not in names and b"transfer-encoding" not in names:
+            if stream is not None:
+                fields.append((b"transfer-encoding", b"chunked"))
+            elif body or method_bytes in _BODY_METHODS:
+                fields.append((b"content-length", b"%d" % len(body)))  # type: ignore[arg-type]
         try:
-            event = h11.Request(method=method_bytes, target=target.target, headers=fields)
+            event = h11.Request(method=method_bytes, target=request_target, headers=fields)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"invalid request: {exc}") from None
-        check_framing(event, body)
+        check_framing(event, None if stream is not None else body)  # type: ignore[arg-type]
         prepared = (target, event, method_bytes in IDEMPOTENT_METHODS, body)
         if plain:
             if len(self._prepared) >= _CACHE_SIZE:
@@ -556,6 +718,8 @@ class HTTPClient:
         pool = self._pool
         acquire = pool.acquire_new if new else pool.acquire
         try:
+            if target.proxy is not None or target.uds is not None:
+                return await self._acquire_routed(acquire, target, limits)
             if target.tls:
                 return await acquire(
                     target.host,
@@ -573,30 +737,85 @@ class HTTPClient:
         except PoolExhausted as exc:
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
 
+    async def _acquire_routed(
+        self, acquire: _Acquire, target: Target, limits: Timeout
+    ) -> PooledConnection:
+        """:meth:`_acquire` through a proxy or a Unix socket (the pool opens the tunnel)."""
+        proxy = target.proxy
+        if target.forward:
+            assert proxy is not None
+            return await acquire(
+                proxy.host,
+                proxy.port,
+                proxy=proxy,
+                forward=True,
+                timeout=limits.pool,
+                connect_timeout=limits.connect,
+            )
+        if target.tls:
+            return await acquire(
+                target.host,
+                target.port,
+                tls=True,
+                sni=target.host,
+                verify_cert=self._verify_cert,
+                ssl_context=self._ssl_context,
+                proxy=proxy,
+                uds=target.uds,
+                timeout=limits.pool,
+                connect_timeout=limits.connect,
+            )
+        return await acquire(
+            target.host,
+            target.port,
+            proxy=proxy,
+            uds=target.uds,
+            timeout=limits.pool,
+            connect_timeout=limits.connect,
+        )
+
     async def _open(
         self,
         target: Target,
         event: h11.Request,
-        content: bytes,
+        content: Body,
         idempotent: bool,
         limits: Timeout,
     ) -> Exchange:
         """Borrow a connection, send the request, read the response head.
 
         Each phase has its own limit (see :class:`Timeout`). Retries once on a new
-        connection when a reused one dies before answering and the method is
-        idempotent. Any failure or cancellation discards the connection.
+        connection when a reused one dies before answering, the method is idempotent
+        and the body is bytes (a streamed body cannot be sent again). Any failure or
+        cancellation discards the connection.
         """
         pool = self._pool
         retried = False
+        replayable = type(content) is bytes
         while True:
             conn = await self._acquire(target, retried, limits)
             try:
                 protocol = self._protocol(conn)
+                if not replayable:
+                    timer = _Timer(limits.write, limits.read)
+                    with timer.scope:
+                        response = await self._send_stream(
+                            conn,
+                            protocol,
+                            target,
+                            event,
+                            content,  # type: ignore[arg-type]
+                            timer,
+                        )
+                    if timer.scope.cancelled_caught:
+                        raise timer.error(target)
+                    exchange = Exchange(self, conn, protocol, response, target)
+                    exchange.read_timeout = limits.read
+                    return exchange
                 try:
                     data = protocol.send(event) or b""
                     if content:
-                        data += protocol.send(h11.Data(data=content)) or b""
+                        data += protocol.send(h11.Data(data=content)) or b""  # type: ignore[arg-type]
                     data += protocol.send(_END) or b""
                 except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
                     raise ValueError(f"cannot send this request: {exc}") from exc
@@ -613,7 +832,7 @@ class HTTPClient:
             except _ConnectionLost as lost:
                 self._forget(conn)
                 pool.discard(conn)
-                if idempotent and conn.reused and not retried and self._retry:
+                if idempotent and replayable and conn.reused and not retried and self._retry:
                     retried = True
                     continue
                 lost.error.connection_reused = conn.reused
@@ -651,6 +870,77 @@ class HTTPClient:
                 return await cls._receive_head(conn, protocol, target, timer)
             except (_ConnectionLost, HTTPError):
                 raise _ConnectionLost(error) from exc
+        return await cls._receive_head(conn, protocol, target, timer)
+
+    @classmethod
+    async def _send_stream(
+        cls,
+        conn: PooledConnection,
+        protocol: h11.Connection,
+        target: Target,
+        event: h11.Request,
+        body: AsyncIterable[object],
+        timer: _Timer,
+    ) -> h11.Response:
+        """Send the head, then each piece of ``body`` as it is produced (h11 frames
+        them, chunked or held to the ``Content-Length``), then read the response head.
+
+        The write limit runs per write; the iterable's own time is not limited. An
+        iterator left before its end (a failure, an early answer) is closed.
+        """
+        where = f"{target.host}:{target.port}"
+        sending = False
+        iterator: AsyncIterator[object] | None = None
+        try:
+            data = protocol.send(event) or b""
+            timer.writing_piece()
+            sending = True
+            await conn.send_all(data)
+            sending = False
+            iterator = aiter(body)
+            while True:
+                timer.producing()
+                try:
+                    piece = await anext(iterator)
+                except StopAsyncIteration:
+                    iterator = None
+                    break
+                data = chunk_bytes(piece)
+                if not data:
+                    continue
+                try:
+                    data = protocol.send(h11.Data(data=data)) or b""
+                except h11.LocalProtocolError as exc:
+                    raise LocalProtocolError(
+                        f"{where}: content produced more bytes than its Content-Length ({exc})"
+                    ) from exc
+                timer.writing_piece()
+                sending = True
+                await conn.send_all(data)
+                sending = False
+            try:
+                data = protocol.send(_END) or b""
+            except h11.LocalProtocolError as exc:
+                raise LocalProtocolError(
+                    f"{where}: content produced fewer bytes than its Content-Length ({exc})"
+                ) from exc
+            if data:
+                timer.writing_piece()
+                sending = True
+                await conn.send_all(data)
+                sending = False
+        except trio.BrokenResourceError as exc:
+            if not sending:  # raised by the iterable itself: its own error
+                raise
+            error = WriteError(f"{where}: sending failed: {exc}")
+            # As in _send: the server may have answered before it stopped reading.
+            try:
+                return await cls._receive_head(conn, protocol, target, timer)
+            except (_ConnectionLost, HTTPError):
+                raise _ConnectionLost(error) from exc
+        finally:
+            if iterator is not None:
+                await _close_iterator(iterator)
         return await cls._receive_head(conn, protocol, target, timer)
 
     @staticmethod
@@ -695,6 +985,21 @@ class HTTPClient:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
 
 
+async def _close_iterator(iterator: AsyncIterator[object]) -> None:
+    """Close a body's iterator left before its end (an async generator would otherwise
+    be finalized whenever it is collected), shielded, for a second at most. Its own
+    errors are dropped: the request's error (or its early answer) is what counts."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+        try:
+            await aclose()
+        except Exception:  # secondary to the error being raised
+            pass
+
+
 class _Timer:
     """The write and read limits of sending a request and reading its head, in one
     cancel scope whose deadline moves with the phase.
@@ -719,6 +1024,15 @@ class _Timer:
     def writing(self) -> None:
         if self.write == 0:
             self.scope.deadline = trio.current_time()
+
+    def writing_piece(self) -> None:
+        """One write of a streamed body: the write limit starts again."""
+        write = self.write
+        self.scope.deadline = math.inf if write is None else trio.current_time() + write
+
+    def producing(self) -> None:
+        """The streamed body's iterable is producing the next piece: no limit."""
+        self.scope.deadline = math.inf
 
     def reading(self) -> None:
         self.reading_now = True
@@ -750,7 +1064,7 @@ class StreamContext:
         client: HTTPClient,
         target: Target,
         event: h11.Request,
-        content: bytes,
+        content: Body,
         idempotent: bool,
         limits: Timeout,
     ) -> None:

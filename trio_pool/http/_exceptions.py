@@ -14,6 +14,7 @@ from .._exceptions import PoolError, PoolExhausted
 
 __all__ = [
     "HTTPError",
+    "LocalProtocolError",
     "NetworkError",
     "PoolTimeout",
     "ReadError",
@@ -45,6 +46,16 @@ class RemoteProtocolError(HTTPError):
     """The server broke HTTP/1.1: a malformed response, or one cut short.
 
     The :class:`h11.RemoteProtocolError` (or the end of file) is chained as the cause.
+    """
+
+
+class LocalProtocolError(HTTPError):
+    """The request broke HTTP/1.1 while it was being sent: a streamed body that came
+    out longer or shorter than its ``Content-Length``. The connection is discarded (what
+    was sent cannot be framed any more), and the request is not retried (httpx:
+    ``httpx.LocalProtocolError``).
+
+    The :class:`h11.LocalProtocolError` is chained as the cause.
     """
 
 

@@ -13,9 +13,10 @@ import trio
 from ._exceptions import StreamConsumed
 
 if TYPE_CHECKING:
+    from .._proxy import Proxy
     from ._client import Exchange
 
-__all__ = ["Response", "Target", "check_method", "parse_url"]
+__all__ = ["Response", "Target", "authority", "check_method", "parse_url"]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # RFC 9110 token: what a method may be made of.
@@ -31,16 +32,46 @@ class Target:
     ``host`` is ASCII: an internationalised name is in its IDNA 2008 form (what trio
     connects to), so the connection, the TLS server name and the ``Host`` header all
     name the same domain.
+
+    The route is the client's to set (see ``HTTPClient._route``): ``proxy`` and ``uds``
+    go into the pool key; ``forward`` means the request goes to an ``http://`` proxy
+    in absolute form (``target`` is then the whole URL), the others open a tunnel (or a
+    Unix socket) and send the request as without one.
     """
 
-    __slots__ = ("host", "host_header", "port", "target", "tls")
+    __slots__ = ("forward", "host", "host_header", "port", "proxy", "target", "tls", "uds")
 
-    def __init__(self, host: str, port: int, tls: bool, target: bytes, host_header: bytes) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: bool,
+        target: bytes,
+        host_header: bytes,
+        *,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
+    ) -> None:
         self.host: str = host
         self.port: int = port
         self.tls: bool = tls
         self.target: bytes = target
         self.host_header: bytes = host_header
+        self.proxy: Proxy | None = proxy
+        self.uds: str | None = uds
+        self.forward: bool = forward
+
+
+def authority(host: str, port: int, tls: bool) -> bytes:
+    """``host[:port]`` as the ``Host`` header and an absolute URL have it: an IPv6
+    literal in brackets, the port only when it is not the scheme's default."""
+    host_bytes = host.encode("ascii")
+    if ":" in host:  # IPv6 literal
+        host_bytes = b"[" + host_bytes + b"]"
+    if port != (443 if tls else 80):
+        host_bytes += b":%d" % port
+    return host_bytes
 
 
 def parse_url(url: object) -> Target:
@@ -80,24 +111,18 @@ def parse_url(url: object) -> Target:
         target = path.encode("ascii")
     except UnicodeError:
         raise ValueError(f"url must be ASCII (percent-encode the path): {url!r}") from None
-    if host.isascii():
-        host_bytes = host.encode("ascii")
-    else:
+    if not host.isascii():
         # The encoding trio uses to connect (trio.socket's encode_hostname): IDNA 2008
         # with UTS 46 mapping, not Python's IDNA 2003 codec ("faß.de" is not "fass.de").
         try:
-            host_bytes = idna.encode(host, uts46=True)
+            host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
             raise ValueError(
                 f"url has a host name that is not valid IDNA: {url!r} ({exc})"
             ) from None
-        host = host_bytes.decode("ascii")
-    if ":" in host:  # IPv6 literal
-        host_bytes = b"[" + host_bytes + b"]"
-    default = _DEFAULT_PORTS[scheme]
-    if port is not None and port != default:
-        host_bytes += b":%d" % port
-    return Target(host, default if port is None else port, scheme == "https", target, host_bytes)
+    tls = scheme == "https"
+    port = _DEFAULT_PORTS[scheme] if port is None else port
+    return Target(host, port, tls, target, authority(host, port, tls))
 
 
 def check_method(method: object) -> bytes:
