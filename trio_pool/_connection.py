@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._probe import Health, _peek, probe_tls
+
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import KeyState
@@ -26,31 +28,12 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-class Health(enum.Enum):
-    """What a non-blocking look at a connection's socket found."""
-
-    OK = "ok"
-    PENDING = "pending"  # bytes nobody asked for: reusing it would desync the protocol
-    CLOSED = "closed"  # the peer closed or reset it
-
-
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     if not isinstance(stream, trio.SocketStream):  # pragma: no cover - we only open these
         raise TypeError(f"trio_pool pools trio.SocketStream and trio.SSLStream, not {stream!r}")
     return stream.socket
-
-
-def _peek(fd: int, size: int, flags: int) -> bytes | None:
-    """Non-blocking ``recv`` on a socket we don't own; ``None`` if nothing is there."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.recv(size, flags | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return None
-    finally:
-        sock.detach()
 
 
 class PooledConnection(trio.abc.Stream):
@@ -182,8 +165,6 @@ class PooledConnection(trio.abc.Stream):
         stream = self.stream
         # Plain streams skip the ABC isinstance (~0.5 µs on every hand-out and release).
         if type(stream) is not trio.SocketStream and isinstance(stream, trio.SSLStream):
-            from ._tls import probe_tls
-
             if self._unread:
                 return Health.PENDING
             health, self._unread = probe_tls(stream, self._poller)
