@@ -60,6 +60,7 @@ class PooledConnection(trio.abc.Stream):
 
     __slots__ = (
         "_broken",
+        "_closed_by_user",
         "_expires_at",
         "_key",
         "_lease",
@@ -102,6 +103,7 @@ class PooledConnection(trio.abc.Stream):
         self._lease = 0
         self._state = ConnectionState.IN_USE
         self._broken = False
+        self._closed_by_user = False  # by aclose(): a later release or discard is a no-op
         self._expires_at = expires_at
         self.session_reused: bool = False
         # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
@@ -251,7 +253,11 @@ class PooledConnection(trio.abc.Stream):
                 self._key.tls_session = None  # never offer a session again after a TLS error
 
     async def aclose(self) -> None:
-        """Discard the connection (close it for good); a no-op if already closed or returned."""
+        """Discard the connection (close it for good); a no-op if already closed or returned.
+
+        A later :meth:`ConnectionPool.release` or ``discard`` of it does nothing.
+        """
         if self._state is ConnectionState.IN_USE:
             self._pool.discard(self)
+            self._closed_by_user = True
         await trio.lowlevel.checkpoint()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import traceback
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import trio
 
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection, _socket_of
-from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
+from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
@@ -43,6 +44,35 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _root_causes(exc: BaseException) -> str:
+    """What an ``OSError`` from :func:`trio.open_tcp_stream` really says: the errors of
+    its attempts (held in ``__cause__``, an exception group), ``strerror`` first, so a
+    message reads "Connection refused" rather than "all attempts to connect failed"."""
+    reasons: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 64:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+            continue
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+            continue
+        if isinstance(current, OSError) and current.errno is not None:
+            reason = os.strerror(current.errno)
+            if current.errno < 0 or reason.startswith("Unknown error"):
+                reason = str(current)
+        else:
+            reason = str(current) or type(current).__name__
+        if reason not in reasons:
+            reasons.append(reason)
+    return "; ".join(reasons) or str(exc)
+
+
 def make_key(
     host: object,
     port: object,
@@ -61,6 +91,11 @@ def make_key(
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
         raise ValueError(f"host must be a non-empty name or address, got {host!r}")
+    if "://" in host or "/" in host:
+        raise ValueError(
+            f"host must be a host name or address, not a URL: got {host!r}"
+            " (pass the URL's host and port separately)"
+        )
     port = check_int("port", port)
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port!r}")
@@ -68,8 +103,11 @@ def make_key(
         raise TypeError(f"tls must be a bool, not {type(tls).__name__}")
     if not isinstance(verify_cert, bool):
         raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
-    if sni is not None and (not isinstance(sni, str) or not sni):
-        raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
+    if sni is not None:
+        if not isinstance(sni, str):
+            raise TypeError(f"sni must be a str or None, not {type(sni).__name__}")
+        if not sni:
+            raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
     if tls and ssl_context is not None and not verify_cert:
@@ -312,7 +350,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                     f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
                 ) from exc.__cause__
             if isinstance(exc, OSError):
-                raise ConnectError(f"cannot connect to {key.host}:{key.port}: {exc}") from exc
+                raise ConnectError(
+                    f"cannot connect to {key.host}:{key.port}: {_root_causes(exc)}"
+                ) from exc
             raise
         return self._state.connected(state, stream, trio.current_time(), to_idle=to_idle)
 
@@ -349,12 +389,20 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """Give a borrowed connection back. Synchronous: never blocks, safe in ``finally``.
 
         The longest waiting acquirer of the same key gets it at once; otherwise it is
-        pooled. It is closed instead if it is closed, broken, holds unread bytes, is past
-        its lifetime, or the pool is closing.
+        pooled. It is closed instead (and its slot freed) if its stream was closed (say
+        ``await conn.stream.aclose()``), it is broken, holds unread bytes, is past its
+        lifetime, or the pool is closing. A connection closed with
+        :meth:`PooledConnection.aclose <trio_pool.PooledConnection.aclose>` was discarded
+        by that call: releasing it afterwards does nothing.
 
         Raises:
+            TypeError: ``conn`` is not a :class:`~trio_pool.PooledConnection`.
             RuntimeError: It was already released or discarded, or is another pool's.
         """
+        if type(conn) is not PooledConnection and not isinstance(conn, PooledConnection):
+            raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
+        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+            return
         self._state.release(conn, trio.current_time())
 
     def discard(self, conn: PooledConnection) -> None:
@@ -363,9 +411,17 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         ``conn.is_closed`` is True and ``connections_closed`` counts it at once; a TLS
         ``close_notify`` may still finish in the pool's nursery.
 
+        Like :meth:`release`, it does nothing for a connection closed with
+        :meth:`PooledConnection.aclose <trio_pool.PooledConnection.aclose>`.
+
         Raises:
+            TypeError: ``conn`` is not a :class:`~trio_pool.PooledConnection`.
             RuntimeError: It was already released or discarded, or is another pool's.
         """
+        if not isinstance(conn, PooledConnection):
+            raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
+        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+            return
         self._state.discard(conn, trio.current_time())
 
     def connection(
@@ -429,7 +485,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         Raises:
             ValueError: ``count`` is negative or above ``max_size``.
             ConnectError: A connect failed (the others still complete).
+            PoolClosed: The pool is closed.
         """
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
         if count is None:
             count = self._config.min_size
         if not 0 <= check_int("count", count) <= self._config.max_size:
@@ -458,7 +517,15 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     def statistics(self, host: str | None = None, port: int | None = None) -> PoolStatistics:
         """A snapshot of the pool's counters, or of one host (and port), all its keys
-        together (plain and TLS, every SNI)."""
+        together (plain and TLS, every SNI).
+
+        Raises:
+            TypeError: ``host`` is not a str or ``port`` not an int (or not ``None``).
+        """
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        if port is not None:
+            check_int("port", port)
         if host is None and port is None:
             return self._state.statistics()
         states = [
@@ -753,6 +820,10 @@ async def open_pool(
         The :class:`ConnectionPool`. Leaving the block closes it (see
         :meth:`ConnectionPool.aclose`) and waits for its background tasks.
 
+    An exception raised in the body propagates as itself, not wrapped in an
+    :class:`ExceptionGroup`; failures of the pool's background work (see
+    :meth:`ConnectionPool._maintain`) arrive in a group.
+
     Raises:
         TypeError: An override names no :class:`~trio_pool.PoolConfig` field.
         ValueError: A field is out of range.
@@ -763,11 +834,30 @@ async def open_pool(
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
-    async with trio.open_nursery() as nursery:
-        pool = ConnectionPool._create(config, nursery)
-        await nursery.start(pool._maintain)
-        try:
-            yield pool
-        finally:
-            with trio.CancelScope(shield=True):
-                await pool.aclose()
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            pool = ConnectionPool._create(config, nursery)
+            await nursery.start(pool._maintain)
+            try:
+                yield pool
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pool.aclose()
+    except BaseExceptionGroup as group:
+        # The nursery is the pool's, not the caller's: an exception of the body alone
+        # propagates as itself (``except ConnectError:`` around the block works). A
+        # failure of the pool's own work keeps its group, next to the body's if any.
+        if (
+            body_error is None
+            or len(group.exceptions) != 1
+            or group.exceptions[0] is not body_error
+        ):
+            raise
+    else:
+        return
+    # Re-raised outside the ``except`` clause so the group does not become its context.
+    raise body_error
