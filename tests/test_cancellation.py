@@ -177,7 +177,9 @@ async def test_cancel_during_connect_frees_the_slot(
     hanging_port: int, nursery: trio.Nursery
 ) -> None:
     fds_before = open_fds()
-    async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
+    # Tied connects (max_connecting=None): the connect runs in the acquiring task.
+    # tests/test_handoff.py covers the hand-off connect that outlives its requester.
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=None, max_connecting=None) as pool:
         scopes: dict[str, trio.CancelScope] = {}
 
         async def attempt(name: str) -> None:
@@ -248,7 +250,9 @@ async def test_cancel_right_after_hand_over_loses_nothing(
 async def test_waiter_granted_a_slot_then_cancelled_passes_it_on(
     echo_port: int, nursery: trio.Nursery
 ) -> None:
-    async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
+    # Tied connects: the granted slot passes on. With hand-off the connect itself passes
+    # on (tests/test_handoff.py).
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=None, max_connecting=None) as pool:
         conn = await pool.acquire(HOST, echo_port)
         got, scopes = await park_waiters(pool, echo_port, nursery, "first", "second")
         pool.discard(conn)  # frees the slot: "first" is granted a connect in it ...

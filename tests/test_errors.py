@@ -116,7 +116,7 @@ async def test_connect_timeout_frees_the_slot_for_a_waiter(
     hanging_port: int, mock_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     async with trio_pool.open_pool(
-        max_size=1, connection_timeout=1.0, acquire_timeout=None
+        max_size=1, connection_timeout=1.0, acquire_timeout=None, max_connecting=None
     ) as pool:
         results: list[str] = []
 
@@ -341,14 +341,21 @@ async def test_refused_connect_message_names_the_root_cause() -> None:
 
 async def test_exception_in_the_body_propagates_as_itself() -> None:
     port = refused_port()
-    with pytest.raises(ConnectError, match="Connection refused") as info:
+
+    async def run() -> None:
         async with trio_pool.open_pool() as pool:
             await pool.acquire(HOST, port)
+
+    with pytest.raises(ConnectError, match="Connection refused") as info:
+        await run()
     assert type(info.value) is ConnectError
     assert not isinstance(info.value.__context__, BaseExceptionGroup)
-    with pytest.raises(KeyError):
+    async def mine() -> None:
         async with trio_pool.open_pool():
             raise KeyError("mine")
+
+    with pytest.raises(KeyError):
+        await mine()
 
 
 async def test_failure_of_the_pools_own_work_still_surfaces(
@@ -357,10 +364,13 @@ async def test_failure_of_the_pools_own_work_still_surfaces(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("maintenance is broken")
 
-    with pytest.raises(BaseExceptionGroup) as info:
+    async def run() -> None:
         async with trio_pool.open_pool(health_check_interval=1.0) as pool:
             monkeypatch.setattr(pool, "_maintenance_pass", broken)
             await trio.sleep(100)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await run()
     assert info.group_contains(RuntimeError, match="maintenance is broken")
 
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import enum
 import select
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 
 from ._probe import Health, _peek, probe_tls
+from ._tls import is_tls_error
 
-if TYPE_CHECKING:
-    from ._pool import ConnectionPool
-    from ._state import KeyState
-
-__all__ = ["ConnectionState", "Health", "PooledConnection"]
+__all__ = ["ConnectionKey", "ConnectionOwner", "ConnectionState", "Health", "PooledConnection"]
 
 _POLLIN: Final = select.POLLIN | select.POLLPRI
 
@@ -34,6 +31,32 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     if not isinstance(stream, trio.SocketStream):  # pragma: no cover - we only open these
         raise TypeError(f"trio_pool pools trio.SocketStream and trio.SSLStream, not {stream!r}")
     return stream.socket
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of its pool (:class:`~trio_pool.ConnectionPool`):
+    described here so this module imports no higher layer."""
+
+    def discard(self, conn: PooledConnection, /) -> None: ...
+
+
+class _HostPort(Protocol):
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class ConnectionKey(Protocol):
+    """What a connection needs of its key's state (``trio_pool._state.KeyState``)."""
+
+    @property
+    def key(self) -> _HostPort: ...
+
+    def save_session(self, stream: trio.SSLStream[trio.SocketStream], /) -> bool: ...
+
+    def forget_session(self) -> bool: ...
 
 
 class PooledConnection(trio.abc.Stream):
@@ -83,14 +106,14 @@ class PooledConnection(trio.abc.Stream):
 
     def __init__(
         self,
-        pool: ConnectionPool,
-        key: KeyState,
+        pool: ConnectionOwner,
+        key: ConnectionKey,
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         now: float,
         expires_at: float,
     ) -> None:
-        self._pool = pool
-        self._key = key
+        self._pool: ConnectionOwner = pool
+        self._key: ConnectionKey = key
         self.stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
         self.host: str = key.key.host
         self.port: int = key.key.port
@@ -246,11 +269,8 @@ class PooledConnection(trio.abc.Stream):
         """A read or write raised: never reuse the connection, and after a TLS error never
         offer the key's saved session again."""
         self._broken = True
-        if self._key.tls_session is not None and isinstance(self.stream, trio.SSLStream):
-            from ._tls import is_tls_error
-
-            if is_tls_error(exc):
-                self._key.tls_session = None  # never offer a session again after a TLS error
+        if isinstance(self.stream, trio.SSLStream) and is_tls_error(exc):
+            self._key.forget_session()  # never offer the session again after a TLS error
 
     async def aclose(self) -> None:
         """Discard the connection (close it for good); a no-op if already closed or returned.

@@ -21,10 +21,10 @@ import trio
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
-from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
+from ._state import CONNECT, HANDOFF, Grant, KeyState, PendingConnect, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
-from ._util import NoPublicConstructor, check_int, check_timeout
+from ._util import NoPublicConstructor, check_connect_timeout, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
 
@@ -134,7 +134,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self._config = config
         self._nursery = nursery
-        self._state = PoolState(self, config, self._close_stream)
+        self._state = PoolState(
+            self,
+            config,
+            self._close_stream,
+            wake_by=self._wake_by,
+            start_connect=self._start_connect,
+        )
         self._aliases: dict[tuple[object, ...], KeyState] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self._maintenance_scope: trio.CancelScope | None = None
@@ -196,14 +202,20 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
         """Borrow a connection to ``host:port``.
 
-        A healthy idle connection of the same key is reused (a hit, warmest first); else a
-        new one is opened within ``connection_timeout`` (a miss); else, when the key is at
+        A healthy idle connection of the same key is reused (a hit, warmest first). On a
+        miss with room in the key, a connect starts in the pool's nursery (at most
+        ``max_connecting`` at a time per key) and the task is served by whichever comes
+        first: a connection released for its key, or a connect; a connect that is not
+        needed any more goes to the next waiter or to idle, and a connect failure
+        reaches the task as :class:`~trio_pool.ConnectError`. When the key is at
         ``max_size`` (or the pool at ``max_total``), the task waits in FIFO order for a
-        connection to be released or discarded. Give the connection back with
-        :meth:`release` or :meth:`discard`, or use :meth:`connection`.
+        connection to be released or discarded (at most ``max_waiters`` wait). Give the
+        connection back with :meth:`release` or :meth:`discard`, or use
+        :meth:`connection`.
 
         Cancellation at any point leaks nothing: no slot, no socket, no place in line.
 
@@ -218,23 +230,33 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             ssl_context: The :class:`ssl.SSLContext` to use; connections made with it
                 are never shared with other contexts.
             timeout: Longest wait in line, overriding ``acquire_timeout``; ``0`` fails
-                fast.
+                fast (a miss then connects in the calling task, without hand-off). A
+                task waiting for a connect started on its behalf is bounded by the
+                connect timeout instead.
+            connect_timeout: Limit for a connect this acquire starts (TCP connect plus
+                TLS handshake), overriding ``connection_timeout``; a hand-off connect
+                started on this task's behalf keeps it even if another task gets the
+                connection.
 
         Returns:
             The borrowed :class:`~trio_pool.PooledConnection`.
 
         Raises:
-            PoolExhausted: No connection became free within the timeout.
+            PoolExhausted: No connection became free within the timeout, or
+                ``max_waiters`` tasks wait already.
             ConnectError: Connecting failed (the cause is chained).
-            ConnectTimeout: Connecting took longer than ``connection_timeout``.
+            ConnectTimeout: Connecting took longer than ``connection_timeout`` (or
+                ``connect_timeout``).
             PoolClosed: The pool is closed, or closed while waiting.
             ValueError: A bad argument (before any I/O).
             TypeError: An argument of the wrong type (before any I/O).
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_connect_timeout(connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
-        return await self._acquire(state, timeout, False)
+        return await self._acquire(state, timeout, False, connect_timeout)
 
     async def acquire_tls(
         self,
@@ -245,6 +267,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
         """:meth:`acquire` with ``tls=True``."""
         return await self.acquire(
@@ -255,6 +278,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             verify_cert=verify_cert,
             ssl_context=ssl_context,
             timeout=timeout,
+            connect_timeout=connect_timeout,
         )
 
     async def acquire_new(
@@ -267,53 +291,92 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         verify_cert: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> PooledConnection:
-        """Like :meth:`acquire`, but always open a new connection.
+        """Like :meth:`acquire`, but always open a new connection (in the calling task,
+        within ``connect_timeout`` if given, else ``connection_timeout``).
 
         It still counts toward ``max_size``: with the key full, its coldest idle
         connection is closed to make room; with none idle, the task waits in line.
         """
         if timeout is not None:
             check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_connect_timeout(connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context)
-        return await self._acquire(state, timeout, True)
+        return await self._acquire(state, timeout, True, connect_timeout)
 
-    async def _acquire(self, state: KeyState, timeout: float | None, new: bool) -> PooledConnection:
+    async def _acquire(
+        self,
+        state: KeyState,
+        timeout: float | None,
+        new: bool,
+        connect_timeout: float | None = None,
+    ) -> PooledConnection:
         await trio.lowlevel.checkpoint_if_cancelled()
         now = trio.current_time()
-        grant = self._state.take(state, now, new=new)
-        if grant is None:
-            grant = await self._wait(state, now, timeout, new)
-        elif grant is not CONNECT:
+        taken = self._state.take(state, now, new=new)
+        if isinstance(taken, PooledConnection):  # a hit
             await trio.lowlevel.cancel_shielded_checkpoint()
-        if grant is CONNECT:
-            conn = await self._connect(state)
+            conn = taken
         else:
-            assert isinstance(grant, PooledConnection)
-            conn = grant
+            grant: Grant = CONNECT
+            if taken is not CONNECT:
+                grant = await self._wait(
+                    state, now, timeout, new, connect_timeout, taken is HANDOFF
+                )
+            if isinstance(grant, PooledConnection):
+                conn = grant
+            else:
+                conn = await self._connect(state, timeout=connect_timeout)
         if self._state.borrowed is not None:
             conn.acquired_by = "".join(traceback.format_stack(limit=12)[:-2])
         return conn
 
-    async def _wait(self, state: KeyState, now: float, timeout: float | None, new: bool) -> Grant:
+    async def _wait(
+        self,
+        state: KeyState,
+        now: float,
+        timeout: float | None,
+        new: bool,
+        connect_timeout: float | None,
+        handoff: bool,
+    ) -> Grant:
+        """Wait in line: for a free slot or connection (the key or pool is full), or as
+        a hand-off waiter for whichever comes first, a released connection of the key
+        or a connect started for it."""
         if timeout is None:
             timeout = self._config.acquire_timeout
-        if timeout is not None and timeout <= 0:
-            state.acquire_timeouts += 1
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
-        waiter = Waiter(state, now, new)
-        self._state.enqueue(waiter)
+        if handoff:
+            if timeout is not None and timeout <= 0:
+                # Fail-fast callers keep the plain miss: they connect themselves.
+                self._state.connect_now(state)
+                return CONNECT
+        else:
+            max_waiters = self._config.max_waiters
+            if max_waiters is not None and state.line >= max_waiters:
+                self._state.reject(state)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise PoolExhausted(
+                    f"the line for {state.key.host}:{state.key.port} is full:"
+                    f" {state.line} tasks wait already (max_waiters={max_waiters})"
+                )
+            if timeout is not None and timeout <= 0:
+                state.acquire_timeouts += 1
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
+        scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
+        waiter = Waiter(
+            state, now, new, handoff=handoff, connect_timeout=connect_timeout, scope=scope
+        )
+        self._state.enqueue(waiter, now)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._state.cancel_wait(waiter, timed_out=False)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if timeout is None:
+        with scope:
             grant: Grant = await trio.lowlevel.wait_task_rescheduled(abort)
-            return grant
-        with trio.CancelScope(deadline=now + timeout):
-            grant = await trio.lowlevel.wait_task_rescheduled(abort)
             return grant
         state.acquire_timeouts += 1
         raise PoolExhausted(
@@ -322,39 +385,82 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     # -- connect --------------------------------------------------------------------
 
-    async def _connect(self, state: KeyState, *, to_idle: bool = False) -> PooledConnection:
+    def _start_connect(self, state: KeyState, pending: PendingConnect) -> None:
+        """The state machine's hook: run a hand-off connect in the pool's nursery."""
+        assert self._background is not None
+        self._background.start_soon(self._handoff_connect, state, pending)
+
+    async def _handoff_connect(self, state: KeyState, pending: PendingConnect) -> None:
+        """A hand-off connect: it outlives the task it was started for, and the state
+        machine gives its connection (or its error) to whoever waits for it."""
+        try:
+            await self._connect(state, pending=pending, timeout=pending.timeout)
+        except Exception as exc:
+            if not isinstance(exc, ConnectError):  # handed to the waiters; log the unusual
+                logger.warning(
+                    "trio_pool: connecting to %s:%d failed unexpectedly",
+                    state.key.host,
+                    state.key.port,
+                    exc_info=True,
+                )
+
+    async def _connect(
+        self,
+        state: KeyState,
+        *,
+        to_idle: bool = False,
+        pending: PendingConnect | None = None,
+        timeout: float | None = None,
+    ) -> PooledConnection:
         """Open a connection in a slot already reserved for ``state``; whatever happens,
-        the slot is either filled or given back before this returns or raises."""
+        the slot is either filled or given back before this returns or raises.
+
+        Args:
+            to_idle: Pool it (prewarm, refill) rather than return it in use.
+            pending: A hand-off connect: the state machine decides who gets it.
+            timeout: Limit for the connect, overriding ``connection_timeout``.
+        """
         key = state.key
+        if timeout is None:
+            timeout = self._config.connection_timeout
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         try:
-            with trio.move_on_after(self._config.connection_timeout) as scope:
-                tcp = await trio.open_tcp_stream(key.host, key.port)
-                stream = tcp
-                if key.tls:
-                    stream = await self._handshake(state, tcp)
-            if scope.cancelled_caught:
-                raise ConnectTimeout(
-                    f"connecting to {key.host}:{key.port} took longer than"
-                    f" {self._config.connection_timeout} s"
-                )
-        except BaseException as exc:
-            if tcp is not None:
-                tcp.socket.close()
-            self._state.connect_failed(state, failed=not _is_cancellation(exc))
-            if isinstance(exc, ConnectError):
+            try:
+                with trio.move_on_after(timeout) as scope:
+                    tcp = await trio.open_tcp_stream(key.host, key.port)
+                    stream = tcp
+                    if key.tls:
+                        stream = await self._handshake(state, tcp)
+                if scope.cancelled_caught:
+                    raise ConnectTimeout(
+                        f"connecting to {key.host}:{key.port} took longer than {timeout} s"
+                    )
+            except BaseException as exc:
+                if tcp is not None:
+                    tcp.socket.close()
+                if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+                    raise ConnectError(
+                        f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
+                    ) from exc.__cause__
+                if isinstance(exc, OSError) and not isinstance(exc, ConnectError):
+                    raise ConnectError(
+                        f"cannot connect to {key.host}:{key.port}: {_root_causes(exc)}"
+                    ) from exc
                 raise
-            if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-                raise ConnectError(
-                    f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
-                ) from exc.__cause__
-            if isinstance(exc, OSError):
-                raise ConnectError(
-                    f"cannot connect to {key.host}:{key.port}: {_root_causes(exc)}"
-                ) from exc
+        except BaseException as exc:
+            # Synchronous from here to the raise: the slot is given back in the same step.
+            cancelled = _is_cancellation(exc)
+            self._state.connect_failed(
+                state,
+                failed=not cancelled,
+                error=None if cancelled else exc,
+                pending=pending,
+            )
             raise
-        return self._state.connected(state, stream, trio.current_time(), to_idle=to_idle)
+        return self._state.connected(
+            state, stream, trio.current_time(), to_idle=to_idle, pending=pending
+        )
 
     def _context(self, key: PoolKey) -> ssl.SSLContext:
         if key.ssl_context is not None:
@@ -371,12 +477,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         stream = trio.SSLStream(
             tcp, self._context(key), server_hostname=key.server_hostname, https_compatible=True
         )
-        if state.tls_session is not None:
-            stream.session = state.tls_session
+        session = state.tls_session
+        if session is not None:
+            stream.session = session
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError:
-            state.tls_session = None  # never offer a session again after a TLS error
+            state.forget_session()  # never offer a session again after a TLS error
             raise
         state.tls_handshakes += 1
         if stream.session_reused:

@@ -24,6 +24,14 @@ def check_timeout(name: str, value: object) -> None:
         raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
 
 
+def check_connect_timeout(value: object) -> None:
+    """Check a per-acquire ``connect_timeout``: a number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"connect_timeout must be a number of seconds, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"connect_timeout must be > 0 seconds, got {value!r}")
+
+
 class NoPublicConstructor(type):
     """Metaclass for classes users get from a factory, never by calling the class
     (as trio does for its nursery and cancel status objects)."""
