@@ -412,7 +412,7 @@ class PoolState:
                 conn = idle.popitem()[0]
                 del self.idle_lru[conn]
                 if (
-                    now < conn.last_used_at + max_idle
+                    (now < conn.last_used_at + max_idle or state.total <= self.min_size)
                     and now < conn._expires_at
                     and conn._reusable()
                 ):
@@ -710,6 +710,11 @@ class PoolState:
     def sweep(self, now: float, *, probe: bool = True) -> int:
         """Close idle connections that are stale, past their lifetime, or unhealthy.
 
+        The warm floor stays warm: a key keeps ``min_size`` connections however long
+        they sit idle (they are still probed, and replaced when dead), and recycles them
+        at ``max_lifetime`` one at a time: an expired one is retired only while no
+        connect of its key is in flight, so the floor never drops all at once.
+
         Args:
             probe: Also look at every idle socket (one ``poll`` each) and close those
                 the peer closed or that hold unexpected bytes. Without it only what is
@@ -719,15 +724,34 @@ class PoolState:
             How many were closed.
         """
         max_idle = self.max_idle_time
+        min_size = self.min_size
         # The same comparisons as next_idle_deadline: a pass woken at a deadline
         # always closes what made it wake (no busy loop on float rounding).
-        doomed = [
-            conn
-            for conn in self.idle_lru
-            if now >= conn.last_used_at + max_idle
-            or now >= conn._expires_at
-            or (probe and not conn._reusable())
-        ]
+        if not min_size:
+            doomed = [
+                conn
+                for conn in self.idle_lru
+                if now >= conn.last_used_at + max_idle
+                or now >= conn._expires_at
+                or (probe and not conn._reusable())
+            ]
+        else:
+            doomed = []
+            left: dict[KeyState, int] = {}  # connections each key keeps so far
+            recycling: set[KeyState] = set()  # keys retiring an expired one this pass
+            for conn in self.idle_lru:  # coldest first
+                state: KeyState = conn._key  # type: ignore[assignment]
+                kept = left.get(state, state.total)
+                if probe and not conn._reusable():
+                    pass  # dead or dirty: always replaced
+                elif now >= conn._expires_at:
+                    if kept <= min_size and (state.connecting or state in recycling):
+                        continue  # the floor recycles one connection at a time
+                    recycling.add(state)
+                elif not (now >= conn.last_used_at + max_idle and kept > min_size):
+                    continue  # fresh, or part of the warm floor
+                doomed.append(conn)
+                left[state] = kept - 1
         for conn in doomed:
             self._evict(conn)
             self._freed(conn._key, now)  # type: ignore[arg-type]
@@ -735,17 +759,33 @@ class PoolState:
 
     def next_idle_deadline(self) -> float:
         """When the next idle connection goes stale or reaches its lifetime (``inf``
-        with nothing idle).
+        with nothing idle), leaving out what :meth:`sweep` would keep then: floor
+        connections going stale, and expired floor connections waiting their turn.
 
-        O(1) without ``max_lifetime`` (``idle_lru`` is in last-use order, so the coldest
-        goes stale first); with it, lifetimes are in no order and every idle connection
-        is looked at (no I/O, once per maintenance pass).
+        O(1) without ``max_lifetime`` and ``min_size`` (``idle_lru`` is in last-use
+        order, so the coldest goes stale first); otherwise every idle connection is
+        looked at (no I/O, once per maintenance pass).
         """
         if not self.idle_lru:
             return float("inf")
-        deadline = next(iter(self.idle_lru)).last_used_at + self.max_idle_time
-        if self.config.max_lifetime is not None:
-            for conn in self.idle_lru:
+        max_idle = self.max_idle_time
+        min_size = self.min_size
+        if not min_size:
+            deadline = next(iter(self.idle_lru)).last_used_at + max_idle
+            if self.config.max_lifetime is not None:
+                for conn in self.idle_lru:
+                    deadline = min(deadline, conn._expires_at)
+            return deadline
+        deadline = float("inf")
+        left: dict[KeyState, int] = {}
+        for conn in self.idle_lru:
+            state: KeyState = conn._key  # type: ignore[assignment]
+            kept = left.get(state, state.total)
+            if kept > min_size:
+                # Beyond the floor: it may go stale (coldest first, so once counted).
+                deadline = min(deadline, conn.last_used_at + max_idle)
+                left[state] = kept - 1
+            if not (state.connecting and kept <= min_size):
                 deadline = min(deadline, conn._expires_at)
         return deadline
 
@@ -821,8 +861,8 @@ class PoolState:
             self._grant(waiter_of_cap, now)
             return
         deadline = now + self.max_idle_time
-        if conn._expires_at < deadline:
-            deadline = conn._expires_at
+        if conn._expires_at < deadline or state.total <= self.min_size:
+            deadline = conn._expires_at  # the warm floor does not go stale
         if deadline < self.wake_at:  # the maintenance task must wake earlier for it
             self._wake_by(deadline)
 
@@ -955,4 +995,5 @@ class PoolState:
             tls_resumptions=int(totals["tls_resumptions"]),
             acquire_wait_count=int(totals["wait_count"]),
             acquire_wait_seconds=float(totals["wait_seconds"]),
+            waiters_rejected=int(totals["waiters_rejected"]),
         )
