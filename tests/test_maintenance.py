@@ -338,7 +338,8 @@ async def test_floor_refilled_after_idle_eviction_and_lifetime(
         # Busy connections count toward the floor: none is opened while both are in use.
         a = await pool.acquire(HOST, echo_port)
         b = await pool.acquire(HOST, echo_port)
-        assert a.reused and b.reused  # idle beyond max_idle_time, still handed out
+        assert a.reused  # idle beyond max_idle_time, still handed out
+        assert b.reused
         await trio.sleep(30.0)  # lifetime (24.375..25 s) passes while in use
         assert pool.statistics().connections_created == 2
         pool.release(a)  # expired: closed on release, and the floor is refilled at once
@@ -374,7 +375,9 @@ async def test_dead_floor_connection_is_replaced(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     port = await start_server(nursery, reply_then_close)
-    async with trio_pool.open_pool(min_size=1, max_idle_time=0.3, health_check_interval=1.0) as pool:
+    async with trio_pool.open_pool(
+        min_size=1, max_idle_time=0.3, health_check_interval=1.0
+    ) as pool:
         conn = await pool.acquire(HOST, port)
         await conn.send_all(b"x")
         await conn.receive_some()
