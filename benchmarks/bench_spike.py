@@ -4,7 +4,8 @@ A TLS echo server in its own process answers each new connection's handshake onl
 150 ms (an artificial delay: a far or busy server), so connect + handshake takes about
 150 ms while a request on an open connection takes well under a millisecond. Each round
 opens a pool with 5 warm connections (prewarmed), then 50 tasks start at once; each
-acquires, sends one 16-byte request, holds the connection 2 ms, and releases it.
+acquires, sends one 16-byte request and reads the echo, and releases the connection 2 ms
+after it got it.
 
 * hand-off (the default ``max_connecting``): a miss is served by whichever comes first, a
   released connection or a connect running in the pool's nursery; at most
@@ -72,9 +73,10 @@ async def _spike(port: int, context: ssl.SSLContext, max_connecting: int | None)
         async def one() -> None:
             began = time.perf_counter() - start
             conn = await pool.acquire_tls(HOST, port, ssl_context=context)
+            held_until = trio.current_time() + HOLD
             try:
                 await _request(conn)
-                await trio.sleep(HOLD)
+                await trio.sleep_until(held_until)  # held 2 ms in all, request included
             finally:
                 pool.release(conn)
             timeline.append([round(began, 6), round(time.perf_counter() - start, 6)])

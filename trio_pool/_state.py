@@ -861,7 +861,7 @@ class PoolState:
             self._grant(waiter_of_cap, now)
             return
         deadline = now + self.max_idle_time
-        if conn._expires_at < deadline or state.total <= self.min_size:
+        if conn._expires_at < deadline or (self.min_size and state.total <= self.min_size):
             deadline = conn._expires_at  # the warm floor does not go stale
         if deadline < self.wake_at:  # the maintenance task must wake earlier for it
             self._wake_by(deadline)
