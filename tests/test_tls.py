@@ -258,13 +258,14 @@ async def test_session_resumes_after_its_key_was_forgotten(
     uses, its TLS session is not (the pool's session store keeps it)."""
     server, port = tls_server
     async with trio_pool.open_pool(max_idle_time=0.05, health_check_interval=0.05) as pool:
+        assert server.handshakes == 0
         for use in range(3):
             conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
             assert conn.session_reused == (use > 0)
             await roundtrip(conn)  # TLS 1.3 tickets come with the first data
             pool.release(conn)
             with trio.fail_after(5.0):
-                while pool._state.keys:  # closed idle, then the key forgotten
+                while pool._state.keys:  # noqa: ASYNC110 - closed idle, then the key forgotten
                     await trio.sleep(0.01)
         stats = pool.statistics()
         assert (stats.tls_handshakes, stats.tls_resumptions, stats.connections_created) == (3, 2, 3)

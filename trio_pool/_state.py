@@ -886,15 +886,23 @@ class PoolState:
 
     def _next_global_waiter(self) -> Waiter | None:
         """The first globally waiting task whose own key has room; waiters whose key
-        filled up meanwhile move to their key's line."""
+        filled up meanwhile move to their key's line, and so do (with hand-off) waiters
+        whose key has ``max_connecting`` connects in flight already: one of those, or a
+        release, serves them there (an orphaned connect is theirs at once)."""
+        max_connecting = self.max_connecting
         while self.global_waiters:
             waiter = _first(self.global_waiters)
             state = waiter.key
-            if state.total < self.max_size:
+            bounded = (
+                max_connecting is not None and not waiter.new and state.handoffs >= max_connecting
+            )
+            if state.total < self.max_size and not bounded:
                 return waiter
             del self.global_waiters[waiter]
             state.waiters[waiter] = None
             waiter.queue = state.waiters
+            if state.orphans and not waiter.new:
+                self._own(waiter, state.orphans.pop())
         return None
 
     def _grant_global(self, now: float) -> None:
