@@ -271,7 +271,7 @@ def test_recommended_max_size_bad_types(
 
 def test_hand_off_and_waiting_defaults() -> None:
     config = PoolConfig()
-    assert config.max_connecting == 4
+    assert config.max_connecting == 64
     assert config.max_waiters is None
     assert PoolConfig(max_connecting=None).max_connecting is None  # tied connects
     assert PoolConfig(max_waiters=0).max_waiters == 0

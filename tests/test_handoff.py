@@ -370,3 +370,49 @@ async def test_max_waiters_does_not_count_misses_waiting_for_their_connect(
         await until(lambda: len(got) == 3, "every task served")
         for conn in got.values():
             pool.release(conn)
+
+
+async def test_connects_in_flight_grow_with_the_keys_connections(
+    gated: tuple[GatedTLSServer, int], client_ctx: ssl.SSLContext, nursery: trio.Nursery
+) -> None:
+    """Default max_connecting (64): a cold key starts MIN_CONNECTING connects, a key with
+    n open connections up to n (a warm key meets a spike mostly with its own)."""
+    from trio_pool._state import MIN_CONNECTING
+
+    server, port = gated
+    async with trio_pool.open_pool(acquire_timeout=None) as pool:
+        warm = [await pool.acquire_tls(HOST, port, ssl_context=client_ctx) for _ in range(6)]
+        server.close_gate()
+        got, errors, _ = await acquirers(
+            pool, port, client_ctx, nursery, [f"t{i}" for i in range(10)]
+        )
+        stats = pool.statistics()
+        assert (stats.connecting, stats.tasks_waiting) == (6, 10)  # as many as it has open
+        for conn in warm:
+            pool.discard(conn)  # the key has no open connection left ...
+        late, _, _ = await acquirers(pool, port, client_ctx, nursery, ["late"])
+        assert pool.statistics().connecting == 6  # ... and keeps what was started
+        server.gate.set()
+        await until(lambda: len(got) == 10 and "late" in late, "every task served")
+        assert not errors
+        for conn in [*got.values(), *late.values()]:
+            pool.release(conn)
+        await until(lambda: pool.statistics().connecting == 0, "the last connects")
+    assert MIN_CONNECTING == 4
+
+
+async def test_cold_key_starts_min_connecting_connects(
+    gated: tuple[GatedTLSServer, int], client_ctx: ssl.SSLContext, nursery: trio.Nursery
+) -> None:
+    server, port = gated
+    server.close_gate()
+    async with trio_pool.open_pool(acquire_timeout=None) as pool:
+        got, _, _ = await acquirers(pool, port, client_ctx, nursery, [f"t{i}" for i in range(10)])
+        assert pool.statistics().connecting == 4
+        server.gate.set()
+        # Each connect that lands lets the key have more in flight (slow start).
+        await until(lambda: len(got) == 10, "every task served")
+        for conn in got.values():
+            pool.release(conn)
+        await until(lambda: pool.statistics().connecting == 0, "the last connects")
+        assert pool.statistics().connections_created <= 10

@@ -43,8 +43,9 @@ class PoolConfig:
         max_connecting: Most hand-off connects in flight per host key. A miss with room
             starts a connect in the pool's nursery and is served by whichever comes
             first, a released connection or a connect; unneeded connects go to the next
-            waiter or to idle. ``None``: no hand-off, every miss opens its own
-            connection and waits for it (the behaviour before 0.2).
+            waiter or to idle. Below this cap a key has at most as many connects in
+            flight as it has open connections (at least 4). ``None``: no hand-off,
+            every miss opens its own connection and waits for it (tied connects).
         max_waiters: Most tasks waiting in line per host key for a full key (or pool);
             one more gets :class:`~trio_pool.PoolExhausted` at once. ``None``: no limit.
 
@@ -62,7 +63,7 @@ class PoolConfig:
     max_lifetime: float | None = None
     max_total: int | None = None
     leak_detection_threshold: float | None = None
-    max_connecting: int | None = 4
+    max_connecting: int | None = 64
     max_waiters: int | None = None
 
     def __post_init__(self) -> None:

@@ -51,6 +51,9 @@ class _Handoff:
         return "HANDOFF"
 
 
+#: Hand-off connects a key may always have in flight, however few connections it has.
+MIN_CONNECTING: Final = 4
+
 #: Most TLS sessions a pool keeps (one per TLS key, least recently used out first).
 SESSION_CAPACITY: Final = 1024
 
@@ -616,7 +619,7 @@ class PoolState:
             if waiter.new:
                 self._grant(waiter, now)  # leaves the line: restart the scan
                 return self._serve_line(state, now) or True
-            if state.handoffs >= self.max_connecting:
+            if state.handoffs >= self._connect_budget(state):
                 break
             pending = PendingConnect(waiter)
             self._reserve(state)
@@ -629,6 +632,16 @@ class PoolState:
             self._start_connect(state, pending)
             took = True
         return took
+
+    def _connect_budget(self, state: KeyState) -> int:
+        """How many hand-off connects the key may have in flight: as many as it has
+        open connections (at least ``MIN_CONNECTING``), never more than
+        ``max_connecting``. A warm key meets a spike with its own connections and a few
+        connects; a cold key under load grows like TCP slow start, doubling per connect
+        round, rather than a fixed few at a time."""
+        assert self.max_connecting is not None
+        established = len(state.idle) + state.in_use
+        return min(self.max_connecting, max(MIN_CONNECTING, established))
 
     def _own(self, waiter: Waiter, pending: PendingConnect) -> None:
         pending.owner = waiter
@@ -894,7 +907,9 @@ class PoolState:
             waiter = _first(self.global_waiters)
             state = waiter.key
             bounded = (
-                max_connecting is not None and not waiter.new and state.handoffs >= max_connecting
+                max_connecting is not None
+                and not waiter.new
+                and state.handoffs >= self._connect_budget(state)
             )
             if state.total < self.max_size and not bounded:
                 return waiter
