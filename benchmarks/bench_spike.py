@@ -8,9 +8,9 @@ acquires, sends one 16-byte request and reads the echo, and releases the connect
 after it got it.
 
 * hand-off (the default ``max_connecting``): a miss is served by whichever comes first, a
-  released connection or a connect running in the pool's nursery; at most
-  ``max_connecting`` connects per key are in flight, and those not needed any more are
-  pooled;
+  released connection or a connect running in the pool's nursery; a key has at most as
+  many connects in flight as open connections (at least 4, at most ``max_connecting``),
+  and those not needed any more are pooled;
 * tied (``max_connecting=None``, the behaviour before hand-off): every miss opens its own
   connection and waits for it.
 
