@@ -500,7 +500,14 @@ class HandoffPoolMachine(PoolMachine):
     max_connecting = 1
 
 
-@pytest.mark.parametrize("machine", [PoolMachine, HandoffPoolMachine])
+class DefaultHandoffPoolMachine(PoolMachine):
+    """Hand-off with the default ``max_connecting``: the connect budget never binds at
+    ``max_size=2``, so every waiter of a key with room has a connect of its own."""
+
+    max_connecting = trio_pool.PoolConfig().max_connecting
+
+
+@pytest.mark.parametrize("machine", [PoolMachine, HandoffPoolMachine, DefaultHandoffPoolMachine])
 def test_pool_state_machine(machine: type[PoolMachine]) -> None:
     run_state_machine_as_test(
         machine,
