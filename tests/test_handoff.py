@@ -416,3 +416,17 @@ async def test_cold_key_starts_min_connecting_connects(
             pool.release(conn)
         await until(lambda: pool.statistics().connecting == 0, "the last connects")
         assert pool.statistics().connections_created <= 10
+
+
+async def test_hand_off_connect_falls_back_to_the_pools_nursery(
+    hanging_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """If the maintenance task died with its nursery (five failing passes), connects
+    still run (in the pool's own nursery) and still reach their requesters."""
+    async with trio.open_nursery() as gone:
+        pass
+    async with trio_pool.open_pool(connection_timeout=1.0) as pool:
+        pool._background = gone  # closed to new tasks, as after a fatal maintenance error
+        with pytest.raises(ConnectTimeout):
+            await pool.acquire(HOST, hanging_port)
+        assert_settled(pool.statistics())

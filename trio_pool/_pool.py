@@ -388,7 +388,12 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     def _start_connect(self, state: KeyState, pending: PendingConnect) -> None:
         """The state machine's hook: run a hand-off connect in the pool's nursery."""
         assert self._background is not None
-        self._background.start_soon(self._handoff_connect, state, pending)
+        try:
+            self._background.start_soon(self._handoff_connect, state, pending)
+        except RuntimeError:
+            # The maintenance task failed for good and took its nursery with it; the
+            # pool's own nursery outlives it until open_pool closes the pool.
+            self._nursery.start_soon(self._handoff_connect, state, pending)
 
     async def _handoff_connect(self, state: KeyState, pending: PendingConnect) -> None:
         """A hand-off connect: it outlives the task it was started for, and the state
