@@ -133,6 +133,8 @@ async def test_released_connections_serve_a_spike_before_its_connects(
         assert served == names  # FIFO, all by released connections
         assert not errors
         stats = pool.statistics()
+        # Served by pooled connections: hits (a connect was started, but not needed).
+        assert (stats.pool_hits, stats.pool_misses) == (8, 2)
         assert (stats.tasks_waiting, stats.connecting, stats.idle_connections) == (0, 2, 2)
         server.gate.set()  # the connects finish: not wasted, pooled
         await until(lambda: pool.statistics().connecting == 0, "the connects")

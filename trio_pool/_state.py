@@ -117,7 +117,10 @@ class Waiter:
         self.connect_timeout = connect_timeout  # for connects started on its behalf
         self.scope = scope  # its acquire_timeout; lifted while a connect is its own
         self.owns: PendingConnect | None = None
-        self.settled = handoff  # hit/miss (and wait time) already counted
+        # Counted as a hit or a miss yet: a task waiting in line when its slot is granted
+        # or a connection handed to it; a hand-off waiter when it is served (by a
+        # released connection: a hit; by a new one: a miss) or its connect fails.
+        self.settled = False
 
     def wake(self, result: outcome.Outcome[Grant]) -> None:
         assert self.queue is not None
@@ -449,8 +452,7 @@ class PoolState:
             and (self.global_waiters or not self.idle_lru)
         ):
             return None
-        state.misses += 1
-        return HANDOFF
+        return HANDOFF  # counted as a hit or a miss when it is served
 
     def enqueue(self, waiter: Waiter, now: float) -> None:
         """Put a waiter in line.
@@ -507,6 +509,7 @@ class PoolState:
         if self.max_total is not None and self.total >= self.max_total:
             self._evict(next(iter(self.idle_lru)))
         self._reserve(state)
+        state.misses += 1
 
     # -- connects ------------------------------------------------------------------
 
@@ -574,9 +577,11 @@ class PoolState:
             if error is None:
                 error = PoolClosed("the pool's background tasks stopped")
             if owner is not None:
+                self._settle(owner, now, hit=False)
                 self._fail(owner, error)
             if not state.handoffs:
                 for waiter in [w for w in state.waiters if w.handoff and w.owns is None]:
+                    self._settle(waiter, now, hit=False)
                     self._fail(waiter, _copy_error(error, waiter.key.key))
         # A failing host is refilled on the back-off schedule, not at every failure.
         self._freed(state, now, refill=not failed)
@@ -624,10 +629,8 @@ class PoolState:
             pending = PendingConnect(waiter)
             self._reserve(state)
             state.handoffs += 1
-            if not waiter.settled:
-                waiter.settled = True
-                self._note_wait(state, waiter, now)
-                state.misses += 1
+            if not waiter.handoff:  # its wait in line ends with a slot: a miss
+                self._settle(waiter, now, hit=False)
             self._own(waiter, pending)
             self._start_connect(state, pending)
             took = True
@@ -668,10 +671,7 @@ class PoolState:
     def _serve_fresh(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
         """Serve a waiter with a connection just opened (a miss)."""
         state = waiter.key
-        if not waiter.settled:
-            waiter.settled = True
-            self._note_wait(state, waiter, now)
-            state.misses += 1
+        self._settle(waiter, now, hit=False)
         self._hand_out(state, conn, now, reused=False)
         self._wake(waiter, outcome.Value(conn))
 
@@ -927,12 +927,9 @@ class PoolState:
 
     def _hand_over(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
         """Serve a waiter with a released connection of its key (a hit, unless the
-        waiter was counted as a miss when it came)."""
+        waiter was counted as a miss already, when a connect slot was granted to it)."""
         state = waiter.key
-        if not waiter.settled:
-            waiter.settled = True
-            self._note_wait(state, waiter, now)
-            state.hits += 1
+        self._settle(waiter, now, hit=True)
         self._hand_out(state, conn, now, reused=False)
         conn.reused = True
         self._wake(waiter, outcome.Value(conn))
@@ -948,21 +945,31 @@ class PoolState:
                 del waiter.queue[waiter]
                 state.waiters[waiter] = None
                 waiter.queue = state.waiters
-            if not waiter.settled:
-                waiter.settled = True
-                self._note_wait(state, waiter, now)
-                state.misses += 1
+            if not waiter.handoff:
+                self._settle(waiter, now, hit=False)
             pending = PendingConnect(waiter)
             self._reserve(state)
             state.handoffs += 1
             self._own(waiter, pending)
             self._start_connect(state, pending)
             return
-        if not waiter.settled:
-            self._note_wait(state, waiter, now)
-            state.misses += 1
+        self._settle(waiter, now, hit=False)
         self._reserve(state)
         self._wake(waiter, outcome.Value(CONNECT))
+
+    def _settle(self, waiter: Waiter, now: float, *, hit: bool) -> None:
+        """Count a waiter's acquire once: a hit or a miss, and (for a task that waited
+        in line because the key or pool was full) its wait."""
+        if waiter.settled:
+            return
+        waiter.settled = True
+        state = waiter.key
+        if not waiter.handoff:
+            self._note_wait(state, waiter, now)
+        if hit:
+            state.hits += 1
+        else:
+            state.misses += 1
 
     def _note_wait(self, state: KeyState, waiter: Waiter, now: float) -> None:
         waited = now - waiter.since
