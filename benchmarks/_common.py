@@ -204,9 +204,15 @@ def tls_files() -> Iterator[Tls]:
 
 @contextmanager
 def echo_server(
-    hosts: Sequence[str] = (HOST,), *, tls: Tls | None = None
+    hosts: Sequence[str] = (HOST,), *, tls: Tls | None = None, handshake_delay: float = 0.0
 ) -> Iterator[list[tuple[str, int]]]:
     """Run an echo server in its own process, listening on each of ``hosts``.
+
+    Args:
+        hosts: Addresses to listen on.
+        tls: Serve TLS with this certificate.
+        handshake_delay: TLS only: seconds each new connection waits before the server
+            answers its handshake (a slow or far server; connections wait concurrently).
 
     Yields:
         ``(host, port)`` for each host, in order.
@@ -214,6 +220,8 @@ def echo_server(
     command = [sys.executable, str(Path(__file__).resolve()), "serve", *hosts]
     if tls is not None:
         command[3:3] = ["--tls", str(tls.certfile)]
+        if handshake_delay:
+            command[3:3] = ["--delay", repr(float(handshake_delay))]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -301,7 +309,7 @@ def _serve_plain(hosts: Sequence[str]) -> None:
                 sock.close()
 
 
-def _serve_tls(hosts: Sequence[str], certfile: str) -> None:
+def _serve_tls(hosts: Sequence[str], certfile: str, delay: float = 0.0) -> None:
     """A trio TLS echo server (the handshake, not the loop, is what costs here)."""
     import ssl
     import threading
@@ -314,6 +322,8 @@ def _serve_tls(hosts: Sequence[str], certfile: str) -> None:
 
     async def echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
         try:
+            if delay:  # the handshake happens on the first read: after this
+                await trio.sleep(delay)
             async for data in stream:
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -341,11 +351,15 @@ def _serve_tls(hosts: Sequence[str], certfile: str) -> None:
 
 def _main(argv: Sequence[str]) -> None:
     if not argv or argv[0] != "serve":
-        raise SystemExit("usage: _common.py serve [--tls CERTFILE] HOST...")
+        raise SystemExit("usage: _common.py serve [--delay SECONDS] [--tls CERTFILE] HOST...")
     args = list(argv[1:])
     raise_nofile()
+    delay = 0.0
+    if args[:1] == ["--delay"]:
+        delay = float(args[1])
+        args = args[2:]
     if args[:1] == ["--tls"]:
-        _serve_tls(args[2:], args[1])
+        _serve_tls(args[2:], args[1], delay)
     else:
         _serve_plain(args)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from trio_pool import ConnectionPool, PooledConnection, PoolStatistics
 
 
@@ -24,6 +26,16 @@ def assert_settled(subject: ConnectionPool | PoolStatistics) -> None:
     stats = _stats(subject)
     assert (stats.active_connections, stats.tasks_waiting) == (0, 0), stats
     assert_balanced(stats)
+
+
+async def settle_connects(pool: ConnectionPool) -> None:
+    """Wait (bounded) until no connect is in flight: hand-off connects run on their own
+    in the pool's nursery and may outlive the tasks they were started for."""
+    for _ in range(1000):
+        if pool.statistics().connecting == 0:
+            return
+        await trio.sleep(0.005)
+    raise AssertionError(f"connects still in flight: {pool.statistics()}")  # pragma: no cover
 
 
 async def roundtrip(conn: PooledConnection, message: bytes = b"ping") -> None:

@@ -13,7 +13,7 @@ import trio.testing
 import trio_pool
 from trio_pool import ConnectionPool, PooledConnection, PoolExhausted
 
-from .checks import assert_settled, roundtrip
+from .checks import assert_settled, roundtrip, settle_connects
 from .servers import HOST, open_fds, start_server
 
 MAX_SIZE = 3
@@ -41,17 +41,24 @@ async def assert_serves_max_size_at_once(pool: ConnectionPool, port: int) -> Non
     assert_settled(pool.statistics())
 
 
+@pytest.mark.parametrize("max_connecting", [None, 1, 4])
 @pytest.mark.parametrize("seed", [1, 2])
-async def test_200_randomly_cancelled_tasks_leak_nothing(seed: int) -> None:
+async def test_200_randomly_cancelled_tasks_leak_nothing(
+    seed: int, max_connecting: int | None
+) -> None:
     """The proof of issue 2: 200 tasks, each under a random ``move_on_after``, against
     ``max_size=3`` and a slow server, in every style of borrowing. Cancels land while
-    waiting in line, connecting, being handed a connection, and mid-conversation."""
+    waiting in line, connecting, being handed a connection, and mid-conversation; with
+    hand-off (``max_connecting``), also while waiting for a connect started for the task
+    (which then goes to another waiter or to idle)."""
     rng = random.Random(seed)
     fds_before = open_fds()
     outcomes = {"done": 0, "exhausted": 0, "cancelled waiting": 0, "cancelled holding": 0}
     async with trio.open_nursery() as server_nursery:
         port = await start_server(server_nursery, slow_echo)
-        async with trio_pool.open_pool(max_size=MAX_SIZE, acquire_timeout=None) as pool:
+        async with trio_pool.open_pool(
+            max_size=MAX_SIZE, acquire_timeout=None, max_connecting=max_connecting
+        ) as pool:
 
             async def with_context(phase: list[str]) -> None:
                 async with pool.connection(HOST, port) as conn:
@@ -103,6 +110,7 @@ async def test_200_randomly_cancelled_tasks_leak_nothing(seed: int) -> None:
             assert outcomes["done"] >= 20, outcomes
             assert outcomes["cancelled waiting"] > 0, outcomes
             assert outcomes["cancelled holding"] > 0, outcomes
+            await settle_connects(pool)
             stats = pool.statistics()
             assert_settled(stats)
             assert stats.idle_connections <= MAX_SIZE
@@ -177,7 +185,9 @@ async def test_cancel_during_connect_frees_the_slot(
     hanging_port: int, nursery: trio.Nursery
 ) -> None:
     fds_before = open_fds()
-    async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
+    # Tied connects (max_connecting=None): the connect runs in the acquiring task.
+    # tests/test_handoff.py covers the hand-off connect that outlives its requester.
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=None, max_connecting=None) as pool:
         scopes: dict[str, trio.CancelScope] = {}
 
         async def attempt(name: str) -> None:
@@ -248,7 +258,9 @@ async def test_cancel_right_after_hand_over_loses_nothing(
 async def test_waiter_granted_a_slot_then_cancelled_passes_it_on(
     echo_port: int, nursery: trio.Nursery
 ) -> None:
-    async with trio_pool.open_pool(max_size=1, acquire_timeout=None) as pool:
+    # Tied connects: the granted slot passes on. With hand-off the connect itself passes
+    # on (tests/test_handoff.py).
+    async with trio_pool.open_pool(max_size=1, acquire_timeout=None, max_connecting=None) as pool:
         conn = await pool.acquire(HOST, echo_port)
         got, scopes = await park_waiters(pool, echo_port, nursery, "first", "second")
         pool.discard(conn)  # frees the slot: "first" is granted a connect in it ...

@@ -304,3 +304,40 @@ def test_recommended_max_size_bad_types(
 ) -> None:
     with pytest.raises(TypeError, match=field):
         recommended_max_size(peak_rps, avg_response_time)  # type: ignore[arg-type]
+
+
+def test_hand_off_and_waiting_defaults() -> None:
+    config = PoolConfig()
+    assert config.max_connecting == 64
+    assert config.max_waiters is None
+    assert PoolConfig(max_connecting=None).max_connecting is None  # tied connects
+    assert PoolConfig(max_waiters=0).max_waiters == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("max_connecting", 0, ValueError),
+        ("max_connecting", -1, ValueError),
+        ("max_connecting", 1.5, TypeError),
+        ("max_connecting", True, TypeError),
+        ("max_waiters", -1, ValueError),
+        ("max_waiters", "3", TypeError),
+    ],
+)
+def test_hand_off_and_waiting_fields_are_checked(
+    field: str, value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=field):
+        PoolConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [-1.0, "1", True])
+async def test_connect_timeout_argument_is_checked(value: object) -> None:
+    import trio_pool
+
+    async with trio_pool.open_pool() as pool:
+        for acquire in (pool.acquire, pool.acquire_tls, pool.acquire_new):
+            with pytest.raises((TypeError, ValueError), match="connect_timeout"):
+                await acquire("127.0.0.1", 1, connect_timeout=value)  # type: ignore[arg-type]
+        assert pool.statistics() == trio_pool.PoolStatistics()

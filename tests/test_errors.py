@@ -116,7 +116,7 @@ async def test_connect_timeout_frees_the_slot_for_a_waiter(
     hanging_port: int, mock_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     async with trio_pool.open_pool(
-        max_size=1, connection_timeout=1.0, acquire_timeout=None
+        max_size=1, connection_timeout=1.0, acquire_timeout=None, max_connecting=None
     ) as pool:
         results: list[str] = []
 
@@ -304,6 +304,7 @@ async def test_bad_timeout(timeout: object, error: type[Exception]) -> None:
         ({"tls": 1}, TypeError, "tls"),
         ({"verify_cert": "yes"}, TypeError, "verify_cert"),
         ({"tls": True, "sni": ""}, ValueError, "sni"),
+        ({"tls": True, "sni": 5}, TypeError, "sni"),
         ({"tls": True, "ssl_context": object()}, TypeError, "ssl_context"),
     ],
 )
@@ -324,3 +325,121 @@ async def test_bad_arguments_do_not_checkpoint() -> None:
             with pytest.raises(ValueError, match="port"):
                 await pool.acquire(HOST, 0)
         assert_untouched(pool)
+
+
+# -- errors users can catch ---------------------------------------------------------------
+
+
+async def test_refused_connect_message_names_the_root_cause() -> None:
+    port = refused_port()
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(ConnectError, match="Connection refused") as info:
+            await pool.acquire(HOST, port)
+        assert f"{HOST}:{port}" in str(info.value)
+        assert isinstance(info.value.__cause__, OSError)  # trio's own error stays chained
+
+
+async def test_exception_in_the_body_propagates_as_itself() -> None:
+    port = refused_port()
+
+    async def run() -> None:
+        async with trio_pool.open_pool() as pool:
+            await pool.acquire(HOST, port)
+
+    with pytest.raises(ConnectError, match="Connection refused") as info:
+        await run()
+    assert type(info.value) is ConnectError
+    assert not isinstance(info.value.__context__, BaseExceptionGroup)
+    async def mine() -> None:
+        async with trio_pool.open_pool():
+            raise KeyError("mine")
+
+    with pytest.raises(KeyError):
+        await mine()
+
+
+async def test_failure_of_the_pools_own_work_still_surfaces(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("maintenance is broken")
+
+    async def run() -> None:
+        async with trio_pool.open_pool(health_check_interval=1.0) as pool:
+            monkeypatch.setattr(pool, "_maintenance_pass", broken)
+            await trio.sleep(100)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await run()
+    assert info.group_contains(RuntimeError, match="maintenance is broken")
+
+
+class _NoDNS(trio.abc.HostnameResolver):
+    async def getaddrinfo(self, *args: object, **kwargs: object) -> list[object]:
+        raise AssertionError("no DNS lookup may happen")  # pragma: no cover
+
+    async def getnameinfo(self, *args: object) -> tuple[str, str]:  # pragma: no cover
+        raise AssertionError("no DNS lookup may happen")
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1", "https://example.test/path", "a/b"])
+async def test_url_instead_of_host_is_a_value_error_before_dns(host: str) -> None:
+    trio.socket.set_custom_hostname_resolver(_NoDNS())
+    try:
+        async with trio_pool.open_pool() as pool:
+            with pytest.raises(ValueError, match="not a URL"):
+                await pool.acquire(host, 8080)
+            with pytest.raises(ValueError, match="host"):
+                pool.connection(host, 8080)
+            assert_untouched(pool)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+async def test_release_and_discard_check_their_argument() -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(TypeError, match="PooledConnection"):
+            pool.release(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="PooledConnection"):
+            pool.discard("x")  # type: ignore[arg-type]
+        assert_untouched(pool)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "field"), [("127.0.0.1", "8080", "port"), (8080, None, "host")]
+)
+async def test_statistics_checks_its_arguments(host: object, port: object, field: str) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(TypeError, match=field):
+            pool.statistics(host, port)  # type: ignore[arg-type]
+
+
+async def test_prewarm_after_close_raises_pool_closed(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        await pool.aclose()
+        with pytest.raises(trio_pool.PoolClosed):
+            await pool.prewarm(HOST, echo_port, count=1)
+        assert pool.statistics().connections_created == 0
+
+
+async def test_release_after_the_user_closed_the_connection(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        # Its stream closed by hand: release closes it, frees its slot, never pools it.
+        conn = await pool.acquire(HOST, echo_port)
+        await conn.stream.aclose()
+        pool.release(conn)
+        stats = pool.statistics()
+        assert conn.is_closed
+        assert (stats.idle_connections, stats.connections_closed) == (0, 1)
+        # Closed with conn.aclose() (a discard): release and discard after it do nothing.
+        conn = await pool.acquire(HOST, echo_port)
+        await conn.aclose()
+        pool.release(conn)
+        pool.discard(conn)
+        stats = pool.statistics()
+        assert (stats.idle_connections, stats.connections_closed) == (0, 2)
+        # A second release of a released connection is still an error.
+        conn = await pool.acquire(HOST, echo_port)
+        pool.release(conn)
+        with pytest.raises(RuntimeError):
+            pool.release(conn)

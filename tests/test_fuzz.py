@@ -160,9 +160,14 @@ class Acquirer:
     cancelled: bool = False
     cancel_requested: bool = False
     harvested: bool = False
+    connect_timeout: float | None = None
 
 
 class PoolMachine(RuleBasedStateMachine):
+    #: None: tied connects (each miss connects in its own task); else hand-off connects
+    #: in the pool's nursery, at most this many per key (HandoffPoolMachine).
+    max_connecting: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.fds_before = open_fds()
@@ -197,6 +202,7 @@ class PoolMachine(RuleBasedStateMachine):
                 acquire_timeout=ACQUIRE_TIMEOUT,
                 connection_timeout=CONNECT_TIMEOUT,
                 max_idle_time=MAX_IDLE,
+                max_connecting=self.max_connecting,
             ) as pool:
                 self.pool = pool
                 self.pool_exit = trio.Event()
@@ -213,6 +219,8 @@ class PoolMachine(RuleBasedStateMachine):
     async def _acquire_task(self, acquirer: Acquirer) -> None:
         assert self.pool is not None
         args, kwargs = self._acquire_args(acquirer.key)
+        if acquirer.connect_timeout is not None:
+            kwargs["connect_timeout"] = acquirer.connect_timeout
         try:
             with acquirer.scope:
                 acquirer.conn = await self.pool.acquire(*args, **kwargs)
@@ -310,11 +318,15 @@ class PoolMachine(RuleBasedStateMachine):
         return [a for a in self.acquirers if not a.done]
 
     @precondition(lambda self: len(self.pending()) < MAX_PENDING)
-    @rule(keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3))
-    def acquire(self, keys: list[str]) -> None:
-        """One to three tasks start acquiring, one after the other."""
+    @rule(
+        keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3),
+        connect_timeout=st.sampled_from([None, None, 1.0]),
+    )
+    def acquire(self, keys: list[str], connect_timeout: float | None) -> None:
+        """One to three tasks start acquiring, one after the other (some with their own
+        connect timeout)."""
         for key in keys:
-            acquirer = Acquirer(len(self.acquirers), key)
+            acquirer = Acquirer(len(self.acquirers), key, connect_timeout=connect_timeout)
             self.acquirers.append(acquirer)
             self.trio.call(self._start_acquire, acquirer)
             if self.pool_closed:
@@ -428,10 +440,14 @@ class PoolMachine(RuleBasedStateMachine):
         ), stats
         assert stats.active_connections == len(self.held), stats
         pending = self.pending()
-        assert stats.tasks_waiting + stats.connecting == len(pending), (stats, pending)
+        if self.max_connecting is None:
+            assert stats.tasks_waiting + stats.connecting == len(pending), (stats, pending)
+        else:  # every task in acquire waits; connects run on their own
+            assert stats.tasks_waiting == len(pending), (stats, pending)
         in_key: dict[str, int] = {}
         idle_in_key: dict[str, int] = {}
         waiting_in_key: dict[str, int] = {}
+        connecting_in_key: dict[str, int] = {}
         for key in KEYS:
             key_stats = pool.statistics(HOST, self.ports[key])
             in_key[key] = (
@@ -439,7 +455,10 @@ class PoolMachine(RuleBasedStateMachine):
             )
             idle_in_key[key] = key_stats.idle_connections
             waiting_in_key[key] = key_stats.tasks_waiting
+            connecting_in_key[key] = key_stats.connecting
             assert in_key[key] <= MAX_SIZE, (key, key_stats)
+            if self.max_connecting is not None:
+                assert key_stats.connecting <= self.max_connecting, (key, key_stats)
         total = sum(in_key.values())
         assert total <= MAX_TOTAL, stats
         # Liveness: nobody waits in line while the pool could serve them: an idle
@@ -448,8 +467,11 @@ class PoolMachine(RuleBasedStateMachine):
         for key in KEYS:
             if waiting_in_key[key]:
                 assert idle_in_key[key] == 0, f"{key}: waits beside an idle connection"
-                assert in_key[key] == MAX_SIZE or (
-                    total == MAX_TOTAL and stats.idle_connections == 0
+                assert (
+                    in_key[key] == MAX_SIZE
+                    or (total == MAX_TOTAL and stats.idle_connections == 0)
+                    # hand-off: it waits for a connect of its key
+                    or (self.max_connecting is not None and connecting_in_key[key] > 0)
                 ), f"{key}: waits with room to connect ({in_key}, {stats})"
         if self.pool_closed:
             assert stats.idle_connections == 0
@@ -471,9 +493,24 @@ class PoolMachine(RuleBasedStateMachine):
         assert open_fds() == self.fds_before, "file descriptors leaked"
 
 
-def test_pool_state_machine() -> None:
+class HandoffPoolMachine(PoolMachine):
+    """The same model with hand-off connects, at most one in flight per key, so tasks
+    wait beside a connect that is not theirs, and cancelled owners leave orphans."""
+
+    max_connecting = 1
+
+
+class DefaultHandoffPoolMachine(PoolMachine):
+    """Hand-off with the default ``max_connecting``: the connect budget never binds at
+    ``max_size=2``, so every waiter of a key with room has a connect of its own."""
+
+    max_connecting = trio_pool.PoolConfig().max_connecting
+
+
+@pytest.mark.parametrize("machine", [PoolMachine, HandoffPoolMachine, DefaultHandoffPoolMachine])
+def test_pool_state_machine(machine: type[PoolMachine]) -> None:
     run_state_machine_as_test(
-        PoolMachine,
+        machine,
         settings=settings(
             max_examples=60,
             stateful_step_count=30,

@@ -332,22 +332,90 @@ async def test_floor_refilled_after_idle_eviction_and_lifetime(
     ) as pool:
         assert await pool.prewarm(HOST, echo_port) == 2
         opened = trio.current_time()
-        await trio.sleep_until(opened + 10.0 + EPS)  # idle timeout, refilled in the same pass
+        await trio.sleep_until(opened + 10.0 + EPS)  # past max_idle_time: the floor stays
         stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_evicted) == (4, 2)
+        assert (stats.connections_created, stats.connections_evicted) == (2, 0)
         assert stats.idle_connections == 2
-        assert all(c.created_at == opened + 10.0 for c in pool._state.idle_lru)
+        assert all(c.created_at == opened for c in pool._state.idle_lru)
         # Busy connections count toward the floor: none is opened while both are in use.
         a = await pool.acquire(HOST, echo_port)
         b = await pool.acquire(HOST, echo_port)
+        assert a.reused  # idle beyond max_idle_time, still handed out
+        assert b.reused
         await trio.sleep(30.0)  # lifetime (24.375..25 s) passes while in use
-        assert pool.statistics().connections_created == 4
+        assert pool.statistics().connections_created == 2
         pool.release(a)  # expired: closed on release, and the floor is refilled at once
         pool.release(b)
         await trio.sleep(EPS)
         stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_evicted) == (6, 4)
+        assert (stats.connections_created, stats.connections_evicted) == (4, 2)
         assert stats.idle_connections == 2
+
+
+async def test_warm_floor_stays_warm_without_traffic(
+    echo_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio_pool.open_pool(
+        min_size=2, max_idle_time=0.3, health_check_interval=0.1
+    ) as pool:
+        assert await pool.prewarm(HOST, echo_port) == 2
+        await trio.sleep(2.0)  # 20 full passes, each probing both connections
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.connections_closed) == (2, 0)
+        assert stats.idle_connections == 2
+        # Above the floor, idle connections still go after max_idle_time.
+        extra = [await pool.acquire(HOST, echo_port) for _ in range(3)]
+        for conn in extra:
+            pool.release(conn)
+        assert pool.statistics().idle_connections == 3
+        await trio.sleep(0.3 + EPS)
+        stats = pool.statistics()
+        assert (stats.idle_connections, stats.connections_closed) == (2, 1)
+
+
+async def test_dead_floor_connection_is_replaced(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    port = await start_server(nursery, reply_then_close)
+    async with trio_pool.open_pool(
+        min_size=1, max_idle_time=0.3, health_check_interval=1.0
+    ) as pool:
+        conn = await pool.acquire(HOST, port)
+        await conn.send_all(b"x")
+        await conn.receive_some()
+        pool.release(conn)
+        await trio.sleep(1.0 + EPS)  # the server closed it; the next full pass sees it
+        assert conn.is_closed
+        await trio.sleep(EPS)
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.idle_connections) == (2, 1)
+
+
+async def test_floor_recycles_lifetime_one_connection_at_a_time(
+    echo_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio_pool.open_pool(
+        min_size=2, max_lifetime=10.0, health_check_interval=100.0
+    ) as pool:
+        assert await pool.prewarm(HOST, echo_port) == 2
+        originals = list(pool._state.idle_lru)
+        for conn in originals:  # the worst case: both expire at the same instant
+            conn._expires_at = trio.current_time() + 10.0
+        idle_left: list[int] = []
+        close_stream = pool._state._close_stream
+
+        def record(conn: trio_pool.PooledConnection) -> None:
+            idle_left.append(pool.statistics().idle_connections)
+            close_stream(conn)
+
+        pool._state._close_stream = record
+        with trio.fail_after(50.0):
+            await wait_for(lambda: all(c.is_closed for c in originals))
+        # Each was retired only with another connection idle beside it.
+        assert idle_left == [1, 1]
+        await trio.sleep(EPS)
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.idle_connections) == (4, 2)
 
 
 async def test_refill_backs_off_from_a_failing_host_then_recovers(

@@ -75,6 +75,7 @@ async def test_counters_gauges_and_wait_histogram(echo_port: int) -> None:
             "trio_pool_misses_total": 1,
             "trio_pool_connect_failures_total": 0,
             "trio_pool_acquire_timeouts_total": 0,
+            "trio_pool_waiters_rejected_total": 0,
             "trio_pool_tls_handshakes_total": 0,
             "trio_pool_tls_resumptions_total": 0,
             "trio_pool_idle_connections": 1,
@@ -100,6 +101,19 @@ async def test_counters_gauges_and_wait_histogram(echo_port: int) -> None:
             await pool.acquire(HOST, echo_port, timeout=0)
         pool.release(conn)
         assert value(scrape(registry), "trio_pool_acquire_timeouts_total", echo_port) == 1
+
+
+async def test_waiters_rejected_by_max_waiters_are_exported(echo_port: int) -> None:
+    registry = CollectorRegistry()
+    async with trio_pool.open_pool(max_size=1, max_waiters=0) as pool:
+        registry.register(PrometheusCollector(pool))
+        conn = await pool.acquire(HOST, echo_port)
+        with pytest.raises(trio_pool.PoolExhausted, match="max_waiters=0"):
+            await pool.acquire(HOST, echo_port)
+        pool.release(conn)
+        after = scrape(registry)
+        assert value(after, "trio_pool_waiters_rejected_total", echo_port) == 1
+        assert value(after, "trio_pool_acquire_timeouts_total", echo_port) == 0
 
 
 async def test_hosts_are_labelled_and_tls_resumptions_counted(

@@ -23,7 +23,7 @@ import trustme
 import trio_pool
 from trio_pool import ConnectError, ConnectTimeout, Proxy, ProxyError
 
-from .checks import assert_settled
+from .checks import assert_settled, settle_connects
 from .proxies import read_head
 from .servers import HOST, open_fds, start_server
 
@@ -230,21 +230,29 @@ async def test_bytes_behind_the_connect_response_are_not_lost(nursery: trio.Nurs
         assert_settled(pool)
 
 
+@pytest.mark.parametrize("max_connecting", [None, 64])
 async def test_stalled_proxy_times_out_and_cancellation_leaks_nothing(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, max_connecting: int | None
 ) -> None:
     proxy, heads = await fake_http_proxy(nursery, hang)
     fds = open_fds()
-    async with trio_pool.open_pool(connection_timeout=0.3) as pool:
+    async with trio_pool.open_pool(connection_timeout=0.3, max_connecting=max_connecting) as pool:
         with pytest.raises(ConnectTimeout):
             await pool.acquire(HOST, 4433, tls=True, proxy=proxy)
         assert_settled(pool)
         with trio.move_on_after(0.1) as scope:
             await pool.acquire(HOST, 4433, tls=True, proxy=proxy)
         assert scope.cancelled_caught
-        stats = pool.statistics()
+        if max_connecting is None:
+            # Tied connects: the cancelled task's own connect was cancelled with it.
+            stats = pool.statistics()
+            assert stats.connect_failures == 1  # a cancelled connect is no failure
+        else:
+            # Hand-off: the connect outlives its cancelled task and times out on its own.
+            await settle_connects(pool)
+            stats = pool.statistics()
+            assert stats.connect_failures == 2
         assert_settled(stats)
-        assert stats.connect_failures == 1  # a cancelled connect is no failure
     await trio.testing.wait_all_tasks_blocked()  # the proxy saw both EOFs and closed
     assert len(heads) == 2
     assert open_fds() == fds

@@ -251,6 +251,45 @@ def check_invariant(stats: trio_pool.PoolStatistics) -> None:
 # -- reuse and resumption --------------------------------------------------------------
 
 
+async def test_session_resumes_after_its_key_was_forgotten(
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+) -> None:
+    """A host used less often than max_idle_time: its key state is dropped between
+    uses, its TLS session is not (the pool's session store keeps it)."""
+    server, port = tls_server
+    async with trio_pool.open_pool(max_idle_time=0.05, health_check_interval=0.05) as pool:
+        assert server.handshakes == 0
+        for use in range(3):
+            conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+            assert conn.session_reused == (use > 0)
+            await roundtrip(conn)  # TLS 1.3 tickets come with the first data
+            pool.release(conn)
+            with trio.fail_after(5.0):
+                while pool._state.keys:  # noqa: ASYNC110 - closed idle, then the key forgotten
+                    await trio.sleep(0.01)
+        stats = pool.statistics()
+        assert (stats.tls_handshakes, stats.tls_resumptions, stats.connections_created) == (3, 2, 3)
+        assert len(pool._state.sessions) == 1
+
+
+def test_session_store_is_a_bounded_lru() -> None:
+    from trio_pool._state import SESSION_CAPACITY, PoolKey, SessionStore
+
+    assert SESSION_CAPACITY == 1024
+    store = SessionStore(capacity=2)
+    keys = [PoolKey(HOST, port, True, HOST, True, None) for port in (1, 2, 3)]
+    sessions = [object(), object(), object()]
+    store.put(keys[0], sessions[0])  # type: ignore[arg-type]
+    store.put(keys[1], sessions[1])  # type: ignore[arg-type]
+    assert store.get(keys[0]) is sessions[0]  # now the most recently used
+    store.put(keys[2], sessions[2])  # type: ignore[arg-type]
+    assert len(store) == 2
+    assert store.get(keys[1]) is None  # the least recently used went
+    assert store.get(keys[0]) is sessions[0]
+    assert store.discard(keys[0])
+    assert not store.discard(keys[0])
+
+
 async def test_reuse_hands_out_the_same_tls_stream(
     tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, tls_version: str
 ) -> None:
@@ -579,7 +618,9 @@ async def test_connection_timeout_covers_the_handshake(nursery: trio.Nursery) ->
 
 async def test_cancelled_handshake_leaks_nothing(nursery: trio.Nursery) -> None:
     port = await start_server(nursery, never_speaks)
-    async with trio_pool.open_pool(max_size=1) as pool:
+    # Tied connects: the handshake is cancelled with its task. A hand-off handshake
+    # outlives it (bounded by connection_timeout): tests/test_handoff.py.
+    async with trio_pool.open_pool(max_size=1, max_connecting=None) as pool:
         baseline = open_fds()
         for _ in range(3):
             with trio.move_on_after(0.05) as scope:

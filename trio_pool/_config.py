@@ -41,6 +41,14 @@ class PoolConfig:
         max_total: Most connections across all hosts. ``None``: no global cap.
         leak_detection_threshold: Log a warning, with where it was acquired, for a
             connection held longer than this. ``None``: off.
+        max_connecting: Most hand-off connects in flight per host key. A miss with room
+            starts a connect in the pool's nursery and is served by whichever comes
+            first, a released connection or a connect; unneeded connects go to the next
+            waiter or to idle. Below this cap a key has at most as many connects in
+            flight as it has open connections (at least 4). ``None``: no hand-off,
+            every miss opens its own connection and waits for it (tied connects).
+        max_waiters: Most tasks waiting in line per host key for a full key (or pool);
+            one more gets :class:`~trio_pool.PoolExhausted` at once. ``None``: no limit.
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -56,6 +64,8 @@ class PoolConfig:
     max_lifetime: float | None = None
     max_total: int | None = None
     leak_detection_threshold: float | None = None
+    max_connecting: int | None = 64
+    max_waiters: int | None = None
 
     def __post_init__(self) -> None:
         if check_int("max_size", self.max_size) < 1:
@@ -74,6 +84,10 @@ class PoolConfig:
         _check_positive_time(
             "leak_detection_threshold", self.leak_detection_threshold, allow_none=True
         )
+        if self.max_connecting is not None and check_int("max_connecting", self.max_connecting) < 1:
+            raise ValueError(f"max_connecting must be >= 1 or None, got {self.max_connecting!r}")
+        if self.max_waiters is not None and check_int("max_waiters", self.max_waiters) < 0:
+            raise ValueError(f"max_waiters must be >= 0 or None, got {self.max_waiters!r}")
 
     def replace(self, **overrides: Any) -> PoolConfig:
         """Return a copy with some fields changed (validated again).

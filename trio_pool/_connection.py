@@ -5,15 +5,14 @@ from __future__ import annotations
 import enum
 import select
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from ._pool import ConnectionPool
-    from ._state import KeyState
+from ._probe import Health, _peek, probe_tls
+from ._tls import is_tls_error
 
-__all__ = ["ConnectionState", "Health", "PooledConnection"]
+__all__ = ["ConnectionKey", "ConnectionOwner", "ConnectionState", "Health", "PooledConnection"]
 
 _POLLIN: Final = select.POLLIN | select.POLLPRI
 
@@ -26,14 +25,6 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-class Health(enum.Enum):
-    """What a non-blocking look at a connection's socket found."""
-
-    OK = "ok"
-    PENDING = "pending"  # bytes nobody asked for: reusing it would desync the protocol
-    CLOSED = "closed"  # the peer closed or reset it
-
-
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
@@ -42,15 +33,30 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     return stream.socket
 
 
-def _peek(fd: int, size: int, flags: int) -> bytes | None:
-    """Non-blocking ``recv`` on a socket we don't own; ``None`` if nothing is there."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.recv(size, flags | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return None
-    finally:
-        sock.detach()
+class ConnectionOwner(Protocol):
+    """What a connection needs of its pool (:class:`~trio_pool.ConnectionPool`):
+    described here so this module imports no higher layer."""
+
+    def discard(self, conn: PooledConnection, /) -> None: ...
+
+
+class _HostPort(Protocol):
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class ConnectionKey(Protocol):
+    """What a connection needs of its key's state (``trio_pool._state.KeyState``)."""
+
+    @property
+    def key(self) -> _HostPort: ...
+
+    def save_session(self, stream: trio.SSLStream[trio.SocketStream], /) -> bool: ...
+
+    def forget_session(self) -> bool: ...
 
 
 class PooledConnection(trio.abc.Stream):
@@ -77,6 +83,7 @@ class PooledConnection(trio.abc.Stream):
 
     __slots__ = (
         "_broken",
+        "_closed_by_user",
         "_expires_at",
         "_key",
         "_lease",
@@ -99,14 +106,14 @@ class PooledConnection(trio.abc.Stream):
 
     def __init__(
         self,
-        pool: ConnectionPool,
-        key: KeyState,
+        pool: ConnectionOwner,
+        key: ConnectionKey,
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         now: float,
         expires_at: float,
     ) -> None:
-        self._pool = pool
-        self._key = key
+        self._pool: ConnectionOwner = pool
+        self._key: ConnectionKey = key
         self.stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
         self.host: str = key.key.host
         self.port: int = key.key.port
@@ -119,6 +126,7 @@ class PooledConnection(trio.abc.Stream):
         self._lease = 0
         self._state = ConnectionState.IN_USE
         self._broken = False
+        self._closed_by_user = False  # by aclose(): a later release or discard is a no-op
         self._expires_at = expires_at
         self.session_reused: bool = False
         # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
@@ -182,8 +190,6 @@ class PooledConnection(trio.abc.Stream):
         stream = self.stream
         # Plain streams skip the ABC isinstance (~0.5 µs on every hand-out and release).
         if type(stream) is not trio.SocketStream and isinstance(stream, trio.SSLStream):
-            from ._tls import probe_tls
-
             if self._unread:
                 return Health.PENDING
             health, self._unread = probe_tls(stream, self._poller)
@@ -263,14 +269,15 @@ class PooledConnection(trio.abc.Stream):
         """A read or write raised: never reuse the connection, and after a TLS error never
         offer the key's saved session again."""
         self._broken = True
-        if self._key.tls_session is not None and isinstance(self.stream, trio.SSLStream):
-            from ._tls import is_tls_error
-
-            if is_tls_error(exc):
-                self._key.tls_session = None  # never offer a session again after a TLS error
+        if isinstance(self.stream, trio.SSLStream) and is_tls_error(exc):
+            self._key.forget_session()  # never offer the session again after a TLS error
 
     async def aclose(self) -> None:
-        """Discard the connection (close it for good); a no-op if already closed or returned."""
+        """Discard the connection (close it for good); a no-op if already closed or returned.
+
+        A later :meth:`ConnectionPool.release` or ``discard`` of it does nothing.
+        """
         if self._state is ConnectionState.IN_USE:
             self._pool.discard(self)
+            self._closed_by_user = True
         await trio.lowlevel.checkpoint()

@@ -37,6 +37,10 @@ def describe_key(key: PoolKey) -> str:
             parts.append("certificate not verified")
         if key.ssl_context is not None:
             parts.append("own ssl_context")
+    if key.proxy is not None:
+        parts.append(f"{'forwarded to' if key.forward else 'via'} proxy {key.proxy.url}")
+    if key.uds is not None:
+        parts.append(f"over unix socket {key.uds!r}")
     return f"{host}:{key.port} ({', '.join(parts)})"
 
 

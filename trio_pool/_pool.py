@@ -13,16 +13,16 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 
 from ._config import PoolConfig
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._describe import caller_stack, describe_key
-from ._exceptions import ConnectError, ConnectTimeout, PoolExhausted
+from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._proxy import Proxy
-from ._state import CONNECT, Grant, KeyState, PoolKey, PoolState, Waiter
+from ._state import CONNECT, HANDOFF, Grant, KeyState, PendingConnect, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
 from ._tunnel import open_transport
@@ -47,6 +47,35 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _root_causes(exc: BaseException) -> str:
+    """What an ``OSError`` from :func:`trio.open_tcp_stream` really says: the errors of
+    its attempts (held in ``__cause__``, an exception group), ``strerror`` first, so a
+    message reads "Connection refused" rather than "all attempts to connect failed"."""
+    reasons: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 64:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+            continue
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+            continue
+        if isinstance(current, OSError) and current.errno is not None:
+            reason = os.strerror(current.errno)
+            if current.errno < 0 or reason.startswith("Unknown error"):
+                reason = str(current)
+        else:
+            reason = str(current) or type(current).__name__
+        if reason not in reasons:
+            reasons.append(reason)
+    return "; ".join(reasons) or str(exc)
+
+
 def make_key(
     host: object,
     port: object,
@@ -68,6 +97,11 @@ def make_key(
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
         raise ValueError(f"host must be a non-empty name or address, got {host!r}")
+    if "://" in host or "/" in host:
+        raise ValueError(
+            f"host must be a host name or address, not a URL: got {host!r}"
+            " (pass the URL's host and port separately)"
+        )
     port = check_int("port", port)
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port!r}")
@@ -75,8 +109,11 @@ def make_key(
         raise TypeError(f"tls must be a bool, not {type(tls).__name__}")
     if not isinstance(verify_cert, bool):
         raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
-    if sni is not None and (not isinstance(sni, str) or not sni):
-        raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
+    if sni is not None:
+        if not isinstance(sni, str):
+            raise TypeError(f"sni must be a str or None, not {type(sni).__name__}")
+        if not sni:
+            raise ValueError(f"sni must be a non-empty str or None, got {sni!r}")
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
     if tls and ssl_context is not None and not verify_cert:
@@ -146,7 +183,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self._config = config
         self._nursery = nursery
-        self._state = PoolState(self, config, self._close_stream)
+        self._state = PoolState(
+            self,
+            config,
+            self._close_stream,
+            wake_by=self._wake_by,
+            start_connect=self._start_connect,
+        )
         self._aliases: dict[tuple[object, ...], KeyState] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self._maintenance_scope: trio.CancelScope | None = None
@@ -224,11 +267,16 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     ) -> PooledConnection:
         """Borrow a connection to ``host:port``.
 
-        A healthy idle connection of the same key is reused (a hit, warmest first); else a
-        new one is opened within ``connection_timeout`` (a miss); else, when the key is at
+        A healthy idle connection of the same key is reused (a hit, warmest first). On a
+        miss with room in the key, a connect starts in the pool's nursery (at most
+        ``max_connecting`` at a time per key) and the task is served by whichever comes
+        first: a connection released for its key, or a connect; a connect that is not
+        needed any more goes to the next waiter or to idle, and a connect failure
+        reaches the task as :class:`~trio_pool.ConnectError`. When the key is at
         ``max_size`` (or the pool at ``max_total``), the task waits in FIFO order for a
-        connection to be released or discarded. Give the connection back with
-        :meth:`release` or :meth:`discard`, or use :meth:`connection`.
+        connection to be released or discarded (at most ``max_waiters`` wait). Give the
+        connection back with :meth:`release` or :meth:`discard`, or use
+        :meth:`connection`.
 
         Cancellation at any point leaks nothing: no slot, no socket, no place in line.
 
@@ -243,7 +291,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             ssl_context: The :class:`ssl.SSLContext` to use; connections made with it
                 are never shared with other contexts.
             timeout: Longest wait in line, overriding ``acquire_timeout``; ``0`` fails
-                fast.
+                fast (a miss then connects in the calling task, without hand-off). A
+                task waiting for a connect started on its behalf is bounded by the
+                connect timeout instead.
             proxy: Open the connection through this :class:`~trio_pool.Proxy`: a
                 ``CONNECT`` tunnel (``http://``) or a SOCKS5 ``CONNECT`` to
                 ``host:port``, with TLS to ``host`` inside it if ``tls``. The proxy is
@@ -256,15 +306,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             forward: With an ``http://`` ``proxy``: connect to the proxy itself, for
                 plain-http requests sent to it in absolute form, pooled per proxy.
                 ``host`` and ``port`` must then be the proxy's, and ``tls`` False.
-            connect_timeout: Limit for a connect this call starts (TCP connect plus TLS
-                handshake), overriding ``connection_timeout``; ``0`` lets no connect
+            connect_timeout: Limit for a connect this acquire starts (TCP connect plus
+                TLS handshake), overriding ``connection_timeout``; a hand-off connect
+                started on this task's behalf keeps it even if another task gets the
+                connection. ``0`` lets no connect
                 start (only an idle connection can serve the call).
 
         Returns:
             The borrowed :class:`~trio_pool.PooledConnection`.
 
         Raises:
-            PoolExhausted: No connection became free within the timeout.
+            PoolExhausted: No connection became free within the timeout, or
+                ``max_waiters`` tasks wait already.
             ProxyError: The proxy refused or broke the tunnel (``status`` holds the
                 HTTP status of a refused ``CONNECT``).
             ConnectError: Connecting failed (the cause is chained).
@@ -325,7 +378,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         forward: bool = False,
         connect_timeout: float | None = None,
     ) -> PooledConnection:
-        """Like :meth:`acquire`, but always open a new connection.
+        """Like :meth:`acquire`, but always open a new connection (in the calling task,
+        within ``connect_timeout`` if given, else ``connection_timeout``).
 
         It still counts toward ``max_size``: with the key full, its coldest idle
         connection is closed to make room; with none idle, the task waits in line.
@@ -346,39 +400,68 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     ) -> PooledConnection:
         await trio.lowlevel.checkpoint_if_cancelled()
         now = trio.current_time()
-        grant = self._state.take(state, now, new=new)
-        if grant is None:
-            grant = await self._wait(state, now, timeout, new)
-        elif grant is not CONNECT:
+        taken = self._state.take(state, now, new=new)
+        if isinstance(taken, PooledConnection):  # a hit
             await trio.lowlevel.cancel_shielded_checkpoint()
-        if grant is CONNECT:
-            conn = await self._connect(state, connect_timeout=connect_timeout)
+            conn = taken
         else:
-            assert isinstance(grant, PooledConnection)
-            conn = grant
+            grant: Grant = CONNECT
+            if taken is not CONNECT:
+                grant = await self._wait(
+                    state, now, timeout, new, connect_timeout, taken is HANDOFF
+                )
+            if isinstance(grant, PooledConnection):
+                conn = grant
+            else:
+                conn = await self._connect(state, timeout=connect_timeout)
         if self._state.borrowed is not None:
             conn.acquired_by = caller_stack()
         return conn
 
-    async def _wait(self, state: KeyState, now: float, timeout: float | None, new: bool) -> Grant:
+    async def _wait(
+        self,
+        state: KeyState,
+        now: float,
+        timeout: float | None,
+        new: bool,
+        connect_timeout: float | None,
+        handoff: bool,
+    ) -> Grant:
+        """Wait in line: for a free slot or connection (the key or pool is full), or as
+        a hand-off waiter for whichever comes first, a released connection of the key
+        or a connect started for it."""
         if timeout is None:
             timeout = self._config.acquire_timeout
-        if timeout is not None and timeout <= 0:
-            state.acquire_timeouts += 1
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
-        waiter = Waiter(state, now, new)
-        self._state.enqueue(waiter)
+        if handoff:
+            if timeout is not None and timeout <= 0:
+                # Fail-fast callers keep the plain miss: they connect themselves.
+                self._state.connect_now(state)
+                return CONNECT
+        else:
+            max_waiters = self._config.max_waiters
+            if max_waiters is not None and state.line >= max_waiters:
+                self._state.reject(state)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise PoolExhausted(
+                    f"the line for {state.key.host}:{state.key.port} is full:"
+                    f" {state.line} tasks wait already (max_waiters={max_waiters})"
+                )
+            if timeout is not None and timeout <= 0:
+                state.acquire_timeouts += 1
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
+        scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
+        waiter = Waiter(
+            state, now, new, handoff=handoff, connect_timeout=connect_timeout, scope=scope
+        )
+        self._state.enqueue(waiter, now)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._state.cancel_wait(waiter, timed_out=False)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if timeout is None:
+        with scope:
             grant: Grant = await trio.lowlevel.wait_task_rescheduled(abort)
-            return grant
-        with trio.CancelScope(deadline=now + timeout):
-            grant = await trio.lowlevel.wait_task_rescheduled(abort)
             return grant
         state.acquire_timeouts += 1
         raise PoolExhausted(
@@ -387,42 +470,90 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     # -- connect --------------------------------------------------------------------
 
+    def _start_connect(self, state: KeyState, pending: PendingConnect) -> None:
+        """The state machine's hook: run a hand-off connect in the pool's nursery."""
+        assert self._background is not None
+        try:
+            self._background.start_soon(self._handoff_connect, state, pending)
+        except RuntimeError:
+            # The maintenance task failed for good and took its nursery with it; the
+            # pool's own nursery outlives it until open_pool closes the pool.
+            self._nursery.start_soon(self._handoff_connect, state, pending)
+
+    async def _handoff_connect(self, state: KeyState, pending: PendingConnect) -> None:
+        """A hand-off connect: it outlives the task it was started for, and the state
+        machine gives its connection (or its error) to whoever waits for it."""
+        try:
+            await self._connect(state, pending=pending, timeout=pending.timeout)
+        except Exception as exc:
+            if not isinstance(exc, ConnectError):  # handed to the waiters; log the unusual
+                logger.warning(
+                    "trio_pool: connecting to %s:%d failed unexpectedly",
+                    state.key.host,
+                    state.key.port,
+                    exc_info=True,
+                )
+
     async def _connect(
-        self, state: KeyState, *, to_idle: bool = False, connect_timeout: float | None = None
+        self,
+        state: KeyState,
+        *,
+        to_idle: bool = False,
+        pending: PendingConnect | None = None,
+        timeout: float | None = None,
     ) -> PooledConnection:
         """Open a connection in a slot already reserved for ``state``; whatever happens,
-        the slot is either filled or given back before this returns or raises."""
+        the slot is either filled or given back before this returns or raises.
+
+        Args:
+            to_idle: Pool it (prewarm, refill) rather than return it in use.
+            pending: A hand-off connect: the state machine decides who gets it.
+            timeout: Limit for the connect, overriding ``connection_timeout``.
+        """
         key = state.key
+        if timeout is None:
+            timeout = self._config.connection_timeout
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-        limit = self._config.connection_timeout if connect_timeout is None else connect_timeout
         stage = "TCP connect"
         try:
-            with trio.move_on_after(limit) as scope:
-                tcp = await open_transport(key)
-                stream = tcp
-                if key.tls:
-                    stage = "TLS handshake"
-                    stream = await self._handshake(state, tcp)
-            if scope.cancelled_caught:
-                raise ConnectTimeout(
-                    f"connecting to {key.host}:{key.port} took longer than {limit} s"
-                    f" (connect timeout, during the {stage})"
-                )
-        except BaseException as exc:
-            if tcp is not None:
-                tcp.socket.close()
-            self._state.connect_failed(state, failed=not _is_cancellation(exc))
-            if isinstance(exc, ConnectError):
+            try:
+                with trio.move_on_after(timeout) as scope:
+                    tcp = await open_transport(key)
+                    stream = tcp
+                    if key.tls:
+                        stage = "TLS handshake"
+                        stream = await self._handshake(state, tcp)
+                if scope.cancelled_caught:
+                    raise ConnectTimeout(
+                        f"connecting to {key.host}:{key.port} took longer than {timeout} s"
+                        f" (connect timeout, during the {stage})"
+                    )
+            except BaseException as exc:
+                if tcp is not None:
+                    tcp.socket.close()
+                if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+                    raise ConnectError(
+                        f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
+                    ) from exc.__cause__
+                if isinstance(exc, OSError) and not isinstance(exc, ConnectError):
+                    raise ConnectError(
+                        f"cannot connect to {key.host}:{key.port}: {_root_causes(exc)}"
+                    ) from exc
                 raise
-            if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-                raise ConnectError(
-                    f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
-                ) from exc.__cause__
-            if isinstance(exc, OSError):
-                raise ConnectError(f"cannot connect to {key.host}:{key.port}: {exc}") from exc
+        except BaseException as exc:
+            # Synchronous from here to the raise: the slot is given back in the same step.
+            cancelled = _is_cancellation(exc)
+            self._state.connect_failed(
+                state,
+                failed=not cancelled,
+                error=None if cancelled else exc,
+                pending=pending,
+            )
             raise
-        return self._state.connected(state, stream, trio.current_time(), to_idle=to_idle)
+        return self._state.connected(
+            state, stream, trio.current_time(), to_idle=to_idle, pending=pending
+        )
 
     def _context(self, key: PoolKey) -> ssl.SSLContext:
         if key.ssl_context is not None:
@@ -439,12 +570,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         stream = trio.SSLStream(
             tcp, self._context(key), server_hostname=key.server_hostname, https_compatible=True
         )
-        if state.tls_session is not None:
-            stream.session = state.tls_session
+        session = state.tls_session
+        if session is not None:
+            stream.session = session
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError:
-            state.tls_session = None  # never offer a session again after a TLS error
+            state.forget_session()  # never offer a session again after a TLS error
             raise
         state.tls_handshakes += 1
         if stream.session_reused:
@@ -457,12 +589,20 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """Give a borrowed connection back. Synchronous: never blocks, safe in ``finally``.
 
         The longest waiting acquirer of the same key gets it at once; otherwise it is
-        pooled. It is closed instead if it is closed, broken, holds unread bytes, is past
-        its lifetime, or the pool is closing.
+        pooled. It is closed instead (and its slot freed) if its stream was closed (say
+        ``await conn.stream.aclose()``), it is broken, holds unread bytes, is past its
+        lifetime, or the pool is closing. A connection closed with
+        :meth:`PooledConnection.aclose <trio_pool.PooledConnection.aclose>` was discarded
+        by that call: releasing it afterwards does nothing.
 
         Raises:
+            TypeError: ``conn`` is not a :class:`~trio_pool.PooledConnection`.
             RuntimeError: It was already released or discarded, or is another pool's.
         """
+        if type(conn) is not PooledConnection and not isinstance(conn, PooledConnection):
+            raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
+        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+            return
         self._state.release(conn, trio.current_time())
 
     def discard(self, conn: PooledConnection) -> None:
@@ -471,9 +611,17 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         ``conn.is_closed`` is True and ``connections_closed`` counts it at once; a TLS
         ``close_notify`` may still finish in the pool's nursery.
 
+        Like :meth:`release`, it does nothing for a connection closed with
+        :meth:`PooledConnection.aclose <trio_pool.PooledConnection.aclose>`.
+
         Raises:
+            TypeError: ``conn`` is not a :class:`~trio_pool.PooledConnection`.
             RuntimeError: It was already released or discarded, or is another pool's.
         """
+        if not isinstance(conn, PooledConnection):
+            raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
+        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+            return
         self._state.discard(conn, trio.current_time())
 
     def connection(
@@ -546,7 +694,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         Raises:
             ValueError: ``count`` is negative or above ``max_size``.
             ConnectError: A connect failed (the others still complete).
+            PoolClosed: The pool is closed.
         """
+        if self._state.closed:
+            raise PoolClosed("the pool is closed")
         if count is None:
             count = self._config.min_size
         if not 0 <= check_int("count", count) <= self._config.max_size:
@@ -575,7 +726,15 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     def statistics(self, host: str | None = None, port: int | None = None) -> PoolStatistics:
         """A snapshot of the pool's counters, or of one host (and port), all its keys
-        together (plain and TLS, every SNI)."""
+        together (plain and TLS, every SNI).
+
+        Raises:
+            TypeError: ``host`` is not a str or ``port`` not an int (or not ``None``).
+        """
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        if port is not None:
+            check_int("port", port)
         if host is None and port is None:
             return self._state.statistics()
         states = [
@@ -806,7 +965,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                 logger.warning(
                     "connection to %s held for %.1f s (leak_detection_threshold"
                     " %.1f s); acquired at:\n%s",
-                    describe_key(conn._key.key),
+                    describe_key(cast(KeyState, conn._key).key),
                     now - conn.acquired_at,
                     threshold,
                     conn.acquired_by or "(unknown)",
@@ -873,6 +1032,10 @@ async def open_pool(
         The :class:`ConnectionPool`. Leaving the block closes it (see
         :meth:`ConnectionPool.aclose`) and waits for its background tasks.
 
+    An exception raised in the body propagates as itself, not wrapped in an
+    :class:`ExceptionGroup`; failures of the pool's background work (see
+    :meth:`ConnectionPool._maintain`) arrive in a group.
+
     Raises:
         TypeError: An override names no :class:`~trio_pool.PoolConfig` field.
         ValueError: A field is out of range.
@@ -883,11 +1046,30 @@ async def open_pool(
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
-    async with trio.open_nursery() as nursery:
-        pool = ConnectionPool._create(config, nursery)
-        await nursery.start(pool._maintain)
-        try:
-            yield pool
-        finally:
-            with trio.CancelScope(shield=True):
-                await pool.aclose()
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            pool = ConnectionPool._create(config, nursery)
+            await nursery.start(pool._maintain)
+            try:
+                yield pool
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pool.aclose()
+    except BaseExceptionGroup as group:
+        # The nursery is the pool's, not the caller's: an exception of the body alone
+        # propagates as itself (``except ConnectError:`` around the block works). A
+        # failure of the pool's own work keeps its group, next to the body's if any.
+        if (
+            body_error is None
+            or len(group.exceptions) != 1
+            or group.exceptions[0] is not body_error
+        ):
+            raise
+    else:
+        return
+    # Re-raised outside the ``except`` clause so the group does not become its context.
+    raise body_error

@@ -15,25 +15,23 @@ leaves in O(1).
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import outcome
 import trio
 
 from ._config import PoolConfig
-from ._connection import ConnectionState, PooledConnection
-from ._exceptions import PoolClosed
+from ._connection import ConnectionOwner, ConnectionState, PooledConnection
+from ._exceptions import ConnectError, PoolClosed
 from ._proxy import Proxy
 from ._stats import PoolStatistics
 
-if TYPE_CHECKING:
-    from ._pool import ConnectionPool
-
-__all__ = ["CONNECT", "KeyState", "PoolKey", "PoolState", "Waiter"]
+__all__ = ["CONNECT", "HANDOFF", "KeyState", "PendingConnect", "PoolKey", "PoolState", "Waiter"]
 
 IN_USE: Final = ConnectionState.IN_USE
 IDLE: Final = ConnectionState.IDLE
@@ -47,9 +45,24 @@ class _Connect:
         return "CONNECT"
 
 
+class _Handoff:
+    """The answer "a miss with room: wait, a connect is (or will be) started for you"."""
+
+    def __repr__(self) -> str:
+        return "HANDOFF"
+
+
+#: Hand-off connects a key may always have in flight, however few connections it has.
+MIN_CONNECTING: Final = 4
+
+#: Most TLS sessions a pool keeps (one per TLS key, least recently used out first).
+SESSION_CAPACITY: Final = 1024
+
 CONNECT: Final = _Connect()
+HANDOFF: Final = _Handoff()
 
 Grant = PooledConnection | _Connect
+Taken = PooledConnection | _Connect | _Handoff
 
 
 class PoolKey(NamedTuple):
@@ -79,21 +92,73 @@ class PoolKey(NamedTuple):
 class Waiter:
     """A task parked in an acquire, waiting for a connection or a connect slot."""
 
-    __slots__ = ("key", "new", "queue", "since", "task")
+    __slots__ = (
+        "connect_timeout",
+        "handoff",
+        "key",
+        "new",
+        "owns",
+        "queue",
+        "scope",
+        "settled",
+        "since",
+        "task",
+    )
 
-    def __init__(self, key: KeyState, since: float, new: bool) -> None:
+    def __init__(
+        self,
+        key: KeyState,
+        since: float,
+        new: bool,
+        *,
+        handoff: bool = False,
+        connect_timeout: float | None = None,
+        scope: trio.CancelScope | None = None,
+    ) -> None:
         self.task = trio.lowlevel.current_task()
         self.key = key
         self.since = since
         self.new = new  # acquire_new: a handed-over idle connection is no use to it
         self.queue: OrderedDict[Waiter, None] | None = None
+        # A miss with room to connect (hand-off): served by its connect or by a release,
+        # whichever comes first. Otherwise it waits in line because the key (or the
+        # pool) is full, and counts toward max_waiters.
+        self.handoff = handoff
+        self.connect_timeout = connect_timeout  # for connects started on its behalf
+        self.scope = scope  # its acquire_timeout; lifted while a connect is its own
+        self.owns: PendingConnect | None = None
+        # Counted as a hit or a miss yet: a task waiting in line when its slot is granted
+        # or a connection handed to it; a hand-off waiter when it is served (by a
+        # released connection: a hit; by a new one: a miss) or its connect fails.
+        self.settled = False
 
     def wake(self, result: outcome.Outcome[Grant]) -> None:
         assert self.queue is not None
         del self.queue[self]
         self.queue = None
-        self.key.waiting -= 1
+        state = self.key
+        state.waiting -= 1
+        if not self.handoff:
+            state.line -= 1
         trio.lowlevel.reschedule(self.task, result)
+
+
+class PendingConnect:
+    """A hand-off connect running in the pool's nursery, on behalf of ``owner``.
+
+    Its connection goes to the owner if the owner still waits, else to the key's next
+    waiter or to idle; its error goes to the owner (or, if it was the key's last
+    hand-off connect, to every task waiting on a connect of the key).
+    """
+
+    __slots__ = ("owner", "timeout")
+
+    def __init__(self, owner: Waiter) -> None:
+        self.owner: Waiter | None = owner
+        self.timeout = owner.connect_timeout  # the owner's, even after it left
+
+    def __repr__(self) -> str:
+        return f"<PendingConnect owner={'yes' if self.owner is not None else 'none'}>"
 
 
 class KeyState:
@@ -108,32 +173,41 @@ class KeyState:
         "created",
         "dropped",
         "evicted",
+        "handoffs",
         "hits",
         "idle",
         "in_use",
         "key",
         "last_active",
+        "line",
         "misses",
         "monitor_hits",
         "monitor_misses",
+        "orphans",
         "refill_failures",
         "refill_not_before",
+        "sessions",
         "tls_handshakes",
         "tls_resumptions",
-        "tls_session",
         "wait_count",
         "wait_seconds",
         "waiters",
+        "waiters_rejected",
         "waiting",
     )
 
-    def __init__(self, key: PoolKey, now: float) -> None:
+    def __init__(self, key: PoolKey, now: float, sessions: SessionStore | None = None) -> None:
         self.key: PoolKey = key
+        # The pool's TLS session store: sessions outlive this state (drop_key).
+        self.sessions: SessionStore = sessions if sessions is not None else SessionStore()
         # Insertion order is release order: popitem() takes the warmest (LIFO), and
         # iteration starts at the coldest (eviction).
         self.idle: dict[PooledConnection, None] = {}
         self.waiters: OrderedDict[Waiter, None] = OrderedDict()
         self.waiting: int = 0  # waiters of this key in either queue
+        self.line: int = 0  # of those, waiting because the key or the pool is full
+        self.handoffs: int = 0  # hand-off connects in flight (part of connecting)
+        self.orphans: list[PendingConnect] = []  # hand-off connects nobody waits on
         self.in_use: int = 0
         self.connecting: int = 0
         self.created: int = 0
@@ -143,11 +217,11 @@ class KeyState:
         self.evicted: int = 0
         self.connect_failures: int = 0
         self.acquire_timeouts: int = 0
+        self.waiters_rejected: int = 0
         self.tls_handshakes: int = 0
         self.tls_resumptions: int = 0
         self.wait_count: int = 0
         self.wait_seconds: float = 0.0
-        self.tls_session: ssl.SSLSession | None = None
         self.refill_failures: int = 0
         self.refill_not_before: float = 0.0
         self.monitor_hits: int = 0
@@ -165,6 +239,11 @@ class KeyState:
     def is_empty(self) -> bool:
         return not (self.idle or self.in_use or self.connecting or self.waiting)
 
+    @property
+    def tls_session(self) -> ssl.SSLSession | None:
+        """The saved TLS session the next connect of this key offers (from the store)."""
+        return self.sessions.get(self.key)
+
     def save_session(self, stream: trio.SSLStream[trio.SocketStream]) -> bool:
         """Keep the stream's TLS session for the next connect of this key.
 
@@ -177,9 +256,47 @@ class KeyState:
         if session is None:
             return False
         if session.has_ticket or stream.version() != "TLSv1.3":
-            self.tls_session = session
+            self.sessions.put(self.key, session)
             return True
         return False
+
+    def forget_session(self) -> bool:
+        """Never offer the saved session again (after a TLS error); whether there was one."""
+        return self.sessions.discard(self.key)
+
+
+class SessionStore:
+    """TLS sessions per TLS key, least recently used first out beyond ``capacity``.
+
+    Separate from the key states, so a key dropped after a long idle spell (``drop_key``)
+    still resumes its session when it comes back. Keyed by the whole :class:`PoolKey`:
+    host, port, SNI, verification and context (a session is only offered to the same
+    server name, checked the same way, from the same context).
+    """
+
+    __slots__ = ("_sessions", "capacity")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._sessions: OrderedDict[PoolKey, ssl.SSLSession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: PoolKey) -> ssl.SSLSession | None:
+        session = self._sessions.get(key)
+        if session is not None:
+            self._sessions.move_to_end(key)
+        return session
+
+    def put(self, key: PoolKey, session: ssl.SSLSession) -> None:
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self.capacity:
+            self._sessions.popitem(last=False)
+
+    def discard(self, key: PoolKey) -> bool:
+        return self._sessions.pop(key, None) is not None
 
 
 _COUNTERS: Final = (
@@ -190,6 +307,7 @@ _COUNTERS: Final = (
     "evicted",
     "connect_failures",
     "acquire_timeouts",
+    "waiters_rejected",
     "tls_handshakes",
     "tls_resumptions",
     "wait_count",
@@ -199,6 +317,19 @@ _COUNTERS: Final = (
 
 def _first(queue: OrderedDict[Waiter, None]) -> Waiter:
     return next(iter(queue))
+
+
+def _copy_error(error: BaseException, key: PoolKey) -> BaseException:
+    """The same connect error for another waiter (an exception object is raised in one
+    task only: tracebacks would mix)."""
+    copy: BaseException
+    if isinstance(error, ConnectError | PoolClosed):
+        copy = type(error)(*error.args)
+        copy.__cause__ = error.__cause__
+    else:
+        copy = ConnectError(f"cannot connect to {key.host}:{key.port}: {error!r}")
+        copy.__cause__ = error
+    return copy
 
 
 class PoolState:
@@ -212,9 +343,12 @@ class PoolState:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        pool: ConnectionOwner,
         config: PoolConfig,
         close_stream: Callable[[PooledConnection], None],
+        *,
+        wake_by: Callable[[float], None],
+        start_connect: Callable[[KeyState, PendingConnect], None],
     ) -> None:
         self.pool = pool
         self.config = config
@@ -222,8 +356,13 @@ class PoolState:
         self.min_size = config.min_size
         self.max_total = config.max_total
         self.max_idle_time = config.max_idle_time
+        # None: every miss opens its own connection and waits for it (no hand-off).
+        self.max_connecting = config.max_connecting
         self._close_stream = close_stream
+        self._wake_by = wake_by
+        self._start_connect = start_connect
         self.keys: dict[PoolKey, KeyState] = {}
+        self.sessions = SessionStore(SESSION_CAPACITY)
         # Every idle connection of every key, coldest first: the max_total victim order.
         self.idle_lru: dict[PooledConnection, None] = {}
         self.global_waiters: OrderedDict[Waiter, None] = OrderedDict()
@@ -247,7 +386,7 @@ class PoolState:
     def key_state(self, key: PoolKey, now: float) -> KeyState:
         state = self.keys.get(key)
         if state is None:
-            state = self.keys[key] = KeyState(key, now)
+            state = self.keys[key] = KeyState(key, now, self.sessions)
         return state
 
     def drop_key(self, state: KeyState) -> None:
@@ -267,12 +406,14 @@ class PoolState:
 
     # -- acquire -------------------------------------------------------------------
 
-    def take(self, state: KeyState, now: float, *, new: bool = False) -> Grant | None:
+    def take(self, state: KeyState, now: float, *, new: bool = False) -> Taken | None:
         """Serve an acquire at once if possible.
 
         Returns:
             A healthy idle connection (a hit, now in use); :data:`CONNECT` with a slot
-            reserved for a new connection (a miss); or ``None``: the caller must wait.
+            reserved for a new connection (a miss without hand-off, or ``acquire_new``);
+            :data:`HANDOFF` (a miss with room: wait as a hand-off waiter, see
+            :meth:`enqueue`); or ``None``: the key or the pool is full, wait in line.
 
         Raises:
             PoolClosed: The pool is closed.
@@ -287,7 +428,7 @@ class PoolState:
                 conn = idle.popitem()[0]
                 del self.idle_lru[conn]
                 if (
-                    now < conn.last_used_at + max_idle
+                    (now < conn.last_used_at + max_idle or state.total <= self.min_size)
                     and now < conn._expires_at
                     and conn._reusable()
                 ):
@@ -295,6 +436,8 @@ class PoolState:
                     return conn
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
                 self._close(conn, evicted=True)
+            if self.max_connecting is not None:
+                return self._miss(state)
         if state.waiters:
             return None
         if state.total >= self.max_size:
@@ -309,17 +452,40 @@ class PoolState:
         state.misses += 1
         return CONNECT
 
-    def enqueue(self, waiter: Waiter) -> None:
-        """Put a waiter in line: on its key if the key is full, else on the global cap
-        (also behind any waiter of the same key already waiting there: FIFO per key)."""
+    def _miss(self, state: KeyState) -> _Handoff | None:
+        """A miss with hand-off on: wait for a connect if there is room for one."""
+        if state.total >= self.max_size or (state.waiters and state.line):
+            return None  # full, or behind tasks waiting in line for a free slot
+        if (
+            self.max_total is not None
+            and self.total >= self.max_total
+            and (self.global_waiters or not self.idle_lru)
+        ):
+            return None
+        return HANDOFF  # counted as a hit or a miss when it is served
+
+    def enqueue(self, waiter: Waiter, now: float) -> None:
+        """Put a waiter in line.
+
+        A hand-off waiter joins its key's line and connects are started for the line
+        (up to ``max_connecting``). Others wait on their key if the key is full, else on
+        the global cap (also behind any waiter of the same key already waiting there:
+        FIFO per key).
+        """
         state = waiter.key
-        if (state.waiters or state.total >= self.max_size) and state.waiting == len(state.waiters):
+        if waiter.handoff or (
+            (state.waiters or state.total >= self.max_size) and state.waiting == len(state.waiters)
+        ):
             queue = state.waiters
         else:
             queue = self.global_waiters
         queue[waiter] = None
         waiter.queue = queue
         state.waiting += 1
+        if not waiter.handoff:
+            state.line += 1
+        else:
+            self._serve_line(state, now)
 
     def cancel_wait(self, waiter: Waiter, *, timed_out: bool) -> None:
         """A waiter gave up (cancelled or timed out) before being served."""
@@ -328,8 +494,15 @@ class PoolState:
         waiter.queue = None
         state = waiter.key
         state.waiting -= 1
+        if not waiter.handoff:
+            state.line -= 1
         if timed_out:
             state.acquire_timeouts += 1
+        self._orphan(waiter)
+
+    def reject(self, state: KeyState) -> None:
+        """An acquire found the line full (``max_waiters``)."""
+        state.waiters_rejected += 1
 
     def reserve(self, state: KeyState) -> bool:
         """Reserve a connect slot without waiting or evicting (prewarm and refill)."""
@@ -340,6 +513,14 @@ class PoolState:
         self._reserve(state)
         return True
 
+    def connect_now(self, state: KeyState) -> None:
+        """Reserve a slot for a miss that connects in its own task after all (a fail-fast
+        acquire, ``timeout=0``, after :meth:`take` said :data:`HANDOFF`)."""
+        if self.max_total is not None and self.total >= self.max_total:
+            self._evict(next(iter(self.idle_lru)))
+        self._reserve(state)
+        state.misses += 1
+
     # -- connects ------------------------------------------------------------------
 
     def connected(
@@ -349,17 +530,29 @@ class PoolState:
         now: float,
         *,
         to_idle: bool = False,
+        pending: PendingConnect | None = None,
     ) -> PooledConnection:
         """A connect in a reserved slot succeeded.
 
         Args:
             to_idle: Put it in the pool (prewarm, refill) instead of handing it to the
                 caller.
+            pending: A hand-off connect: its owner gets it if still waiting, else the
+                key's next waiter, else the pool.
         """
         state.connecting -= 1
         state.created += 1
         conn = PooledConnection(self.pool, state, stream, now, self.expiry(now))
-        if to_idle:
+        if pending is not None:
+            owner = self._handoff_done(state, pending)
+            if self.closed:
+                self._close(conn)
+            elif owner is not None:
+                self._serve_fresh(owner, conn, now)
+            else:
+                self._offer(state, conn, now, fresh=True)
+            self._serve_line(state, now)
+        elif to_idle:
             if self.closed:
                 self._close(conn)
             else:
@@ -368,14 +561,136 @@ class PoolState:
             self._hand_out(state, conn, now, reused=False)
         return conn
 
-    def connect_failed(self, state: KeyState, *, failed: bool) -> None:
-        """A connect in a reserved slot failed (``failed``) or was cancelled."""
+    def connect_failed(
+        self,
+        state: KeyState,
+        *,
+        failed: bool,
+        error: BaseException | None = None,
+        pending: PendingConnect | None = None,
+    ) -> None:
+        """A connect in a reserved slot failed (``failed``) or was cancelled.
+
+        Args:
+            error: What the requester(s) of a hand-off connect get.
+            pending: A hand-off connect: its owner gets ``error``; if no other hand-off
+                connect of the key is left, so does every hand-off waiter without one
+                (a host that refuses fails them all now, with no connect each).
+        """
         state.connecting -= 1
         self.total -= 1
         if failed:
             state.connect_failures += 1
+        now = trio.current_time()
+        if pending is not None:
+            owner = self._handoff_done(state, pending)
+            if error is None:
+                error = PoolClosed("the pool's background tasks stopped")
+            if owner is not None:
+                self._settle(owner, now, hit=False)
+                self._fail(owner, error)
+            if not state.handoffs:
+                for waiter in [w for w in state.waiters if w.handoff and w.owns is None]:
+                    self._settle(waiter, now, hit=False)
+                    self._fail(waiter, _copy_error(error, waiter.key.key))
         # A failing host is refilled on the back-off schedule, not at every failure.
-        self._freed(state, trio.current_time(), refill=not failed)
+        self._freed(state, now, refill=not failed)
+
+    def _handoff_done(self, state: KeyState, pending: PendingConnect) -> Waiter | None:
+        """A hand-off connect ended: detach it, and return its owner (if still waiting)."""
+        state.handoffs -= 1
+        owner = pending.owner
+        if owner is None:
+            state.orphans.remove(pending)  # at most max_connecting long
+        else:
+            owner.owns = None
+            pending.owner = None
+        return owner
+
+    def _serve_line(self, state: KeyState, now: float) -> bool:
+        """Start hand-off connects for the key's waiters that have none: an orphaned
+        connect is adopted first, then new ones, up to ``max_connecting`` in flight,
+        ``max_size`` and ``max_total``. An ``acquire_new`` waiter at the front gets its
+        slot to connect in itself.
+
+        Returns:
+            Whether a slot was taken (a freed slot left over can go to the global line).
+        """
+        if self.closed or self.max_connecting is None:
+            return False
+        took = False
+        for waiter in state.waiters:
+            if waiter.owns is not None:
+                continue
+            if state.orphans and not waiter.new:
+                self._own(waiter, state.orphans.pop())
+                continue
+            if state.total >= self.max_size:
+                break
+            if self.max_total is not None and self.total >= self.max_total:
+                if self.global_waiters or not self.idle_lru:
+                    break
+                self._evict(next(iter(self.idle_lru)))
+            if waiter.new:
+                self._grant(waiter, now)  # leaves the line: restart the scan
+                return self._serve_line(state, now) or True
+            if state.handoffs >= self._connect_budget(state):
+                break
+            pending = PendingConnect(waiter)
+            self._reserve(state)
+            state.handoffs += 1
+            if not waiter.handoff:  # its wait in line ends with a slot: a miss
+                self._settle(waiter, now, hit=False)
+            self._own(waiter, pending)
+            self._start_connect(state, pending)
+            took = True
+        return took
+
+    def _connect_budget(self, state: KeyState) -> int:
+        """How many hand-off connects the key may have in flight: as many as it has
+        open connections (at least ``MIN_CONNECTING``), never more than
+        ``max_connecting``. A warm key meets a spike with its own connections and a few
+        connects; a cold key under load grows like TCP slow start, doubling per connect
+        round, rather than a fixed few at a time."""
+        assert self.max_connecting is not None
+        established = len(state.idle) + state.in_use
+        return min(self.max_connecting, max(MIN_CONNECTING, established))
+
+    def _own(self, waiter: Waiter, pending: PendingConnect) -> None:
+        pending.owner = waiter
+        waiter.owns = pending
+        if waiter.scope is not None:
+            # Waiting for its own connect now: connection_timeout bounds that, not the
+            # acquire timeout.
+            waiter.scope.deadline = math.inf
+
+    def _orphan(self, waiter: Waiter) -> None:
+        """``waiter`` left the line: its connect (if any) goes to the next waiter."""
+        pending = waiter.owns
+        if pending is None:
+            return
+        waiter.owns = None
+        pending.owner = None
+        state = waiter.key
+        for other in state.waiters:
+            if other.owns is None and not other.new:
+                self._own(other, pending)
+                return
+        state.orphans.append(pending)
+
+    def _serve_fresh(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
+        """Serve a waiter with a connection just opened (a miss)."""
+        state = waiter.key
+        self._settle(waiter, now, hit=False)
+        self._hand_out(state, conn, now, reused=False)
+        self._wake(waiter, outcome.Value(conn))
+
+    def _fail(self, waiter: Waiter, error: BaseException) -> None:
+        self._wake(waiter, outcome.Error(error))
+
+    def _wake(self, waiter: Waiter, result: outcome.Outcome[Grant]) -> None:
+        waiter.wake(result)
+        self._orphan(waiter)
 
     # -- return ----------------------------------------------------------------------
 
@@ -388,7 +703,7 @@ class PoolState:
                 f"cannot {action} a connection that is {conn._state.value}"
                 " (released or discarded already?)"
             )
-        state = conn._key
+        state: KeyState = conn._key  # type: ignore[assignment]  # always ours
         state.in_use -= 1
         if self.borrowed is not None:
             self.borrowed.pop(conn, None)
@@ -418,6 +733,11 @@ class PoolState:
     def sweep(self, now: float, *, probe: bool = True) -> int:
         """Close idle connections that are stale, past their lifetime, or unhealthy.
 
+        The warm floor stays warm: a key keeps ``min_size`` connections however long
+        they sit idle (they are still probed, and replaced when dead), and recycles them
+        at ``max_lifetime`` one at a time: an expired one is retired only while no
+        connect of its key is in flight, so the floor never drops all at once.
+
         Args:
             probe: Also look at every idle socket (one ``poll`` each) and close those
                 the peer closed or that hold unexpected bytes. Without it only what is
@@ -427,33 +747,68 @@ class PoolState:
             How many were closed.
         """
         max_idle = self.max_idle_time
+        min_size = self.min_size
         # The same comparisons as next_idle_deadline: a pass woken at a deadline
         # always closes what made it wake (no busy loop on float rounding).
-        doomed = [
-            conn
-            for conn in self.idle_lru
-            if now >= conn.last_used_at + max_idle
-            or now >= conn._expires_at
-            or (probe and not conn._reusable())
-        ]
+        if not min_size:
+            doomed = [
+                conn
+                for conn in self.idle_lru
+                if now >= conn.last_used_at + max_idle
+                or now >= conn._expires_at
+                or (probe and not conn._reusable())
+            ]
+        else:
+            doomed = []
+            left: dict[KeyState, int] = {}  # connections each key keeps so far
+            recycling: set[KeyState] = set()  # keys retiring an expired one this pass
+            for conn in self.idle_lru:  # coldest first
+                state: KeyState = conn._key  # type: ignore[assignment]
+                kept = left.get(state, state.total)
+                if probe and not conn._reusable():
+                    pass  # dead or dirty: always replaced
+                elif now >= conn._expires_at:
+                    if kept <= min_size and (state.connecting or state in recycling):
+                        continue  # the floor recycles one connection at a time
+                    recycling.add(state)
+                elif not (now >= conn.last_used_at + max_idle and kept > min_size):
+                    continue  # fresh, or part of the warm floor
+                doomed.append(conn)
+                left[state] = kept - 1
         for conn in doomed:
             self._evict(conn)
-            self._freed(conn._key, now)
+            self._freed(conn._key, now)  # type: ignore[arg-type]
         return len(doomed)
 
     def next_idle_deadline(self) -> float:
         """When the next idle connection goes stale or reaches its lifetime (``inf``
-        with nothing idle).
+        with nothing idle), leaving out what :meth:`sweep` would keep then: floor
+        connections going stale, and expired floor connections waiting their turn.
 
-        O(1) without ``max_lifetime`` (``idle_lru`` is in last-use order, so the coldest
-        goes stale first); with it, lifetimes are in no order and every idle connection
-        is looked at (no I/O, once per maintenance pass).
+        O(1) without ``max_lifetime`` and ``min_size`` (``idle_lru`` is in last-use
+        order, so the coldest goes stale first); otherwise every idle connection is
+        looked at (no I/O, once per maintenance pass).
         """
         if not self.idle_lru:
             return float("inf")
-        deadline = next(iter(self.idle_lru)).last_used_at + self.max_idle_time
-        if self.config.max_lifetime is not None:
-            for conn in self.idle_lru:
+        max_idle = self.max_idle_time
+        min_size = self.min_size
+        if not min_size:
+            deadline = next(iter(self.idle_lru)).last_used_at + max_idle
+            if self.config.max_lifetime is not None:
+                for conn in self.idle_lru:
+                    deadline = min(deadline, conn._expires_at)
+            return deadline
+        deadline = float("inf")
+        left: dict[KeyState, int] = {}
+        for conn in self.idle_lru:
+            state: KeyState = conn._key  # type: ignore[assignment]
+            kept = left.get(state, state.total)
+            if kept > min_size:
+                # Beyond the floor: it may go stale (coldest first, so once counted).
+                deadline = min(deadline, conn.last_used_at + max_idle)
+                left[state] = kept - 1
+            if not (state.connecting and kept <= min_size):
                 deadline = min(deadline, conn._expires_at)
         return deadline
 
@@ -467,7 +822,7 @@ class PoolState:
             self._evict(conn, counted=False)
         for queue in [self.global_waiters, *(s.waiters for s in self.keys.values())]:
             while queue:
-                _first(queue).wake(outcome.Error(PoolClosed("the pool was closed")))
+                self._fail(_first(queue), PoolClosed("the pool was closed"))
 
     # -- internals ----------------------------------------------------------------
 
@@ -491,18 +846,23 @@ class PoolState:
         if self.borrowed is not None:
             self.borrowed[conn] = None
 
-    def _offer(self, state: KeyState, conn: PooledConnection, now: float) -> None:
+    def _offer(
+        self, state: KeyState, conn: PooledConnection, now: float, *, fresh: bool = False
+    ) -> None:
         """A usable connection is free: the longest waiter of its key gets it, else the
         pool keeps it (and gives its place up to a waiter held back by ``max_total``).
 
         A waiter held back by ``max_total`` whose own key this connection belongs to
         gets it directly (a hit) rather than a connect paid for by closing another idle
-        connection.
+        connection. ``fresh``: it was just opened by a hand-off connect (a miss for
+        whoever gets it, ``acquire_new`` waiters included).
         """
         waiter_of_cap = self._next_global_waiter() if self.global_waiters else None
         if state.waiters:
             waiter = _first(state.waiters)
-            if waiter.new:
+            if fresh:
+                self._serve_fresh(waiter, conn, now)
+            elif waiter.new:
                 # acquire_new wants a fresh connection: this one makes room for it.
                 self._close(conn)
                 self._grant(waiter, now)
@@ -510,7 +870,10 @@ class PoolState:
                 self._hand_over(waiter, conn, now)
             return
         if waiter_of_cap is not None and waiter_of_cap.key is state and not waiter_of_cap.new:
-            self._hand_over(waiter_of_cap, conn, now)
+            if fresh:
+                self._serve_fresh(waiter_of_cap, conn, now)
+            else:
+                self._hand_over(waiter_of_cap, conn, now)
             return
         conn._state = IDLE
         state.idle[conn] = None
@@ -521,10 +884,10 @@ class PoolState:
             self._grant(waiter_of_cap, now)
             return
         deadline = now + self.max_idle_time
-        if conn._expires_at < deadline:
-            deadline = conn._expires_at
+        if conn._expires_at < deadline or (self.min_size and state.total <= self.min_size):
+            deadline = conn._expires_at  # the warm floor does not go stale
         if deadline < self.wake_at:  # the maintenance task must wake earlier for it
-            self.pool._wake_by(deadline)
+            self._wake_by(deadline)
 
     def _freed(self, state: KeyState, now: float, *, refill: bool = True) -> None:
         """One slot of ``state`` (and one of the global cap) just became free.
@@ -534,24 +897,37 @@ class PoolState:
         """
         if self.closed:
             return
-        if state.waiters:
+        if self.max_connecting is not None:
+            if not (state.waiters and self._serve_line(state, now)) and self.global_waiters:
+                self._grant_global(now)
+        elif state.waiters:
             self._grant(_first(state.waiters), now)
         elif self.global_waiters:
             self._grant_global(now)
         if refill and state.total < self.min_size and state.refill_not_before <= now < self.wake_at:
-            self.pool._wake_by(now)
+            self._wake_by(now)
 
     def _next_global_waiter(self) -> Waiter | None:
         """The first globally waiting task whose own key has room; waiters whose key
-        filled up meanwhile move to their key's line."""
+        filled up meanwhile move to their key's line, and so do (with hand-off) waiters
+        whose key has ``max_connecting`` connects in flight already: one of those, or a
+        release, serves them there (an orphaned connect is theirs at once)."""
+        max_connecting = self.max_connecting
         while self.global_waiters:
             waiter = _first(self.global_waiters)
             state = waiter.key
-            if state.total < self.max_size:
+            bounded = (
+                max_connecting is not None
+                and not waiter.new
+                and state.handoffs >= self._connect_budget(state)
+            )
+            if state.total < self.max_size and not bounded:
                 return waiter
             del self.global_waiters[waiter]
             state.waiters[waiter] = None
             waiter.queue = state.waiters
+            if state.orphans and not waiter.new:
+                self._own(waiter, state.orphans.pop())
         return None
 
     def _grant_global(self, now: float) -> None:
@@ -560,19 +936,50 @@ class PoolState:
             self._grant(waiter, now)
 
     def _hand_over(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
-        """Serve a waiter with a released connection of its key (a hit)."""
+        """Serve a waiter with a released connection of its key (a hit, unless the
+        waiter was counted as a miss already, when a connect slot was granted to it)."""
         state = waiter.key
-        self._note_wait(state, waiter, now)
-        self._hand_out(state, conn, now, reused=True)
-        waiter.wake(outcome.Value(conn))
+        self._settle(waiter, now, hit=True)
+        self._hand_out(state, conn, now, reused=False)
+        conn.reused = True
+        self._wake(waiter, outcome.Value(conn))
 
     def _grant(self, waiter: Waiter, now: float) -> None:
-        """Serve a waiter with a connect slot reserved for its key (a miss)."""
+        """Serve a waiter with a connect slot reserved for its key (a miss): with
+        hand-off on (and not ``acquire_new``), a connect starts on its behalf and it
+        stays in its key's line, served by whichever comes first."""
         state = waiter.key
-        self._note_wait(state, waiter, now)
+        if self.max_connecting is not None and not waiter.new:
+            if waiter.queue is not state.waiters:
+                assert waiter.queue is not None
+                del waiter.queue[waiter]
+                state.waiters[waiter] = None
+                waiter.queue = state.waiters
+            if not waiter.handoff:
+                self._settle(waiter, now, hit=False)
+            pending = PendingConnect(waiter)
+            self._reserve(state)
+            state.handoffs += 1
+            self._own(waiter, pending)
+            self._start_connect(state, pending)
+            return
+        self._settle(waiter, now, hit=False)
         self._reserve(state)
-        state.misses += 1
-        waiter.wake(outcome.Value(CONNECT))
+        self._wake(waiter, outcome.Value(CONNECT))
+
+    def _settle(self, waiter: Waiter, now: float, *, hit: bool) -> None:
+        """Count a waiter's acquire once: a hit or a miss, and (for a task that waited
+        in line because the key or pool was full) its wait."""
+        if waiter.settled:
+            return
+        waiter.settled = True
+        state = waiter.key
+        if not waiter.handoff:
+            self._note_wait(state, waiter, now)
+        if hit:
+            state.hits += 1
+        else:
+            state.misses += 1
 
     def _note_wait(self, state: KeyState, waiter: Waiter, now: float) -> None:
         waited = now - waiter.since
@@ -583,13 +990,13 @@ class PoolState:
 
     def _evict(self, conn: PooledConnection, *, counted: bool = True) -> None:
         """Close an idle connection (it leaves both idle indexes)."""
-        del conn._key.idle[conn]
+        del conn._key.idle[conn]  # type: ignore[attr-defined]
         del self.idle_lru[conn]
         self._close(conn, evicted=counted)
 
     def _close(self, conn: PooledConnection, *, evicted: bool = False) -> None:
         conn._state = CLOSED
-        state = conn._key
+        state: KeyState = conn._key  # type: ignore[assignment]
         state.closed += 1
         self.total -= 1
         if evicted:
@@ -628,4 +1035,5 @@ class PoolState:
             tls_resumptions=int(totals["tls_resumptions"]),
             acquire_wait_count=int(totals["wait_count"]),
             acquire_wait_seconds=float(totals["wait_seconds"]),
+            waiters_rejected=int(totals["waiters_rejected"]),
         )

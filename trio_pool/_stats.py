@@ -31,6 +31,9 @@ class PoolStatistics:
         tls_resumptions: Of those, handshakes that resumed a saved session.
         acquire_wait_count: Acquires that waited in line and were then served.
         acquire_wait_seconds: Total seconds those acquires spent waiting in line.
+        waiters_rejected: Acquires that raised :class:`~trio_pool.PoolExhausted` at once
+            because ``max_waiters`` tasks were waiting already (not counted in
+            ``acquire_timeouts``).
     """
 
     connections_created: int = 0
@@ -48,6 +51,7 @@ class PoolStatistics:
     tls_resumptions: int = 0
     acquire_wait_count: int = 0
     acquire_wait_seconds: float = 0.0
+    waiters_rejected: int = 0
 
     @property
     def hit_rate(self) -> float:

@@ -29,6 +29,7 @@ name                                       type      meaning
 ``trio_pool_misses_total``                 counter   acquires that opened a connection
 ``trio_pool_connect_failures_total``       counter   connects that failed or timed out
 ``trio_pool_acquire_timeouts_total``       counter   acquires that raised ``PoolExhausted``
+``trio_pool_waiters_rejected_total``       counter   acquires refused: ``max_waiters`` reached
 ``trio_pool_tls_handshakes_total``         counter   TLS handshakes completed
 ``trio_pool_tls_resumptions_total``        counter   of those, resumed sessions
 ``trio_pool_idle_connections``             gauge     connections idle in the pool
@@ -98,6 +99,11 @@ _COUNTERS: Final = (
     ("misses", "pool_misses", "Acquires that opened a new connection."),
     ("connect_failures", "connect_failures", "Connects that failed or timed out."),
     ("acquire_timeouts", "acquire_timeouts", "Acquires that raised PoolExhausted."),
+    (
+        "waiters_rejected",
+        "waiters_rejected",
+        "Acquires refused at once because max_waiters tasks were waiting.",
+    ),
     ("tls_handshakes", "tls_handshakes", "TLS handshakes completed."),
     ("tls_resumptions", "tls_resumptions", "TLS handshakes that resumed a saved session."),
 )
