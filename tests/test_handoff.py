@@ -48,18 +48,6 @@ class GatedTLSServer:
             await trio.aclose_forcefully(stream)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
 @pytest.fixture
 async def gated(nursery: trio.Nursery, ca: trustme.CA) -> tuple[GatedTLSServer, int]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

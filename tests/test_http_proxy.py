@@ -35,18 +35,6 @@ from .test_uds import start_unix_server
 pytestmark = pytest.mark.proxy
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
 @pytest.fixture
 def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return server_context(ca.issue_cert("127.0.0.1", "localhost"), "1.3")

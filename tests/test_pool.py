@@ -584,11 +584,6 @@ async def test_connection_context_cannot_be_entered_twice(echo_port: int) -> Non
 # -- acquire_tls and acquire_new --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 async def tls_echo(nursery: trio.Nursery, ca: trustme.CA) -> int:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(HOST).configure_cert(server_context)

@@ -38,11 +38,6 @@ GARBAGE_RECORD = b"\x17\x03\x03\x00\x28" + bytes(range(40))
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def server_cert(ca: trustme.CA) -> trustme.LeafCert:
     return ca.issue_cert("127.0.0.1", "localhost", "alt.test")
 
@@ -56,14 +51,6 @@ def untrusted_cert() -> trustme.LeafCert:
 @pytest.fixture(params=sorted(VERSIONS))
 def tls_version(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    """A verifying client context that trusts the test CA."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 def server_context(cert: trustme.LeafCert, version: str, *, tickets: bool = True) -> ssl.SSLContext:

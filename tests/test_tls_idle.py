@@ -31,11 +31,6 @@ pytestmark = pytest.mark.filterwarnings("error")
 VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 class RawTLSServer:
     """Completes the handshake, then, once ``send_fault`` is set, writes
     ``fault(ssl_object, outgoing, held)`` raw onto the socket and stays silent.
