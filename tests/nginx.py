@@ -33,7 +33,8 @@ import trio
 
 __all__ = ["BIG_SIZE", "TEXT", "Nginx", "find_nginx", "free_port", "nginx_config", "open_nginx"]
 
-HOST = "127.0.0.1"
+from .servers import HOST, wait_listening
+
 TEXT = b"hello from nginx\n"
 BIG_SIZE = 256 * 1024
 _START_TIMEOUT = 10.0
@@ -145,20 +146,6 @@ class Nginx:
         return (self.root / "nginx.stderr").read_text(errors="replace")
 
 
-async def _wait_listening(port: int, process: trio.Process, root: Path) -> None:
-    with trio.fail_after(_START_TIMEOUT):
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError("nginx exited at start:\n" + (root / "nginx.stderr").read_text())
-            try:
-                stream = await trio.open_tcp_stream(HOST, port)
-            except OSError:
-                await trio.sleep(0.02)
-            else:
-                await stream.aclose()
-                return
-
-
 @asynccontextmanager
 async def open_nginx(tmp_path: Path, **options: object) -> AsyncIterator[Nginx]:
     """Start nginx in ``tmp_path`` on a free port, wait until it accepts, stop it on exit.
@@ -191,7 +178,12 @@ async def open_nginx(tmp_path: Path, **options: object) -> AsyncIterator[Nginx]:
     finally:
         os.close(log_fd)
     try:
-        await _wait_listening(port, process, root)
+        await wait_listening(
+            port,
+            process,
+            lambda: "nginx exited at start:\n" + (root / "nginx.stderr").read_text(),
+            _START_TIMEOUT,
+        )
         yield Nginx(root, port, process)
     finally:
         with trio.CancelScope(shield=True):

@@ -31,7 +31,7 @@ import trio
 import trio_pool
 
 from .nginx import free_port
-from .servers import HOST
+from .servers import HOST, wait_listening
 
 __all__ = [
     "RunningProxy",
@@ -98,20 +98,6 @@ def _read(log: Path) -> str:
         return ""
 
 
-async def _wait_listening(port: int, process: trio.Process, log: Path, name: str) -> None:
-    with trio.fail_after(_START_TIMEOUT):
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(f"{name} exited at start:\n" + _read(log))
-            try:
-                stream = await trio.open_tcp_stream(HOST, port)
-            except OSError:
-                await trio.sleep(0.02)
-            else:
-                await stream.aclose()
-                return
-
-
 @asynccontextmanager
 async def _run(
     name: str, argv: list[str], port: int, log: Path, scheme: str, auth: tuple[str, str] | None
@@ -124,7 +110,9 @@ async def _run(
     finally:
         os.close(log_fd)
     try:
-        await _wait_listening(port, process, log, name)
+        await wait_listening(
+            port, process, lambda: f"{name} exited at start:\n" + _read(log), _START_TIMEOUT
+        )
         yield RunningProxy(scheme, port, process, log, auth)
     finally:
         with trio.CancelScope(shield=True):

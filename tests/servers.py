@@ -84,3 +84,24 @@ def unroutable_listener() -> tuple[socket.socket, int]:
     sock.bind((HOST, 0))
     sock.listen(0)
     return sock, int(sock.getsockname()[1])
+
+
+async def wait_listening(
+    port: int, process: trio.Process, failure: Callable[[], str], timeout: float = 10.0
+) -> None:
+    """Wait (at most ``timeout`` seconds) until a server process accepts on ``HOST:port``.
+
+    Raises:
+        RuntimeError: The process exited first; the message is ``failure()`` (its log).
+    """
+    with trio.fail_after(timeout):
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(failure())
+            try:
+                stream = await trio.open_tcp_stream(HOST, port)
+            except OSError:
+                await trio.sleep(0.02)
+            else:
+                await stream.aclose()
+                return
