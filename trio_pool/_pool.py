@@ -584,13 +584,16 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                     if key.tls:
                         stage = "TLS handshake"
                         stream = await self._handshake(state, tcp)
-                    if key.http2 is not None and state.open_shared is not None:
-                        if key.http2 == "h2c" or (
+                    opener = state.open_shared if key.http2 is not None else None
+                    if opener is not None and (
+                        key.http2 == "h2c"
+                        or (
                             isinstance(stream, trio.SSLStream)
                             and stream.selected_alpn_protocol() == "h2"
-                        ):
-                            stage = "HTTP/2 SETTINGS exchange"
-                            shared = await state.open_shared(stream, self._nursery)
+                        )
+                    ):
+                        stage = "HTTP/2 SETTINGS exchange"
+                        shared = await opener(stream, self._nursery)
                 if scope.cancelled_caught:
                     raise ConnectTimeout(
                         f"connecting to {key.host}:{key.port} took longer than {timeout} s"

@@ -1079,8 +1079,12 @@ class PoolState:
         if self.closed or not shared.is_available:
             if owner is not None:
                 self._settle(owner, now, hit=False)
-                self._fail(owner, PoolClosed("the pool was closed") if self.closed
-                           else ConnectError("the new HTTP/2 connection has no free stream"))
+                self._fail(
+                    owner,
+                    PoolClosed("the pool was closed")
+                    if self.closed
+                    else ConnectError("the new HTTP/2 connection has no free stream"),
+                )
             self._retire_shared(conn, now)
             return conn
         if owner is not None:
@@ -1161,8 +1165,13 @@ class PoolState:
             waiting += state.waiting
             connecting += state.connecting
             if state.shared:
+                # An HTTP/2 connection with no stream open is reported idle.
                 multiplexed += len(state.shared)
-                streams += sum(conn.shared.open_streams for conn in state.shared)
+                for conn in state.shared:
+                    streams += conn.shared.open_streams
+                    if conn._state is IDLE:
+                        idle += 1
+                        in_use -= 1
         return PoolStatistics(
             connections_created=int(totals["created"]),
             connections_closed=int(totals["closed"]),

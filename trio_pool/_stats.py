@@ -35,8 +35,9 @@ class PoolStatistics:
             because ``max_waiters`` tasks were waiting already (not counted in
             ``acquire_timeouts``).
         http2_connections: Open multiplexed (HTTP/2) connections, with streams open
-            or not; each is one connection of ``max_size`` and is counted in
-            ``active_connections`` while open.
+            or not; each is one connection of ``max_size``, counted in
+            ``active_connections`` while streams are open and in
+            ``idle_connections`` while none is.
         http2_streams: Streams open (or reserved) on them: requests in flight.
     """
 
