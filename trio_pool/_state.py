@@ -1094,9 +1094,8 @@ class PoolState:
         elif pending is None and not to_idle:
             self._lend_stream(conn, now)
             conn.first = shared.reserve_stream_nowait()
-        else:
-            conn._state = IDLE
-            self.idle_lru[conn] = None
+        # Otherwise (prewarm, or an orphaned connect) it counts as in use until the hook
+        # below finds it has no stream open and makes it idle.
         self._capacity_changed(conn)
         if pending is not None:
             self._serve_line(state, now)
@@ -1110,7 +1109,7 @@ class PoolState:
         state: KeyState = conn._key  # type: ignore[assignment]
         shared = conn.shared
         now = trio.current_time()
-        if self.closed or not conn._reusable():
+        if self.closed or not conn._reusable() or now >= conn._expires_at:
             # Never a new stream; the slot is freed once its streams are done.
             state.shared_ready.pop(conn, None)
             if not shared.open_streams:
@@ -1121,6 +1120,14 @@ class PoolState:
             self._lend_stream(conn, now)
             self._settle(waiter, now, hit=True)
             self._wake(waiter, outcome.Value(shared.reserve_stream_nowait()))
+        if shared.is_available and state.waiting > len(state.waiters) and self.global_waiters:
+            # Waiters of this key held back by max_total: a free stream is theirs.
+            for waiter in [w for w in self.global_waiters if w.key is state]:
+                if not shared.is_available:
+                    break
+                self._lend_stream(conn, now)
+                self._settle(waiter, now, hit=True)
+                self._wake(waiter, outcome.Value(shared.reserve_stream_nowait()))
         if shared.is_available:
             if conn not in state.shared_ready:
                 state.shared_ready[conn] = None
