@@ -378,3 +378,28 @@ def test_http2_argument_checked() -> None:
                 HTTPClient(pool, http2=1)  # type: ignore[arg-type]
 
     trio.run(main)
+
+
+async def test_one_context_for_http2_and_http11_clients(
+    ca: trustme.CA, cert: trustme.LeafCert, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A caller's context gets ALPN h2 for the HTTP/2 client's connections only: the
+    HTTP/1.1 client's handshakes on the same context still offer http/1.1 alone."""
+    app = App()
+    port, shutdown = await start_hypercorn(nursery, app, cert_files=write_cert(cert, tmp_path))
+    context = trusting(ca)
+    async with trio_pool.open_pool() as pool:
+        both = [
+            HTTPClient(pool, http2=True, ssl_context=context),
+            HTTPClient(pool, ssl_context=context),
+        ]
+        for _ in range(2):
+            versions = [
+                (await client.request("GET", f"https://{HOST}:{port}/")).http_version
+                for client in both
+            ]
+            assert versions == ["2", "1.1"]
+        assert pool.statistics().connections_created == 2
+        await settled(pool)
+    assert app.http_versions == {"2", "1.1"}
+    shutdown.set()

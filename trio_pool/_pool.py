@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -38,6 +39,9 @@ _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
 _WARNING_KINDS: Final = ("hit_rate", "busy")
+# Callers' contexts that offered h2 for a key of any pool: set back to http/1.1 before
+# each handshake of a key that does not multiplex.
+_ALPN_SET: Final[weakref.WeakSet[ssl.SSLContext]] = weakref.WeakSet()
 _MIN_HIT_RATE_SAMPLE: Final = 20  # acquires in an interval before its hit rate is judged
 
 
@@ -629,6 +633,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if key.http2 == "h2":
             return self._h2_context(key)
         if key.ssl_context is not None:
+            if key.ssl_context in _ALPN_SET:
+                key.ssl_context.set_alpn_protocols(["http/1.1"])
             return key.ssl_context
         context = self._contexts.get(key.verify_cert)
         if context is None:
@@ -636,10 +642,15 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         return context
 
     def _h2_context(self, key: PoolKey) -> ssl.SSLContext:
-        """The context of a key offering HTTP/2: ALPN ``h2`` and ``http/1.1``. A
-        caller's own context gets the ALPN list set on it (as httpcore does)."""
+        """The context of a key offering HTTP/2: ALPN ``h2`` and ``http/1.1``.
+
+        A caller's own context gets the ALPN list set on it (as httpcore does) right
+        before the TLS object is made from it (which copies the list), and set back to
+        ``http/1.1`` the same way for keys of ours that do not multiplex: the same
+        context may serve both."""
         if key.ssl_context is not None:
             key.ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+            _ALPN_SET.add(key.ssl_context)
             return key.ssl_context
         context = self._h2_contexts.get(key.verify_cert)
         if context is None:
