@@ -403,3 +403,22 @@ async def test_one_context_for_http2_and_http11_clients(
         await settled(pool)
     assert app.http_versions == {"2", "1.1"}
     shutdown.set()
+
+
+async def test_httpx_transport_maps_http2_errors(nursery: trio.Nursery) -> None:
+    from trio_pool.httpx import PoolTransport
+
+    async def reset(stream: ServerStream) -> None:
+        await stream.reset_stream()
+
+    server = H2Server(routes={"/reset": reset})
+    port = await server.start(nursery)
+    async with trio_pool.open_pool() as pool:
+        transport = PoolTransport(pool, http2="prior-knowledge")
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="reset"):
+                await client.get(f"http://{HOST}:{port}/reset")
+            response = await client.get(f"http://{HOST}:{port}/")
+            assert (response.status_code, response.http_version) == (200, "HTTP/2")
+        assert len(server.connections) == 1  # the reset cost only its stream
+        await settled(pool)
