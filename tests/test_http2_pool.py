@@ -422,3 +422,51 @@ async def test_httpx_transport_maps_http2_errors(nursery: trio.Nursery) -> None:
             assert (response.status_code, response.http_version) == (200, "HTTP/2")
         assert len(server.connections) == 1  # the reset cost only its stream
         await settled(pool)
+
+
+async def test_read_timeouts_reset_only_their_stream(nursery: trio.Nursery) -> None:
+    never = trio.Event()
+
+    async def silent(stream: ServerStream) -> None:
+        await never.wait()
+
+    server = H2Server(routes={"/silent": silent})
+    port = await server.start(nursery)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, http2="prior-knowledge", timeout=0.2)
+        with pytest.raises(trio_pool.http.ReadTimeout, match="response head"):
+            await client.request("GET", f"http://{HOST}:{port}/silent")
+        await wait_until(lambda: len(server.resets) == 1, "the stream was reset")
+        assert (await client.request("GET", f"http://{HOST}:{port}/")).status == 200
+        assert len(server.connections) == 1
+        await settled(pool)
+
+
+async def test_nginx_goaway_after_keepalive_requests_through_the_pool(
+    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+) -> None:
+    """nginx sends GOAWAY after 7 streams a connection: every request still succeeds,
+    on new connections, and the old ones close."""
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed")
+    async with (
+        open_nginx_h2(tmp_path, cert, keepalive_requests=7) as (_nginx, port),
+        trio_pool.open_pool(max_size=4) as pool,
+    ):
+        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca))
+        statuses: list[int] = []
+
+        async def one() -> None:
+            statuses.append((await client.request("GET", f"https://{HOST}:{port}/")).status)
+
+        # Bursts of 10: a retried request may meet a connection near its 7 again, and
+        # is sent at most three times (see docs/tutorial.rst, HTTP/2).
+        for _ in range(6):
+            async with trio.open_nursery() as inner:
+                for _ in range(10):
+                    inner.start_soon(one)
+        assert statuses == [200] * 60
+        stats = pool.statistics()
+        assert stats.connections_created >= 60 // 7
+        await wait_until(lambda: pool.statistics().http2_connections <= 1, "old ones closed")
+        await settled(pool)

@@ -17,7 +17,7 @@ import trio
 from .._connection import PooledConnection
 from .._exceptions import PoolExhausted
 from .._shared import Multiplexer
-from ._exceptions import HTTPError, ReadTimeout, StreamClosed, WriteTimeout
+from ._exceptions import HTTPError, ReadTimeout, StreamClosed
 from ._models import Response, Target
 from ._timeouts import Timeout
 
@@ -181,8 +181,8 @@ async def request_h2(
             if attempt + 1 < _ATTEMPTS:
                 continue
             raise
-        if scope.cancelled_caught:
-            raise WriteTimeout(
+        if scope.cancelled_caught:  # the stream was reset; the connection carries on
+            raise ReadTimeout(
                 f"sending the request to {target.host}:{target.port} and receiving its"
                 f" response head took longer than {head_limit} s (write + read timeout)"
             )
