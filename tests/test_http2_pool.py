@@ -470,3 +470,65 @@ async def test_nginx_goaway_after_keepalive_requests_through_the_pool(
         assert stats.connections_created >= 60 // 7
         await wait_until(lambda: pool.statistics().http2_connections <= 1, "old ones closed")
         await settled(pool)
+
+
+async def test_pool_closed_with_streams_in_flight(nursery: trio.Nursery) -> None:
+    """Closing the pool lends no new stream; streams in flight complete, then their
+    connection closes and its reader task ends (open_pool's exit does not hang)."""
+    release = trio.Event()
+    server = H2Server(routes={"/hold": holding(release)})
+    port = await server.start(nursery)
+    statuses: list[int] = []
+    with trio.fail_after(10):
+        async with trio_pool.open_pool() as pool:
+            client = HTTPClient(pool, http2="prior-knowledge")
+
+            async def one() -> None:
+                statuses.append((await client.request("GET", f"http://{HOST}:{port}/hold")).status)
+
+            async with trio.open_nursery() as inner:
+                for _ in range(3):
+                    inner.start_soon(one)
+                await wait_until(lambda: server.open == 3, "three open")
+                await pool.aclose()
+                with pytest.raises(trio_pool.PoolClosed):
+                    await client.request("GET", f"http://{HOST}:{port}/")
+                release.set()
+            assert statuses == [200] * 3
+            await wait_until(lambda: pool.statistics().http2_connections == 0, "closed")
+            assert pool.statistics().connections_closed == 1
+
+
+async def test_cancellation_storm_nginx_through_the_pool(
+    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+) -> None:
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed")
+    rng = random.Random(7)
+    completed = 0
+    async with (
+        open_nginx_h2(tmp_path, cert, max_concurrent_streams=32) as (_nginx, port),
+        trio_pool.open_pool(max_size=3) as pool,
+    ):
+        fds = open_fds()
+        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca), timeout=20)
+
+        async def one(path: str, deadline: float) -> None:
+            nonlocal completed
+            with trio.move_on_after(deadline):
+                response = await client.request("GET", f"https://{HOST}:{port}{path}")
+                assert response.status == 200
+                completed += 1
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                for _ in range(300):
+                    path = rng.choice(["/files/big", "/files/mid", "/"])
+                    inner.start_soon(one, path, rng.choice([rng.uniform(0, 0.05), 30.0]))
+        assert 0 < completed < 300
+        await settled(pool)
+        assert pool.statistics().connections_created <= 3 + 2  # a few replaced after GOAWAY at most
+        assert (await client.request("GET", f"https://{HOST}:{port}/")).status == 200
+        await settled(pool)
+        await pool.aclose()
+        await wait_until(lambda: open_fds() <= fds, "no socket left open")
