@@ -532,3 +532,32 @@ async def test_cancellation_storm_nginx_through_the_pool(
         await settled(pool)
         await pool.aclose()
         await wait_until(lambda: open_fds() <= fds, "no socket left open")
+
+
+async def test_http2_gauges_exported(nursery: trio.Nursery) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from trio_pool.metrics import PrometheusCollector
+
+    from .test_metrics import scrape, value
+
+    release = trio.Event()
+    server = H2Server(routes={"/hold": holding(release)})
+    port = await server.start(nursery)
+    registry = CollectorRegistry()
+    async with trio_pool.open_pool() as pool:
+        registry.register(PrometheusCollector(pool))
+        client = HTTPClient(pool, http2="prior-knowledge")
+        async with trio.open_nursery() as inner:
+            for _ in range(3):
+                inner.start_soon(client.request, "GET", f"http://{HOST}:{port}/hold")
+            await wait_until(lambda: server.open == 3, "three open")
+            during = scrape(registry)
+            assert value(during, "trio_pool_http2_connections", port) == 1
+            assert value(during, "trio_pool_http2_streams", port) == 3
+            assert value(during, "trio_pool_active_connections", port) == 1
+            release.set()
+        after = scrape(registry)
+        assert value(after, "trio_pool_http2_streams", port) == 0
+        assert value(after, "trio_pool_idle_connections", port) == 1
+        await settled(pool)
