@@ -561,3 +561,19 @@ async def test_http2_gauges_exported(nursery: trio.Nursery) -> None:
         assert value(after, "trio_pool_http2_streams", port) == 0
         assert value(after, "trio_pool_idle_connections", port) == 1
         await settled(pool)
+
+
+@pytest.mark.parametrize("pool_timeout", [None, 0], ids=["hand-off", "own-connect"])
+async def test_peer_allowing_no_stream(pool_timeout: float | None, nursery: trio.Nursery) -> None:
+    server = H2Server(max_concurrent_streams=0)
+    port = await server.start(nursery)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(
+            pool, http2="prior-knowledge", timeout=trio_pool.http.Timeout(5, pool=pool_timeout)
+        )
+        with pytest.raises(trio_pool.ConnectError, match="stream"):
+            await client.request("GET", f"http://{HOST}:{port}/")
+        await settled(pool)
+        stats = pool.statistics()
+        assert (stats.connections_created, stats.connections_closed) == (1, 1)
+        assert server.requests == 0

@@ -474,7 +474,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             conn = await self._connect(state, timeout=connect_timeout)
             if type(conn) is SharedConnection:
                 lease = conn.first
-                assert lease is not None
+                if lease is None:  # it closed at once, or its peer allows no stream
+                    raise ConnectError(
+                        f"the new connection to {state.key.host}:{state.key.port} has no"
+                        " stream to lend (it closed, or the peer allows none)"
+                    )
                 conn.first = None
                 return lease
             return conn
