@@ -755,3 +755,20 @@ async def test_connection_reset_while_uploading(nursery: trio.Nursery) -> None:
     assert conn.is_closed
     with trio.fail_after(5):
         await conn._finished.wait()
+
+
+async def test_h2_forgets_closed_streams_amortized(nursery: trio.Nursery) -> None:
+    """The O(1) open-stream count still lets h2 forget closed streams: after 600
+    requests, 20 at a time, h2 holds a bounded number of stream objects, and its own
+    scan agrees with our count."""
+    server = H2Server()
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    for _ in range(30):
+        async with trio.open_nursery() as inner:
+            for _ in range(20):
+                inner.start_soon(get, conn, "/")
+        assert len(conn._h2.streams) <= 2 * 20 + 64
+    assert server.requests == 600
+    assert conn._h2._open_streams(1) == len(conn._streams) == 0
+    await conn.aclose()

@@ -82,6 +82,8 @@ async def test_counters_gauges_and_wait_histogram(echo_port: int) -> None:
             "trio_pool_active_connections": 0,
             "trio_pool_waiting_tasks": 0,
             "trio_pool_connecting": 0,
+            "trio_pool_http2_connections": 0,
+            "trio_pool_http2_streams": 0,
             "trio_pool_acquire_wait_seconds_count": 1,
         }
         for name, want in expected.items():

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -22,6 +23,7 @@ from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._proxy import Proxy
+from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
 from ._state import CONNECT, HANDOFF, Grant, KeyState, PendingConnect, PoolKey, PoolState, Waiter
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
@@ -37,6 +39,9 @@ _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
 _WARNING_KINDS: Final = ("hit_rate", "busy")
+# Callers' contexts that offered h2 for a key of any pool: set back to http/1.1 before
+# each handshake of a key that does not multiplex.
+_ALPN_SET: Final[weakref.WeakSet[ssl.SSLContext]] = weakref.WeakSet()
 _MIN_HIT_RATE_SAMPLE: Final = 20  # acquires in an interval before its hit rate is judged
 
 
@@ -192,6 +197,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         )
         self._aliases: dict[tuple[object, ...], KeyState] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._h2_contexts: dict[bool, ssl.SSLContext] = {}
         self._maintenance_scope: trio.CancelScope | None = None
         self._background: trio.Nursery | None = None
         self._warned: dict[tuple[PoolKey, str], float] = {}
@@ -418,6 +424,67 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             conn.acquired_by = caller_stack()
         return conn
 
+    def _lookup_multiplexed(
+        self,
+        host: str,
+        port: int,
+        tls: bool,
+        sni: str | None,
+        verify_cert: bool,
+        ssl_context: ssl.SSLContext | None,
+        uds: str | None,
+        mode: str,
+        opener: OpenMultiplexer,
+    ) -> KeyState:
+        """The key of connections that may be multiplexed: ``mode`` ``"h2"`` (ALPN,
+        TLS only) or ``"h2c"`` (prior knowledge); ``opener`` starts the protocol."""
+        args = ("multiplexed", host, port, tls, sni, verify_cert, ssl_context, uds, mode)
+        try:
+            state = self._aliases[args]
+        except KeyError:
+            key = make_key(host, port, tls, sni, verify_cert, ssl_context, None, uds)
+            key = key._replace(http2=mode)
+            state = self._state.key_state(key, trio.current_time())
+            self._aliases[args] = state
+            state.aliases.append(args)
+        state.open_shared = opener
+        return state
+
+    async def _acquire_lease(
+        self, state: KeyState, timeout: float | None, connect_timeout: float | None
+    ) -> PooledConnection | StreamLease:
+        """Acquire on a key that may be multiplexed: a stream of a shared connection
+        (a :class:`StreamLease`, released by its stream's end or ``release()``), or a
+        whole connection when the peer chose HTTP/1.1."""
+        if timeout is not None:
+            check_timeout("timeout", timeout)
+        if connect_timeout is not None:
+            check_timeout("connect_timeout", connect_timeout)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        now = trio.current_time()
+        taken = self._state.take(state, now)
+        if taken is None or taken is HANDOFF or taken is CONNECT:
+            grant: Grant = CONNECT
+            if taken is not CONNECT:
+                grant = await self._wait(
+                    state, now, timeout, False, connect_timeout, taken is HANDOFF
+                )
+            if grant is not CONNECT:
+                return cast("PooledConnection | StreamLease", grant)
+            conn = await self._connect(state, timeout=connect_timeout)
+            if type(conn) is SharedConnection:
+                lease = conn.first
+                if lease is None:  # it closed at once, or its peer allows no stream
+                    raise ConnectError(
+                        f"the new connection to {state.key.host}:{state.key.port} has no"
+                        " stream to lend (it closed, or the peer allows none)"
+                    )
+                conn.first = None
+                return lease
+            return conn
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return cast("PooledConnection | StreamLease", taken)
+
     async def _wait(
         self,
         state: KeyState,
@@ -515,6 +582,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             timeout = self._config.connection_timeout
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        shared: Multiplexer | None = None
         stage = "TCP connect"
         try:
             try:
@@ -524,6 +592,16 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                     if key.tls:
                         stage = "TLS handshake"
                         stream = await self._handshake(state, tcp)
+                    opener = state.open_shared if key.http2 is not None else None
+                    if opener is not None and (
+                        key.http2 == "h2c"
+                        or (
+                            isinstance(stream, trio.SSLStream)
+                            and stream.selected_alpn_protocol() == "h2"
+                        )
+                    ):
+                        stage = "HTTP/2 SETTINGS exchange"
+                        shared = await opener(stream, self._nursery)
                 if scope.cancelled_caught:
                     raise ConnectTimeout(
                         f"connecting to {key.host}:{key.port} took longer than {timeout} s"
@@ -552,15 +630,37 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             )
             raise
         return self._state.connected(
-            state, stream, trio.current_time(), to_idle=to_idle, pending=pending
+            state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
         )
 
     def _context(self, key: PoolKey) -> ssl.SSLContext:
+        if key.http2 == "h2":
+            return self._h2_context(key)
         if key.ssl_context is not None:
+            if key.ssl_context in _ALPN_SET:
+                key.ssl_context.set_alpn_protocols(["http/1.1"])
             return key.ssl_context
         context = self._contexts.get(key.verify_cert)
         if context is None:
             context = self._contexts[key.verify_cert] = default_context(key.verify_cert)
+        return context
+
+    def _h2_context(self, key: PoolKey) -> ssl.SSLContext:
+        """The context of a key offering HTTP/2: ALPN ``h2`` and ``http/1.1``.
+
+        A caller's own context gets the ALPN list set on it (as httpcore does) right
+        before the TLS object is made from it (which copies the list), and set back to
+        ``http/1.1`` the same way for keys of ours that do not multiplex: the same
+        context may serve both."""
+        if key.ssl_context is not None:
+            key.ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+            _ALPN_SET.add(key.ssl_context)
+            return key.ssl_context
+        context = self._h2_contexts.get(key.verify_cert)
+        if context is None:
+            context = default_context(key.verify_cert)
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            self._h2_contexts[key.verify_cert] = context
         return context
 
     async def _handshake(
@@ -654,6 +754,12 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
     def _close_stream(self, conn: PooledConnection) -> None:
         stream = conn.stream
+        if type(conn) is SharedConnection:
+            try:  # the multiplexer owns the stream: GOAWAY, then close
+                self._nursery.start_soon(conn.shared.aclose)
+            except RuntimeError:  # the nursery is closed (and its reader task gone)
+                _socket_of(stream).close()
+            return
         if isinstance(stream, trio.SSLStream) and not conn._broken:
             try:
                 self._nursery.start_soon(self._close_tls, stream)

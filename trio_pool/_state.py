@@ -29,6 +29,7 @@ from ._config import PoolConfig
 from ._connection import ConnectionOwner, ConnectionState, PooledConnection
 from ._exceptions import ConnectError, PoolClosed
 from ._proxy import Proxy
+from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
 from ._stats import PoolStatistics
 
 __all__ = ["CONNECT", "HANDOFF", "KeyState", "PendingConnect", "PoolKey", "PoolState", "Waiter"]
@@ -61,8 +62,8 @@ SESSION_CAPACITY: Final = 1024
 CONNECT: Final = _Connect()
 HANDOFF: Final = _Handoff()
 
-Grant = PooledConnection | _Connect
-Taken = PooledConnection | _Connect | _Handoff
+Grant = PooledConnection | _Connect | StreamLease
+Taken = PooledConnection | _Connect | _Handoff | StreamLease
 
 
 class PoolKey(NamedTuple):
@@ -87,6 +88,9 @@ class PoolKey(NamedTuple):
     proxy: Proxy | None = None
     uds: str | None = None
     forward: bool = False
+    #: ``"h2"``: TLS offers ALPN ``h2`` (and ``http/1.1``), the answer decides;
+    #: ``"h2c"``: plain HTTP/2 by prior knowledge; ``None``: never multiplexed.
+    http2: str | None = None
 
 
 class Waiter:
@@ -183,10 +187,14 @@ class KeyState:
         "misses",
         "monitor_hits",
         "monitor_misses",
+        "multiplexed",
+        "open_shared",
         "orphans",
         "refill_failures",
         "refill_not_before",
         "sessions",
+        "shared",
+        "shared_ready",
         "tls_handshakes",
         "tls_resumptions",
         "wait_count",
@@ -229,6 +237,16 @@ class KeyState:
         self.last_active: float = now
         self.aliases: list[tuple[object, ...]] = []
         self.dropped: bool = False  # forgotten by drop_key: look the key up again
+        # Multiplexed (HTTP/2) connections of the key, and those with a free stream, in
+        # the order they got one (the first is lent first). While ``shared_ready`` is
+        # non-empty nobody of this key waits.
+        self.shared: dict[SharedConnection, None] = {}
+        self.shared_ready: dict[SharedConnection, None] = {}
+        # Whether the key's connections are (expected to be) multiplexed: a key offering
+        # h2 starts hopeful, so a cold burst opens one connection, not max_connecting;
+        # a connection that negotiated HTTP/1.1 sets it back.
+        self.multiplexed: bool = key.http2 is not None
+        self.open_shared: OpenMultiplexer | None = None  # set by the protocol layer
 
     @property
     def total(self) -> int:
@@ -421,6 +439,8 @@ class PoolState:
         if self.closed:
             raise PoolClosed("the pool is closed")
         state.last_active = now
+        if state.shared_ready and not new:
+            return self._take_stream(state, now)
         if not new:
             idle = state.idle
             max_idle = self.max_idle_time
@@ -531,6 +551,7 @@ class PoolState:
         *,
         to_idle: bool = False,
         pending: PendingConnect | None = None,
+        shared: Multiplexer | None = None,
     ) -> PooledConnection:
         """A connect in a reserved slot succeeded.
 
@@ -539,9 +560,15 @@ class PoolState:
                 caller.
             pending: A hand-off connect: its owner gets it if still waiting, else the
                 key's next waiter, else the pool.
+            shared: The connection is multiplexed (HTTP/2): it is lent as streams (see
+                :meth:`_connected_shared`).
         """
         state.connecting -= 1
         state.created += 1
+        if shared is not None:
+            return self._connected_shared(state, stream, now, shared, to_idle, pending)
+        if state.multiplexed:  # the peer chose HTTP/1.1: connect as for any key again
+            state.multiplexed = False
         conn = PooledConnection(self.pool, state, stream, now, self.expiry(now))
         if pending is not None:
             owner = self._handoff_done(state, pending)
@@ -653,6 +680,8 @@ class PoolState:
         connects; a cold key under load grows like TCP slow start, doubling per connect
         round, rather than a fixed few at a time."""
         assert self.max_connecting is not None
+        if state.multiplexed:
+            return 1  # one connection serves many: open the next only when all are full
         established = len(state.idle) + state.in_use
         return min(self.max_connecting, max(MIN_CONNECTING, established))
 
@@ -820,6 +849,8 @@ class PoolState:
         self.closed = True
         for conn in list(self.idle_lru):
             self._evict(conn, counted=False)
+        for state in self.keys.values():
+            state.shared_ready.clear()  # busy HTTP/2 connections close when their streams end
         for queue in [self.global_waiters, *(s.waiters for s in self.keys.values())]:
             while queue:
                 self._fail(_first(queue), PoolClosed("the pool was closed"))
@@ -990,6 +1021,10 @@ class PoolState:
 
     def _evict(self, conn: PooledConnection, *, counted: bool = True) -> None:
         """Close an idle connection (it leaves both idle indexes)."""
+        if type(conn) is SharedConnection:
+            self._drop_shared(conn)
+            self._close(conn, evicted=counted)
+            return
         del conn._key.idle[conn]  # type: ignore[attr-defined]
         del self.idle_lru[conn]
         self._close(conn, evicted=counted)
@@ -1003,12 +1038,129 @@ class PoolState:
             state.evicted += 1
         self._close_stream(conn)
 
+    # -- shared leases (multiplexed connections) -----------------------------------
+
+    def _take_stream(self, state: KeyState, now: float) -> StreamLease:
+        """Lend a stream of the key's first connection with one free (a hit)."""
+        conn = next(iter(state.shared_ready))
+        shared = conn.shared
+        lease = shared.reserve_stream_nowait()
+        if not shared.is_available:
+            del state.shared_ready[conn]
+        self._lend_stream(conn, now)
+        state.hits += 1
+        return lease
+
+    def _lend_stream(self, conn: SharedConnection, now: float) -> None:
+        if conn._state is IDLE:  # its first stream since it went idle
+            conn._state = IN_USE
+            del self.idle_lru[conn]
+        conn.use_count += 1
+        conn.acquired_at = now
+
+    def _connected_shared(
+        self,
+        state: KeyState,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        now: float,
+        shared: Multiplexer,
+        to_idle: bool,
+        pending: PendingConnect | None,
+    ) -> SharedConnection:
+        """A multiplexed connection opened: the connecting task (or the hand-off
+        connect's owner) takes one stream, and the key's next waiters, FIFO, as many
+        of the others as they need; what is left is lent to later acquires at once."""
+        conn = SharedConnection(self.pool, state, stream, now, self.expiry(now), shared)
+        state.multiplexed = True
+        state.shared[conn] = None
+        state.in_use += 1  # an open multiplexed connection counts as in use
+        shared.on_capacity_change = lambda: self._capacity_changed(conn)
+        owner = self._handoff_done(state, pending) if pending is not None else None
+        if self.closed or not shared.is_available:
+            if owner is not None:
+                self._settle(owner, now, hit=False)
+                self._fail(
+                    owner,
+                    PoolClosed("the pool was closed")
+                    if self.closed
+                    else ConnectError("the new HTTP/2 connection has no free stream"),
+                )
+            self._retire_shared(conn, now)
+            return conn
+        if owner is not None:
+            self._lend_stream(conn, now)
+            self._settle(owner, now, hit=False)
+            self._wake(owner, outcome.Value(shared.reserve_stream_nowait()))
+        elif pending is None and not to_idle:
+            self._lend_stream(conn, now)
+            conn.first = shared.reserve_stream_nowait()
+        # Otherwise (prewarm, or an orphaned connect) it counts as in use until the hook
+        # below finds it has no stream open and makes it idle.
+        self._capacity_changed(conn)
+        if pending is not None:
+            self._serve_line(state, now)
+        return conn
+
+    def _capacity_changed(self, conn: SharedConnection) -> None:
+        """The multiplexer's hook: a stream ended or was released, the peer changed its
+        limit, sent GOAWAY, or the connection died. Synchronous, O(streams handed)."""
+        if conn._state is CLOSED:
+            return
+        state: KeyState = conn._key  # type: ignore[assignment]
+        shared = conn.shared
+        now = trio.current_time()
+        if self.closed or not conn._reusable() or now >= conn._expires_at:
+            # Never a new stream; the slot is freed once its streams are done.
+            state.shared_ready.pop(conn, None)
+            if not shared.open_streams:
+                self._retire_shared(conn, now)
+            return
+        while shared.is_available and state.waiters:
+            waiter = _first(state.waiters)
+            self._lend_stream(conn, now)
+            self._settle(waiter, now, hit=True)
+            self._wake(waiter, outcome.Value(shared.reserve_stream_nowait()))
+        if shared.is_available and state.waiting > len(state.waiters) and self.global_waiters:
+            # Waiters of this key held back by max_total: a free stream is theirs.
+            for waiter in [w for w in self.global_waiters if w.key is state]:
+                if not shared.is_available:
+                    break
+                self._lend_stream(conn, now)
+                self._settle(waiter, now, hit=True)
+                self._wake(waiter, outcome.Value(shared.reserve_stream_nowait()))
+        if shared.is_available:
+            if conn not in state.shared_ready:
+                state.shared_ready[conn] = None
+        else:
+            state.shared_ready.pop(conn, None)
+        if not shared.open_streams and conn._state is IN_USE:
+            # No stream open: idle, evicted by max_idle_time like any connection.
+            conn._state = IDLE
+            conn.last_used_at = now
+            self.idle_lru[conn] = None
+            deadline = min(now + self.max_idle_time, conn._expires_at)
+            if deadline < self.wake_at:
+                self._wake_by(deadline)
+
+    def _drop_shared(self, conn: SharedConnection) -> None:
+        state: KeyState = conn._key  # type: ignore[assignment]
+        state.shared.pop(conn, None)
+        state.shared_ready.pop(conn, None)
+        self.idle_lru.pop(conn, None)
+        state.in_use -= 1
+
+    def _retire_shared(self, conn: SharedConnection, now: float) -> None:
+        """Close a multiplexed connection with no stream open and free its slot."""
+        self._drop_shared(conn)
+        self._close(conn)
+        self._freed(conn._key, now)  # type: ignore[arg-type]
+
     # -- statistics -------------------------------------------------------------
 
     def statistics(self, states: list[KeyState] | None = None) -> PoolStatistics:
         """Sum the counters of some keys (all of them, and the retired ones, by default)."""
         totals: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
-        idle = in_use = waiting = connecting = 0
+        idle = in_use = waiting = connecting = multiplexed = streams = 0
         if states is None:
             states = list(self.keys.values())
             totals.update(self.retired)
@@ -1019,6 +1171,14 @@ class PoolState:
             in_use += state.in_use
             waiting += state.waiting
             connecting += state.connecting
+            if state.shared:
+                # An HTTP/2 connection with no stream open is reported idle.
+                multiplexed += len(state.shared)
+                for conn in state.shared:
+                    streams += conn.shared.open_streams
+                    if conn._state is IDLE:
+                        idle += 1
+                        in_use -= 1
         return PoolStatistics(
             connections_created=int(totals["created"]),
             connections_closed=int(totals["closed"]),
@@ -1036,4 +1196,6 @@ class PoolState:
             acquire_wait_count=int(totals["wait_count"]),
             acquire_wait_seconds=float(totals["wait_seconds"]),
             waiters_rejected=int(totals["waiters_rejected"]),
+            http2_connections=multiplexed,
+            http2_streams=streams,
         )

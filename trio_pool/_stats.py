@@ -34,6 +34,11 @@ class PoolStatistics:
         waiters_rejected: Acquires that raised :class:`~trio_pool.PoolExhausted` at once
             because ``max_waiters`` tasks were waiting already (not counted in
             ``acquire_timeouts``).
+        http2_connections: Open multiplexed (HTTP/2) connections, with streams open
+            or not; each is one connection of ``max_size``, counted in
+            ``active_connections`` while streams are open and in
+            ``idle_connections`` while none is.
+        http2_streams: Streams open (or reserved) on them: requests in flight.
     """
 
     connections_created: int = 0
@@ -52,6 +57,8 @@ class PoolStatistics:
     acquire_wait_count: int = 0
     acquire_wait_seconds: float = 0.0
     waiters_rejected: int = 0
+    http2_connections: int = 0
+    http2_streams: int = 0
 
     @property
     def hit_rate(self) -> float:

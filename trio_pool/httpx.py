@@ -61,6 +61,7 @@ from .http._exceptions import (
     WriteError,
     WriteTimeout,
 )
+from .http._h2_client import H2Exchange
 from .http._models import Target, authority
 from .http._timeouts import NO_LIMIT, Timeout
 
@@ -121,6 +122,11 @@ class PoolTransport(httpx.AsyncBaseTransport):
             proxies to a transport it was given, whatever its own ``trust_env``, so
             a transport that read them unasked would change what such clients do.
             Ignored when ``proxy`` or ``uds`` is given.
+        http2: httpx's flag, same meaning: ``True`` offers ALPN ``h2`` on https and
+            multiplexes requests over shared HTTP/2 connections when the server
+            agrees (responses say ``http_version`` ``b"HTTP/2"``);
+            ``"prior-knowledge"`` also speaks h2c to ``http://`` URLs. See
+            :class:`trio_pool.http.HTTPClient`.
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies
@@ -147,6 +153,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         proxy: str | httpx.URL | httpx.Proxy | Proxy | None = None,
         uds: str | None = None,
         trust_env: bool = False,
+        http2: bool | str = False,
     ) -> None:
         self._client = HTTPClient(
             pool,
@@ -156,6 +163,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
             proxy=proxy,
             uds=uds,
             trust_env=trust_env,
+            http2=http2,
         )
         self._targets: dict[tuple[bytes, str, int | None], Target] = {}
 
@@ -269,7 +277,7 @@ def _limits(request: httpx.Request) -> Timeout:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body, read from the connection as httpx asks for it."""
 
-    def __init__(self, exchange: Exchange, request: httpx.Request) -> None:
+    def __init__(self, exchange: Exchange | H2Exchange, request: httpx.Request) -> None:
         self._exchange = exchange
         self._request = request
 

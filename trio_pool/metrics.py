@@ -36,6 +36,8 @@ name                                       type      meaning
 ``trio_pool_active_connections``           gauge     connections in use
 ``trio_pool_waiting_tasks``                gauge     tasks waiting for a connection
 ``trio_pool_connecting``                   gauge     connects in flight
+``trio_pool_http2_connections``            gauge     open HTTP/2 (multiplexed) connections
+``trio_pool_http2_streams``                gauge     HTTP/2 streams in flight
 ``trio_pool_acquire_wait_seconds``         histogram time a served acquire waited in line
 ========================================== ========= ==============================================
 
@@ -112,6 +114,8 @@ _GAUGES: Final = (
     ("active_connections", "active_connections", "Connections handed out and not returned."),
     ("waiting_tasks", "tasks_waiting", "Tasks waiting for a connection."),
     ("connecting", "connecting", "Connects in flight."),
+    ("http2_connections", "http2_connections", "Open HTTP/2 (multiplexed) connections."),
+    ("http2_streams", "http2_streams", "HTTP/2 streams in flight."),
 )
 
 

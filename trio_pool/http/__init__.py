@@ -14,6 +14,9 @@
 A connection goes back to the pool after a complete response that allows keep-alive,
 and is discarded otherwise. Idempotent requests are retried once on a new connection
 when a reused one turns out to have been closed by the server while idle.
+
+``HTTPClient(pool, http2=True)`` speaks HTTP/2 where the server agrees (ALPN), sharing
+each connection among concurrent requests, a stream each (the ``h2`` extra).
 """
 
 from ._client import IDEMPOTENT_METHODS as IDEMPOTENT_METHODS
@@ -32,6 +35,8 @@ from ._exceptions import StreamConsumed as StreamConsumed
 from ._exceptions import StreamError as StreamError
 from ._exceptions import WriteError as WriteError
 from ._exceptions import WriteTimeout as WriteTimeout
+from ._h2_exceptions import RequestNotProcessed as RequestNotProcessed
+from ._h2_exceptions import StreamReset as StreamReset
 from ._models import Response as Response
 from ._timeouts import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from ._timeouts import USE_CLIENT_DEFAULT as USE_CLIENT_DEFAULT
@@ -49,12 +54,14 @@ __all__ = [
     "ReadError",
     "ReadTimeout",
     "RemoteProtocolError",
+    "RequestNotProcessed",
     "RequestTimeout",
     "Response",
     "StreamClosed",
     "StreamConsumed",
     "StreamContext",
     "StreamError",
+    "StreamReset",
     "Timeout",
     "WriteError",
     "WriteTimeout",

@@ -36,6 +36,7 @@ from ._exceptions import (
     WriteError,
     WriteTimeout,
 )
+from ._h2_client import H2Exchange, request_h2
 from ._models import Response, Target, check_method, parse_url
 from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
@@ -471,6 +472,15 @@ class HTTPClient:
         trust_env: Take the proxy from ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``
             and ``NO_PROXY`` as httpx does, read when the client is made. Off by
             default; ignored when ``proxy`` or ``uds`` is given.
+        http2: ``True`` (httpx's flag): https connections offer ALPN ``h2`` and
+            ``http/1.1`` and the server's choice decides; requests to one origin then
+            share HTTP/2 connections, a stream each, up to the server's
+            ``SETTINGS_MAX_CONCURRENT_STREAMS`` (another connection opens when all
+            are full, within ``max_size``). ``"prior-knowledge"``: plain ``http://``
+            URLs speak HTTP/2 at once too (h2c, no upgrade), https as with ``True``.
+            Needs the ``h2`` extra (``trio-pool[http2]``). Not through proxies (those
+            requests stay HTTP/1.1). A streamed request body is gathered before it is
+            sent over HTTP/2; the write and read limits of a request's head add up.
 
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
@@ -493,7 +503,10 @@ class HTTPClient:
         proxy: str | Proxy | object | None = None,
         uds: str | None = None,
         trust_env: bool = False,
+        http2: bool | str = False,
     ) -> None:
+        if http2 not in (False, True, "prior-knowledge") or type(http2) not in (bool, str):
+            raise ValueError(f"http2 must be False, True or 'prior-knowledge', got {http2!r}")
         if not isinstance(pool, ConnectionPool):
             raise TypeError(f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}")
         if not isinstance(verify_cert, bool):
@@ -510,6 +523,7 @@ class HTTPClient:
             proxy_environment() if trust_env and self._proxy is None and self._uds is None else None
         )
         self._pool = pool
+        self._http2 = http2
         self._headers = _header_list(headers)
         self._timeout = to_timeout(timeout)
         self._verify_cert = verify_cert
@@ -781,7 +795,9 @@ class HTTPClient:
         content: Body,
         idempotent: bool,
         limits: Timeout,
-    ) -> Exchange:
+        *,
+        first: PooledConnection | None = None,
+    ) -> Exchange | H2Exchange:
         """Borrow a connection, send the request, read the response head.
 
         Each phase has its own limit (see :class:`Timeout`). Retries once on a new
@@ -789,11 +805,21 @@ class HTTPClient:
         and the body is bytes (a streamed body cannot be sent again). Any failure or
         cancellation discards the connection.
         """
+        if (
+            self._http2
+            and first is None
+            and target.proxy is None
+            and (target.tls or self._http2 == "prior-knowledge")
+        ):
+            return await request_h2(self, target, event, content, idempotent, limits)
         pool = self._pool
         retried = False
         replayable = type(content) is bytes
         while True:
-            conn = await self._acquire(target, retried, limits)
+            if first is not None:
+                conn, first = first, None
+            else:
+                conn = await self._acquire(target, retried, limits)
             try:
                 protocol = self._protocol(conn)
                 if not replayable:
@@ -1074,7 +1100,7 @@ class StreamContext:
         self._content = content
         self._idempotent = idempotent
         self._limits = limits
-        self._exchange: Exchange | None = None
+        self._exchange: Exchange | H2Exchange | None = None
 
     async def __aenter__(self) -> Response:
         if self._exchange is not None:

@@ -420,7 +420,7 @@ class H2Connection:
         self._stream_window = stream_window
         self.on_capacity_change: Callable[[], None] | None = on_capacity_change
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = _H2(config=config)
         self._h2.state_machine = _StateMachine()
         self._h2.local_settings = h2.settings.Settings(
             client=True,
@@ -432,6 +432,7 @@ class H2Connection:
             },
         )
         self._streams: dict[int, _Stream] = {}
+        self._h2.count_open = self._streams.__len__
         self._reserved = 0
         self._started = 0
         self._goaway: int | None = None  # the last_stream_id of a GOAWAY
@@ -1029,6 +1030,30 @@ class H2Connection:
             stream.chunks.clear()
             self._unregister(stream)
         self._capacity_changed()
+
+
+class _H2(h2.connection.H2Connection):
+    """h2's connection, counting the open streams in O(1) (amortized).
+
+    h2 reads ``open_outbound_streams`` on every new stream, and computes it by scanning
+    every stream it holds (``_open_streams``, which also forgets the closed ones): O(open
+    streams) per request. Our own count of open streams (``H2Connection._streams``,
+    registered right after HEADERS and unregistered when the stream closes) answers
+    instead, and the scan runs only when h2 holds twice as many streams as after the
+    last one, plus 64, to forget closed streams in amortized O(1).
+    """
+
+    count_open: Callable[[], int] | None = None
+    _scan_at = 64
+
+    @property
+    def open_outbound_streams(self) -> int:
+        count_open = self.count_open
+        if count_open is None or len(self.streams) >= self._scan_at:
+            count = self._open_streams(int(self.config.client_side))
+            self._scan_at = 2 * len(self.streams) + 64
+            return count
+        return count_open()
 
 
 class _StateMachine(h2.connection.H2ConnectionStateMachine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlsplit
 
 import idna
@@ -14,7 +14,25 @@ from ._exceptions import StreamConsumed
 
 if TYPE_CHECKING:
     from .._proxy import Proxy
-    from ._client import Exchange
+    from ._exceptions import StreamClosed
+
+
+class Exchange(Protocol):
+    """What a :class:`Response` reads its body from: the HTTP/1.1 exchange
+    (``trio_pool.http._client.Exchange``) or an HTTP/2 stream's (``H2Exchange``)."""
+
+    target: Target
+    done: bool
+    complete: bool
+
+    async def read_all(self) -> bytes: ...
+
+    async def read_chunk(self) -> bytes: ...
+
+    def abandon(self, because: str = ...) -> None: ...
+
+    def closed_error(self) -> StreamClosed: ...
+
 
 __all__ = ["Response", "Target", "authority", "check_method", "parse_url"]
 
@@ -168,7 +186,7 @@ class Response:
         reason: The reason phrase, e.g. ``b"OK"``.
         headers: The headers as ``(name, value)`` byte pairs, names lowercased, in the
             order received.
-        http_version: ``"1.1"`` or ``"1.0"``.
+        http_version: ``"1.1"``, ``"1.0"``, or ``"2"`` for HTTP/2.
     """
 
     __slots__ = (

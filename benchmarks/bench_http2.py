@@ -1,0 +1,298 @@
+"""HTTP/2 requests per second against a local nginx (``http2`` on TLS), at concurrency
+10, 100 and 1000.
+
+Clients, all measured in one run against the same nginx (``return 200 "ok"``, its own
+process, one worker, ``http2_max_concurrent_streams 128``, keep-alive without limits):
+
+- ``trio_pool h2``: :class:`trio_pool.http.HTTPClient` with ``http2=True`` (ALPN ``h2``):
+  requests share connections, a stream each, a new connection only when all are full;
+- ``httpx+PoolTransport h2``: httpx over :class:`trio_pool.httpx.PoolTransport` with
+  ``http2=True``;
+- ``httpx (httpcore) h2``: httpx's default transport with ``http2=True`` (httpcore + h2)
+  on trio, in a child process (it can collapse at high concurrency: each cell is capped
+  by the same measuring window and reports what it achieved, or 0 when killed);
+- ``trio_pool http/1.1``: the same HTTPClient without HTTP/2, over TLS to the same
+  listener (no ALPN: nginx speaks HTTP/1.1), a pool of ``max_size=N``.
+
+Target: ``trio_pool h2`` >= 3x httpcore's HTTP/2 at 100, no collapse or error at 1000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trio_pool
+from trio_pool.http import HTTPClient, HTTPError
+
+from ._common import HOST, Tls, print_table, raise_nofile, tls_files
+from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary
+
+CONCURRENCIES = (10, 100, 1000)
+CLIENTS = ("trio_pool h2", "httpx+PoolTransport h2", "httpx (httpcore) h2", "trio_pool http/1.1")
+STREAMS = 128  # nginx's http2_max_concurrent_streams
+
+
+def _nginx_version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr
+    version = out.strip().rsplit("/", 1)[-1].split()[0]
+    return tuple(int(part) for part in version.split("."))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def nginx_h2_server(tls: Tls) -> Iterator[int]:
+    """nginx on a free port: TLS, ALPN ``h2`` and ``http/1.1``, ``return 200 "ok"``."""
+    binary = _nginx_binary()
+    if binary is None:
+        raise RuntimeError("bench_http2 needs nginx (apt-get install nginx-light)")
+    with tempfile.TemporaryDirectory(prefix="bench-http2-") as tmp:
+        root = Path(tmp)
+        port = _free_port()
+        if _nginx_version(binary) >= (1, 25, 1):
+            listen = f"listen {HOST}:{port} ssl backlog=4096; http2 on;"
+        else:
+            listen = f"listen {HOST}:{port} ssl http2 backlog=4096;"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf = root / "nginx.conf"
+        conf.write_text(
+            f"daemon off;\nmaster_process on;\nworker_processes 1;\n{user}"
+            f"worker_rlimit_nofile 65536;\nerror_log stderr warn;\npid {root}/nginx.pid;\n"
+            "events { worker_connections 16384; }\n"
+            "http {\n  access_log off;\n  default_type text/plain;\n"
+            f"  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n"
+            f"  fastcgi_temp_path {root}/fcgi;\n  uwsgi_temp_path {root}/uwsgi;\n"
+            f"  scgi_temp_path {root}/scgi;\n"
+            "  keepalive_timeout 300s;\n  keepalive_requests 100000000;\n"
+            f"  http2_max_concurrent_streams {STREAMS};\n"
+            f"  server {{\n    {listen}\n"
+            f"    ssl_certificate {tls.certfile};\n    ssl_certificate_key {tls.certfile};\n"
+            '    location / { return 200 "ok"; }\n  }\n}\n'
+        )
+        log = open(root / "stderr", "wb")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [binary, "-p", str(root), "-c", str(conf), "-e", "stderr"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError("nginx failed:\n" + (root / "stderr").read_text())
+                try:
+                    socket.create_connection((HOST, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            yield port
+        finally:
+            process.send_signal(signal.SIGQUIT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+def _run_ours(
+    port: int, n: int, warmup: float, window: float, context: ssl.SSLContext, *, http2: bool
+) -> tuple[Cell, int]:
+    """Our HTTPClient; also returns how many connections it opened."""
+    url = f"https://{HOST}:{port}/"
+
+    async def main() -> tuple[Cell, int]:
+        async with trio_pool.open_pool(max_size=n, acquire_timeout=None) as pool:
+            client = HTTPClient(pool, http2=http2, ssl_context=context, timeout=None)
+
+            async def worker(counter: list[int]) -> None:
+                request = client.request
+                while True:
+                    try:
+                        await request("GET", url)
+                        counter[0] += 1
+                    except (trio_pool.PoolError, HTTPError):
+                        counter[1] += 1
+                        await trio.lowlevel.checkpoint()
+
+            cell = await _measure(worker, n, warmup, window)
+            return cell, pool.statistics().connections_created
+
+    return trio.run(main)
+
+
+def _run_transport(
+    port: int, n: int, warmup: float, window: float, context: ssl.SSLContext
+) -> Cell:
+    import httpx
+
+    from trio_pool.httpx import PoolTransport
+
+    url = f"https://{HOST}:{port}/"
+
+    async def main() -> Cell:
+        async with trio_pool.open_pool(max_size=n, acquire_timeout=None) as pool:
+            transport = PoolTransport(pool, http2=True, ssl_context=context)
+            async with httpx.AsyncClient(transport=transport, timeout=None) as client:
+                return await _measure(_httpx_worker(client, url), n, warmup, window)
+
+    return trio.run(main)
+
+
+def _run_httpcore(port: int, n: int, warmup: float, window: float, cafile: Path) -> Cell:
+    """httpx + httpcore with ``http2=True`` in a child process that reports right after
+    the window and exits without tearing down; one that overruns the cap is killed and
+    reported as 0 req/s."""
+    cap = _WARMUP_CAP[0] + warmup + window + 20.0
+    command = [sys.executable, "-m", "benchmarks.bench_http2", "httpcore-cell"]
+    command += [str(port), str(n), str(warmup), str(window), str(_WARMUP_CAP[0]), str(cafile)]
+    try:
+        out = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=cap,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        return 0.0, 0, 0.0
+    rate, errors, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rate), int(errors), float(seconds)
+
+
+def _httpcore_cell(argv: list[str]) -> None:
+    port, n = int(argv[0]), int(argv[1])
+    warmup, window, _WARMUP_CAP[0] = float(argv[2]), float(argv[3]), float(argv[4])
+    cafile = argv[5]
+    raise_nofile(20_000)
+    import httpx
+
+    url = f"https://{HOST}:{port}/"
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        context = ssl.create_default_context(cafile=cafile)
+        client = httpx.AsyncClient(limits=limits, timeout=None, http2=True, verify=context)
+        await _measure(_httpx_worker(client, url), n, warmup, window, report=True)
+
+    trio.run(main)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure every client at every concurrency; print the tables and the ratios."""
+    raise_nofile(20_000)
+    warmup, window = (0.1, 0.4) if quick else (0.5, 1.5)
+    _WARMUP_CAP[0] = 2.0 if quick else 3.0
+    rounds = 1 if quick else 2
+    best: dict[tuple[str, int], Cell] = {}
+    connections: dict[int, int] = {}
+
+    def keep(name: str, n: int, result: Cell) -> None:
+        if (name, n) not in best or result[0] > best[(name, n)][0]:
+            best[(name, n)] = result
+
+    with tls_files() as tls:
+        cafile = tls.certfile.parent / "ca.pem"
+        tls.ca.cert_pem.write_to_path(str(cafile))
+        context = tls.client_context()
+        with nginx_h2_server(tls) as port:
+            for _ in range(rounds):
+                for n in CONCURRENCIES:
+                    cell, opened = _run_ours(port, n, warmup, window, context, http2=True)
+                    keep("trio_pool h2", n, cell)
+                    connections[n] = opened
+                    keep(
+                        "httpx+PoolTransport h2",
+                        n,
+                        _run_transport(port, n, warmup, window, context),
+                    )
+                    keep("httpx (httpcore) h2", n, _run_httpcore(port, n, warmup, window, cafile))
+                    cell, _ = _run_ours(port, n, warmup, window, context, http2=False)
+                    keep("trio_pool http/1.1", n, cell)
+
+    def rps(name: str, n: int) -> float:
+        return max(best[(name, n)][0], 1e-9)
+
+    rows = []
+    results = []
+    for name in CLIENTS:
+        row: list[object] = [name]
+        for n in CONCURRENCIES:
+            value, errors, seconds = best[(name, n)]
+            row.append(f"{value:,.0f}" + (f" ({errors} err)" if errors else ""))
+            results.append(
+                {
+                    "client": name,
+                    "concurrency": n,
+                    "requests_per_second": value,
+                    "errors": errors,
+                    "cpu_us_per_request": seconds * 1e6,
+                }
+            )
+        rows.append(row)
+    print_table(
+        f"HTTPS GET vs nginx (http2 on TLS): req/s (best of {rounds}, {window} s windows)",
+        ["client", *(f"c={n}" for n in CONCURRENCIES)],
+        rows,
+    )
+    print(
+        "connections opened by trio_pool h2: "
+        + ", ".join(f"c={n}: {connections[n]}" for n in CONCURRENCIES)
+    )
+    ours = "trio_pool h2"
+    ratios: dict[str, float] = {}
+    targets: dict[str, str] = {}
+    collapsed = [n for n in CONCURRENCIES if best[("httpx (httpcore) h2", n)][0] == 0]
+    for n in CONCURRENCIES:
+        if n not in collapsed:
+            ratios[f"{ours}/httpcore_h2@{n}"] = rps(ours, n) / rps("httpx (httpcore) h2", n)
+            ratios[f"PoolTransport_h2/httpcore_h2@{n}"] = rps("httpx+PoolTransport h2", n) / rps(
+                "httpx (httpcore) h2", n
+            )
+        ratios[f"{ours}/ours_http11@{n}"] = rps(ours, n) / rps("trio_pool http/1.1", n)
+    targets[f"{ours}/httpcore_h2@100"] = ">= 3"
+    print_table(
+        "ratios",
+        ["ratio", "value", "target"],
+        [[key, f"{value:.2f}x", targets.get(key, "")] for key, value in ratios.items()],
+    )
+    for n in collapsed:
+        print(f"httpx (httpcore) h2 at c={n}: no request completed in the window (collapsed)")
+    errors_1000 = best[(ours, 1000)][1]
+    print(f"trio_pool h2 errors at c=1000: {errors_1000}")
+    return {
+        "name": "http2",
+        "results": results,
+        "ratios": ratios,
+        "connections_opened": connections,
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["httpcore-cell"]:
+        _httpcore_cell(sys.argv[2:])
+    else:
+        run(quick="--quick" in sys.argv)

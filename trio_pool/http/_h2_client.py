@@ -1,0 +1,205 @@
+"""HTTP/2 requests through the pool: a stream of a shared connection per request.
+
+The request is prepared once, as for HTTP/1.1 (``HTTPClient._prepare`` builds the h11
+request; its method, target and headers are what HTTP/2 sends), and the response is
+the same :class:`~trio_pool.http.Response`. The protocol itself is
+:mod:`trio_pool.http._http2` (imported only when HTTP/2 is used: the ``h2`` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from .._connection import PooledConnection
+from .._exceptions import PoolExhausted
+from .._shared import Multiplexer
+from ._exceptions import HTTPError, ReadTimeout, StreamClosed
+from ._models import Response, Target
+from ._timeouts import Timeout
+
+if TYPE_CHECKING:
+    from ._client import Body, Exchange, HTTPClient
+    from ._http2 import H2Response, H2StreamSlot
+
+__all__ = ["H2Exchange", "open_multiplexed", "request_h2"]
+
+#: Attempts of a request the server did not process (GOAWAY, REFUSED_STREAM).
+_ATTEMPTS: Final = 3
+
+#: ``http2`` values of HTTPClient and PoolTransport, and the pool key's mode for each.
+MODES: Final = {True: "h2", "prior-knowledge": "h2c"}
+
+
+async def open_multiplexed(
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], nursery: trio.Nursery
+) -> Multiplexer:
+    """The pool's opener for keys that offer HTTP/2: start it on a new connection."""
+    from ._http2 import H2Connection
+
+    return await H2Connection.open(stream, nursery)
+
+
+class H2Exchange:
+    """One request on one HTTP/2 stream, until its body ends: the HTTP/1.1
+    :class:`~trio_pool.http._client.Exchange`'s interface, for :class:`Response`."""
+
+    __slots__ = ("_h2", "closed_because", "complete", "done", "read_timeout", "response", "target")
+
+    def __init__(self, h2: H2Response, target: Target, read_timeout: float | None) -> None:
+        self._h2 = h2
+        self.target: Target = target
+        self.read_timeout = read_timeout
+        self.response: h11.Response = h11.Response(
+            status_code=h2.status, headers=h2.headers, http_version=b"2", reason=b""
+        )
+        self.done = False
+        self.complete = False
+        self.closed_because = ""
+
+    def make_response(self, content: bytes | None) -> Response:
+        return Response(
+            self._h2.status,
+            b"",
+            self._h2.headers,
+            "2",
+            content,
+            None if content is not None else self,
+        )
+
+    def closed_error(self) -> StreamClosed:
+        return StreamClosed(
+            f"the response body from {self.target.host}:{self.target.port} was not read"
+            f" to its end and is gone: {self.closed_because}"
+        )
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body, or ``b""`` at its end (its stream is then done)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            if self.complete:
+                return b""
+            raise self.closed_error()
+        limit = self.read_timeout
+        try:
+            if limit is None:
+                data = await self._h2.receive_data()
+            else:
+                data = b""
+                with trio.CancelScope() as scope:
+                    scope.deadline = trio.current_time() + limit
+                    data = await self._h2.receive_data()
+                if scope.cancelled_caught:
+                    raise ReadTimeout(
+                        f"no data from {self.target.host}:{self.target.port} within"
+                        f" {limit} s (read timeout, reading the body)"
+                    )
+        except ReadTimeout as exc:
+            self.abandon(f"a read timed out ({exc})")
+            raise
+        except HTTPError as exc:
+            self.abandon(f"a read failed ({exc})")
+            raise
+        except BaseException as exc:
+            self.abandon(f"a read was interrupted ({type(exc).__name__})")
+            raise
+        if not data:
+            self.done = self.complete = True
+        return data
+
+    async def read_all(self) -> bytes:
+        chunks = []
+        while chunk := await self.read_chunk():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def abandon(self, because: str = "it was abandoned") -> None:
+        """Reset the stream (``RST_STREAM(CANCEL)``); the connection carries on."""
+        if not self.done:
+            self.done = True
+            self.closed_because = because
+            self._h2.abandon()
+
+
+async def request_h2(
+    client: HTTPClient,
+    target: Target,
+    event: h11.Request,
+    content: Body,
+    idempotent: bool,
+    limits: Timeout,
+) -> Exchange | H2Exchange:
+    """Send a request on a stream of a shared HTTP/2 connection of its key.
+
+    A request the server did not process (``GOAWAY`` above its stream, or
+    ``REFUSED_STREAM``) is sent again on another stream, any method, at most twice.
+    When the server chose HTTP/1.1 (ALPN), the connection is used as HTTP/1.1.
+    """
+    from ._h2_exceptions import RequestNotProcessed
+
+    pool = client._pool
+    mode = MODES[client._http2]
+    state = pool._lookup_multiplexed(
+        target.host,
+        target.port,
+        target.tls,
+        target.host if target.tls else None,
+        client._verify_cert,
+        client._ssl_context,
+        target.uds,
+        mode,
+        open_multiplexed,
+    )
+    if not isinstance(content, bytes):
+        # HTTP/2 sends a body as bytes: a streamed one is gathered first.
+        content = await _gather(content)
+    fields = [(name, value) for name, value in event.headers if name != b"transfer-encoding"]
+    authority = next((value for name, value in fields if name == b"host"), target.host_header)
+    scheme = b"https" if target.tls else b"http"
+    for attempt in range(_ATTEMPTS):
+        try:
+            lease = await pool._acquire_lease(state, limits.pool, limits.connect)
+        except PoolExhausted as exc:
+            from ._exceptions import PoolTimeout
+
+            raise PoolTimeout(f"{exc} (pool timeout)") from exc
+        if isinstance(lease, PooledConnection):  # ALPN: the server speaks HTTP/1.1
+            return await client._open(target, event, content, idempotent, limits, first=lease)
+        slot: H2StreamSlot = lease  # type: ignore[assignment]
+        head_limit = _head_limit(limits)
+        try:
+            with trio.CancelScope() as scope:
+                if head_limit is not None:
+                    scope.deadline = trio.current_time() + head_limit
+                response = await slot.connection.request(
+                    event.method, event.target, authority, scheme, fields, content, slot=slot
+                )
+        except RequestNotProcessed:
+            if attempt + 1 < _ATTEMPTS:
+                continue
+            raise
+        if scope.cancelled_caught:  # the stream was reset; the connection carries on
+            raise ReadTimeout(
+                f"sending the request to {target.host}:{target.port} and receiving its"
+                f" response head took longer than {head_limit} s (write + read timeout)"
+            )
+        return H2Exchange(response, target, limits.read)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _head_limit(limits: Timeout) -> float | None:
+    """HTTP/2 sends and waits for the head in one call: the write and read limits add
+    (no read limit: none at all)."""
+    if limits.read is None:
+        return None
+    return limits.read + (limits.write or 0.0)
+
+
+async def _gather(body: AsyncIterable[object]) -> bytes:
+    from ._client import chunk_bytes
+
+    parts = [chunk_bytes(piece) async for piece in body]
+    return b"".join(parts)
