@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from functools import partial
 from typing import Any
 
 import trio
@@ -122,9 +123,9 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
                 dedicated, floor, pooled = [], [], []
                 for index in range(rounds):  # one round of each, rotating which goes first
                     runs = [
-                        (dedicated, lambda: _dedicated(streams, seconds)),
-                        (floor, lambda: _floor(streams, seconds)),
-                        (pooled, lambda: _pooled(pool, port, tasks, seconds)),  # noqa: B023
+                        (dedicated, partial(_dedicated, streams, seconds)),
+                        (floor, partial(_floor, streams, seconds)),
+                        (pooled, partial(_pooled, pool, port, tasks, seconds)),
                     ]
                     shift = index % len(runs)
                     for samples, measure in runs[shift:] + runs[:shift]:
