@@ -120,7 +120,9 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
                 await _dedicated(streams, seconds / 4)  # warm up all three
                 await _floor(streams, seconds / 4)
                 await _pooled(pool, port, tasks, seconds / 4)
-                dedicated, floor, pooled = [], [], []
+                dedicated: list[tuple[float, float]] = []
+                floor: list[tuple[float, float]] = []
+                pooled: list[tuple[float, float]] = []
                 for index in range(rounds):  # one round of each, rotating which goes first
                     runs = [
                         (dedicated, partial(_dedicated, streams, seconds)),
