@@ -33,6 +33,11 @@ __all__ = ["ConnectionPool", "open_pool"]
 logger: Final = logging.getLogger("trio_pool")
 
 IN_USE: Final = ConnectionState.IN_USE
+CLOSED: Final = ConnectionState.CLOSED
+# The two halves of a checkpoint, bound once for the hot path (see ConnectionPool._acquire).
+_checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
+_current_time: Final = trio.current_time
 _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
@@ -398,11 +403,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         new: bool,
         connect_timeout: float | None = None,
     ) -> PooledConnection:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        now = trio.current_time()
+        await _checkpoint_if_cancelled()
+        now = _current_time()
         taken = self._state.take(state, now, new=new)
-        if isinstance(taken, PooledConnection):  # a hit
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        if type(taken) is PooledConnection:  # a hit
+            await _cancel_shielded_checkpoint()
             conn = taken
         else:
             grant: Grant = CONNECT
@@ -601,7 +606,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if type(conn) is not PooledConnection and not isinstance(conn, PooledConnection):
             raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
-        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+        if conn._closed_by_user and conn._state is CLOSED:
             return
         self._state.release(conn, trio.current_time())
 
@@ -620,7 +625,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if not isinstance(conn, PooledConnection):
             raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
-        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+        if conn._closed_by_user and conn._state is CLOSED:
             return
         self._state.discard(conn, trio.current_time())
 
@@ -1011,11 +1016,13 @@ class ConnectionContext:
     ) -> None:
         conn = self._conn
         assert conn is not None
+        # Still ours (the body did not release, discard or aclose it): straight to the
+        # state machine, past the argument checks of release() and discard().
         if conn._state is IN_USE and conn._lease == self._lease:
             if exc_type is None:
-                self._pool.release(conn)
+                self._pool._state.release(conn, _current_time())
             else:
-                self._pool.discard(conn)
+                self._pool._state.discard(conn, _current_time())
 
 
 @asynccontextmanager
