@@ -236,28 +236,47 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self,
         host: str,
         port: int,
-        tls: bool,
-        sni: str | None,
-        verify_cert: bool,
-        ssl_context: ssl.SSLContext | None,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
     ) -> KeyState:
-        args = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         # The cache compares by equality, and 80.0 == 80, 0 == False: values of a wrong
         # type must reach make_key's checks even when an equal valid key is cached.
+        args: tuple[object, ...]
         if (
-            type(port) is int
-            and type(tls) is bool
-            and type(verify_cert) is bool
-            and type(forward) is bool
-            and (uds is None or type(uds) is str)
+            tls is False
+            and sni is None
+            and verify_cert is True
+            and ssl_context is None
+            and proxy is None
+            and uds is None
+            and forward is False
         ):
-            try:
-                return self._aliases[args]
-            except (KeyError, TypeError):
-                pass
+            # Plain TCP with every default, the common case: a shorter tuple to build
+            # and hash (it cannot equal one of the long ones, and _lookup(*it) works).
+            args = (host, port)
+            if type(port) is int:
+                try:
+                    return self._aliases[args]
+                except (KeyError, TypeError):
+                    pass
+        else:
+            args = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+            if (
+                type(port) is int
+                and type(tls) is bool
+                and type(verify_cert) is bool
+                and type(forward) is bool
+                and (uds is None or type(uds) is str)
+            ):
+                try:
+                    return self._aliases[args]
+                except (KeyError, TypeError):
+                    pass
         key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         state = self._state.key_state(key, trio.current_time())
         if args not in self._aliases:  # (int and str subclasses come here every time)
