@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import ConnectionPool, PooledConnection, PoolExhausted
+from trio_pool import ConnectionPool, ConnectionState, PooledConnection, PoolExhausted
 
 from .checks import assert_settled, roundtrip, settle_connects
 from .servers import HOST, open_fds, start_server
@@ -179,6 +179,26 @@ async def test_cancel_while_waiting_in_connection_context(
         pool.release(conn)
         assert_settled(pool.statistics())
         assert pool.statistics().idle_connections == 1
+
+
+async def test_connection_context_hit_is_a_checkpoint(echo_port: int) -> None:
+    # connection()'s enter has the hit path of acquire inlined: it must keep both halves
+    # of the checkpoint (cancelled before taking anything, and a schedule point on a hit).
+    async with trio_pool.open_pool() as pool:
+        await pool.prewarm(HOST, echo_port, count=1)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with pool.connection(HOST, echo_port):
+                raise AssertionError("entered in a cancelled scope")  # pragma: no cover
+        assert scope.cancelled_caught
+        stats = pool.statistics()
+        assert (stats.idle_connections, stats.active_connections, stats.pool_hits) == (1, 0, 0)
+        with trio.testing.assert_checkpoints():
+            async with pool.connection(HOST, echo_port) as conn:
+                pass
+        assert conn.state is ConnectionState.IDLE
+        assert pool.statistics().pool_hits == 1
+        assert_settled(pool.statistics())
 
 
 async def test_cancel_during_connect_frees_the_slot(

@@ -285,6 +285,34 @@ async def test_release_closes_a_connection_with_unread_bytes(
         assert_balanced(stats)
 
 
+async def test_connection_context_exit_still_checks_the_connection(
+    scripted: tuple[Scripted, int],
+) -> None:
+    # connection()'s exit goes straight to the state machine: it must still probe (unread
+    # bytes or a closed peer mean closed, never pooled) and forget the leak-tracked borrow.
+    server, port = scripted
+    async with trio_pool.open_pool(leak_detection_threshold=60) as pool:
+        async with pool.connection(HOST, port) as conn:
+            await roundtrip(conn)
+            await server.sides[0].act("junk")
+            await until_readable(conn)
+            assert pool._state.borrowed == {conn: None}
+        assert conn.is_closed
+        assert pool._state.borrowed == {}
+        async with pool.connection(HOST, port) as second:
+            assert second is not conn
+            await roundtrip(second)
+            await server.sides[1].act("close")
+            await until_readable(second)
+        assert second.is_closed
+        async with pool.connection(HOST, port) as third:
+            await roundtrip(third)
+        assert third.state is ConnectionState.IDLE
+        stats = pool.statistics()
+        assert (stats.idle_connections, stats.connections_closed) == (1, 2)
+        assert_balanced(stats)
+
+
 async def test_dirty_release_serves_the_waiter_a_new_connection(
     scripted: tuple[Scripted, int], nursery: trio.Nursery
 ) -> None:

@@ -25,6 +25,13 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+# Bound once: the hot path (every send_all, receive_some, hand-out and release) compares
+# against these rather than looking the members and trio's class up each time.
+_IN_USE: Final = ConnectionState.IN_USE
+_CLOSED: Final = ConnectionState.CLOSED
+_SocketStream: Final = trio.SocketStream
+
+
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
@@ -213,21 +220,26 @@ class PooledConnection(trio.abc.Stream):
         if self._broken:
             return False
         # Fast path, twice per acquire/release cycle: a plain socket with nothing to read.
-        if type(self.stream) is trio.SocketStream and not self._poller.poll(0):
-            return self._state is not ConnectionState.CLOSED
+        if type(self.stream) is _SocketStream and not self._poller.poll(0):
+            return self._state is not _CLOSED
         return self._probe() is Health.OK
 
     # -- trio.abc.Stream -------------------------------------------------------
 
     def _check_in_use(self) -> None:
-        if self._state is not ConnectionState.IN_USE:
+        if self._state is not _IN_USE:
             raise trio.ClosedResourceError(
                 f"connection is {self._state.value}: it was released or discarded"
             )
 
+    # The wrappers below run on every read and write: one identity check inline (the
+    # method that raises is called only when it fails), then the underlying call in a
+    # try block, which costs nothing unless it raises.
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of *data* (see :meth:`trio.abc.SendStream.send_all`)."""
-        self._check_in_use()
+        if self._state is not _IN_USE:
+            self._check_in_use()
         try:
             await self.stream.send_all(data)
         except BaseException as exc:
@@ -237,7 +249,8 @@ class PooledConnection(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
-        self._check_in_use()
+        if self._state is not _IN_USE:
+            self._check_in_use()
         await self.stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -245,7 +258,8 @@ class PooledConnection(trio.abc.Stream):
 
         Returns ``b""`` at end of file, after which the connection is never reused.
         """
-        self._check_in_use()
+        if self._state is not _IN_USE:
+            self._check_in_use()
         if self._unread:
             if max_bytes is not None and max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")

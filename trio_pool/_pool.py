@@ -11,7 +11,7 @@ import math
 import os
 import ssl
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, cast
@@ -24,7 +24,17 @@ from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._proxy import Proxy
 from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
-from ._state import CONNECT, HANDOFF, Grant, KeyState, PendingConnect, PoolKey, PoolState, Waiter
+from ._state import (
+    CONNECT,
+    HANDOFF,
+    Grant,
+    KeyState,
+    PendingConnect,
+    PoolKey,
+    PoolState,
+    Taken,
+    Waiter,
+)
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
 from ._tunnel import open_transport
@@ -35,6 +45,10 @@ __all__ = ["ConnectionPool", "open_pool"]
 logger: Final = logging.getLogger("trio_pool")
 
 IN_USE: Final = ConnectionState.IN_USE
+CLOSED: Final = ConnectionState.CLOSED
+# The two halves of a checkpoint, bound once for the hot path (see ConnectionPool._acquire).
+_checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
 _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
@@ -188,6 +202,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self._config = config
         self._nursery = nursery
+        # trio.current_time() without its run-context lookups, for the hot path: this
+        # run's clock (a MockClock in tests), read directly. A pool lives in one run.
+        self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         self._state = PoolState(
             self,
             config,
@@ -225,28 +242,47 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self,
         host: str,
         port: int,
-        tls: bool,
-        sni: str | None,
-        verify_cert: bool,
-        ssl_context: ssl.SSLContext | None,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
     ) -> KeyState:
-        args = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         # The cache compares by equality, and 80.0 == 80, 0 == False: values of a wrong
         # type must reach make_key's checks even when an equal valid key is cached.
+        args: tuple[object, ...]
         if (
-            type(port) is int
-            and type(tls) is bool
-            and type(verify_cert) is bool
-            and type(forward) is bool
-            and (uds is None or type(uds) is str)
+            tls is False
+            and sni is None
+            and verify_cert is True
+            and ssl_context is None
+            and proxy is None
+            and uds is None
+            and forward is False
         ):
-            try:
-                return self._aliases[args]
-            except (KeyError, TypeError):
-                pass
+            # Plain TCP with every default, the common case: a shorter tuple to build
+            # and hash (it cannot equal one of the long ones, and _lookup(*it) works).
+            args = (host, port)
+            if type(port) is int:
+                try:
+                    return self._aliases[args]
+                except (KeyError, TypeError):
+                    pass
+        else:
+            args = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+            if (
+                type(port) is int
+                and type(tls) is bool
+                and type(verify_cert) is bool
+                and type(forward) is bool
+                and (uds is None or type(uds) is str)
+            ):
+                try:
+                    return self._aliases[args]
+                except (KeyError, TypeError):
+                    pass
         key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
         state = self._state.key_state(key, trio.current_time())
         if args not in self._aliases:  # (int and str subclasses come here every time)
@@ -315,8 +351,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             connect_timeout: Limit for a connect this acquire starts (TCP connect plus
                 TLS handshake), overriding ``connection_timeout``; a hand-off connect
                 started on this task's behalf keeps it even if another task gets the
-                connection. ``0`` lets no connect
-                start (only an idle connection can serve the call).
+                connection. With ``0`` no connect can succeed: only an idle or released
+                connection serves the call.
 
         Returns:
             The borrowed :class:`~trio_pool.PooledConnection`.
@@ -338,7 +374,19 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if connect_timeout is not None:
             check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        return await self._acquire(state, timeout, False, connect_timeout)
+        # _acquire, with its hit path inlined: one coroutine frame less per hit (and per
+        # resumption of its checkpoint). ConnectionContext.__aenter__ does the same.
+        await _checkpoint_if_cancelled()
+        now = self._now()
+        taken = self._state.take(state, now)
+        if type(taken) is PooledConnection:  # a hit
+            await _cancel_shielded_checkpoint()
+            conn = taken
+        else:
+            conn = await self._acquire_miss(state, taken, now, timeout, False, connect_timeout)
+        if self._state.borrowed is not None:
+            conn.acquired_by = caller_stack()
+        return conn
 
     async def acquire_tls(
         self,
@@ -404,22 +452,14 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         new: bool,
         connect_timeout: float | None = None,
     ) -> PooledConnection:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        now = trio.current_time()
+        await _checkpoint_if_cancelled()
+        now = self._now()
         taken = self._state.take(state, now, new=new)
-        if isinstance(taken, PooledConnection):  # a hit
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        if type(taken) is PooledConnection:  # a hit
+            await _cancel_shielded_checkpoint()
             conn = taken
         else:
-            grant: Grant = CONNECT
-            if taken is not CONNECT:
-                grant = await self._wait(
-                    state, now, timeout, new, connect_timeout, taken is HANDOFF
-                )
-            if isinstance(grant, PooledConnection):
-                conn = grant
-            else:
-                conn = await self._connect(state, timeout=connect_timeout)
+            conn = await self._acquire_miss(state, taken, now, timeout, new, connect_timeout)
         if self._state.borrowed is not None:
             conn.acquired_by = caller_stack()
         return conn
@@ -484,6 +524,23 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             return conn
         await trio.lowlevel.cancel_shielded_checkpoint()
         return cast("PooledConnection | StreamLease", taken)
+
+    async def _acquire_miss(
+        self,
+        state: KeyState,
+        taken: Taken | None,
+        now: float,
+        timeout: float | None,
+        new: bool,
+        connect_timeout: float | None,
+    ) -> PooledConnection:
+        """The rest of :meth:`_acquire` when ``take`` had no idle connection for it."""
+        grant: Grant = CONNECT
+        if taken is not CONNECT:
+            grant = await self._wait(state, now, timeout, new, connect_timeout, taken is HANDOFF)
+        if isinstance(grant, PooledConnection):
+            return grant
+        return await self._connect(state, timeout=connect_timeout)
 
     async def _wait(
         self,
@@ -701,9 +758,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if type(conn) is not PooledConnection and not isinstance(conn, PooledConnection):
             raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
-        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+        if conn._closed_by_user and conn._state is CLOSED:
             return
-        self._state.release(conn, trio.current_time())
+        self._state.release(conn, self._now())
 
     def discard(self, conn: PooledConnection) -> None:
         """Close a borrowed connection for good and free its slot. Synchronous.
@@ -720,9 +777,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """
         if not isinstance(conn, PooledConnection):
             raise TypeError(f"conn must be a PooledConnection, not {type(conn).__name__}")
-        if conn._closed_by_user and conn._state is ConnectionState.CLOSED:
+        if conn._closed_by_user and conn._state is CLOSED:
             return
-        self._state.discard(conn, trio.current_time())
+        self._state.discard(conn, self._now())
 
     def connection(
         self,
@@ -1104,7 +1161,21 @@ class ConnectionContext:
             raise RuntimeError("this connection() context was entered already")
         if self._state.dropped:  # unused for max_idle_time since connection() was called
             self._state = self._pool._lookup(*self._state.aliases[0])  # type: ignore[arg-type]
-        conn = await self._pool._acquire(self._state, self._timeout, False, self._connect_timeout)
+        # ConnectionPool._acquire, with its hit path inlined: one coroutine frame less
+        # on every request (and on every resumption of the checkpoint).
+        pool, state = self._pool, self._state
+        await _checkpoint_if_cancelled()
+        now = pool._now()
+        taken = pool._state.take(state, now)
+        if type(taken) is PooledConnection:  # a hit
+            await _cancel_shielded_checkpoint()
+            conn = taken
+        else:
+            conn = await pool._acquire_miss(
+                state, taken, now, self._timeout, False, self._connect_timeout
+            )
+        if pool._state.borrowed is not None:
+            conn.acquired_by = caller_stack()
         self._conn = conn
         self._lease = conn._lease
         return conn
@@ -1117,11 +1188,13 @@ class ConnectionContext:
     ) -> None:
         conn = self._conn
         assert conn is not None
+        # Still ours (the body did not release, discard or aclose it): straight to the
+        # state machine, past the argument checks of release() and discard().
         if conn._state is IN_USE and conn._lease == self._lease:
             if exc_type is None:
-                self._pool.release(conn)
+                self._pool._state.release(conn, self._pool._now())
             else:
-                self._pool.discard(conn)
+                self._pool._state.discard(conn, self._pool._now())
 
 
 @asynccontextmanager
