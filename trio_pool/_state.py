@@ -295,7 +295,7 @@ class SessionStore:
     __slots__ = ("_sessions", "capacity")
 
     def __init__(self, capacity: int = 1024) -> None:
-        self.capacity = capacity
+        self.capacity: int = capacity
         self._sessions: OrderedDict[PoolKey, ssl.SSLSession] = OrderedDict()
 
     def __len__(self) -> int:
