@@ -66,6 +66,19 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _single_attempt(exc: OSError) -> OSError:
+    """The error to chain for a failed connect: when :func:`trio.open_tcp_stream` made a
+    single attempt, that attempt's own error ("Connection refused") rather than its
+    "all attempts failed" wrapper around a group of one, so a traceback shows the cause
+    once."""
+    group = exc.__cause__
+    if isinstance(group, ExceptionGroup) and len(group.exceptions) == 1:
+        (attempt,) = group.exceptions
+        if isinstance(attempt, OSError):
+            return attempt
+    return exc
+
+
 def _root_causes(exc: BaseException) -> str:
     """What an ``OSError`` from :func:`trio.open_tcp_stream` really says: the errors of
     its attempts (held in ``__cause__``, an exception group), ``strerror`` first, so a
@@ -674,7 +687,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectError):
                     raise ConnectError(
                         f"cannot connect to {key.host}:{key.port}: {_root_causes(exc)}"
-                    ) from exc
+                    ) from _single_attempt(exc)
                 raise
         except BaseException as exc:
             # Synchronous from here to the raise: the slot is given back in the same step.
