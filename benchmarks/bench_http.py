@@ -65,21 +65,32 @@ def _nginx_binary() -> str | None:
     return which("nginx")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server started in another process)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
+def plain_listen(port: int) -> str:
+    """The ``server`` directives of a plain-HTTP nginx on ``port``."""
+    return f"listen {HOST}:{port} backlog=4096;"
+
+
 @contextmanager
-def nginx_server() -> Iterator[int]:
-    """nginx in its own process on a free port: ``return 200 "ok"`` for every request."""
+def nginx_server(server: Callable[[int], str] = plain_listen, http: str = "") -> Iterator[int]:
+    """nginx in its own process on a free port: ``return 200 "ok"`` for every request.
+
+    Args:
+        server: The ``server`` block's directives (``listen`` and the like) for a port.
+        http: More directives for the ``http`` block.
+    """
     binary = _nginx_binary()
     if binary is None:
-        raise RuntimeError("bench_http needs nginx (apt-get install nginx-light)")
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        raise RuntimeError("this benchmark needs nginx (apt-get install nginx-light)")
+    with tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         user = "user root;\n" if os.geteuid() == 0 else ""
         conf = root / "nginx.conf"
         conf.write_text(
@@ -91,7 +102,8 @@ def nginx_server() -> Iterator[int]:
             f"  fastcgi_temp_path {root}/fcgi;\n  uwsgi_temp_path {root}/uwsgi;\n"
             f"  scgi_temp_path {root}/scgi;\n"
             "  keepalive_timeout 300s;\n  keepalive_requests 100000000;\n"
-            f"  server {{\n    listen {HOST}:{port} backlog=4096;\n"
+            f"{http}"
+            f"  server {{\n    {server(port)}\n"
             '    location / { return 200 "ok"; }\n  }\n}\n'
         )
         log = open(root / "stderr", "wb")  # noqa: SIM115 - closed below

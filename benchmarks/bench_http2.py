@@ -20,14 +20,9 @@ Target: ``trio_pool h2`` >= 3x httpcore's HTTP/2 at 100, no collapse or error at
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +34,7 @@ import trio_pool
 from trio_pool.http import HTTPClient, HTTPError
 
 from ._common import HOST, Tls, print_table, raise_nofile, tls_files
-from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary
+from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary, nginx_server
 
 CONCURRENCIES = (10, 100, 1000)
 CLIENTS = ("trio_pool h2", "httpx+PoolTransport h2", "httpx (httpcore) h2", "trio_pool http/1.1")
@@ -52,69 +47,24 @@ def _nginx_version(binary: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def nginx_h2_server(tls: Tls) -> Iterator[int]:
     """nginx on a free port: TLS, ALPN ``h2`` and ``http/1.1``, ``return 200 "ok"``."""
     binary = _nginx_binary()
     if binary is None:
         raise RuntimeError("bench_http2 needs nginx (apt-get install nginx-light)")
-    with tempfile.TemporaryDirectory(prefix="bench-http2-") as tmp:
-        root = Path(tmp)
-        port = _free_port()
-        if _nginx_version(binary) >= (1, 25, 1):
+    new_syntax = _nginx_version(binary) >= (1, 25, 1)
+
+    def server(port: int) -> str:
+        if new_syntax:
             listen = f"listen {HOST}:{port} ssl backlog=4096; http2 on;"
         else:
             listen = f"listen {HOST}:{port} ssl http2 backlog=4096;"
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf = root / "nginx.conf"
-        conf.write_text(
-            f"daemon off;\nmaster_process on;\nworker_processes 1;\n{user}"
-            f"worker_rlimit_nofile 65536;\nerror_log stderr warn;\npid {root}/nginx.pid;\n"
-            "events { worker_connections 16384; }\n"
-            "http {\n  access_log off;\n  default_type text/plain;\n"
-            f"  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n"
-            f"  fastcgi_temp_path {root}/fcgi;\n  uwsgi_temp_path {root}/uwsgi;\n"
-            f"  scgi_temp_path {root}/scgi;\n"
-            "  keepalive_timeout 300s;\n  keepalive_requests 100000000;\n"
-            f"  http2_max_concurrent_streams {STREAMS};\n"
-            f"  server {{\n    {listen}\n"
-            f"    ssl_certificate {tls.certfile};\n    ssl_certificate_key {tls.certfile};\n"
-            '    location / { return 200 "ok"; }\n  }\n}\n'
-        )
-        log = open(root / "stderr", "wb")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(
-            [binary, "-p", str(root), "-c", str(conf), "-e", "stderr"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError("nginx failed:\n" + (root / "stderr").read_text())
-                try:
-                    socket.create_connection((HOST, port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            yield port
-        finally:
-            process.send_signal(signal.SIGQUIT)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+        certificate = f"ssl_certificate {tls.certfile};\n    ssl_certificate_key {tls.certfile};"
+        return f"{listen}\n    {certificate}"
+
+    with nginx_server(server, http=f"  http2_max_concurrent_streams {STREAMS};\n") as port:
+        yield port
 
 
 def _run_ours(

@@ -45,17 +45,11 @@ import trio_pool
 from trio_pool.http import HTTPClient
 
 from ._common import HOST, Tls, print_table, raise_nofile, tls_files
-from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary
+from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary, free_port
 
 CONCURRENCIES = (1, 10, 50)
 CLIENTS = ("trio_pool.http", "httpx+PoolTransport", "httpx (httpcore)")
 ROUTES = ("https", "http")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, name: str) -> None:
@@ -101,7 +95,7 @@ def origin_and_proxy(tls: Tls) -> Iterator[tuple[int, int, int]]:
         raise LookupError("nginx" if nginx is None else "tinyproxy")
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         root = Path(tmp)
-        http_port, https_port, proxy_port = _free_port(), _free_port(), _free_port()
+        http_port, https_port, proxy_port = free_port(), free_port(), free_port()
         user = "user root;\n" if os.geteuid() == 0 else ""
         (root / "nginx.conf").write_text(
             f"daemon off;\nmaster_process on;\nworker_processes 1;\n{user}"
