@@ -452,7 +452,16 @@ class PoolState:
                     and now < conn._expires_at
                     and conn._reusable()
                 ):
-                    self._hand_out(state, conn, now, reused=True)
+                    # _hand_out(state, conn, now, reused=True), inline: every hit.
+                    conn._state = IN_USE
+                    conn._lease += 1
+                    conn.use_count += 1
+                    conn.reused = True
+                    conn.last_used_at = conn.acquired_at = now
+                    state.in_use += 1
+                    state.hits += 1
+                    if self.borrowed is not None:
+                        self.borrowed[conn] = None
                     return conn
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
                 self._close(conn, evicted=True)
@@ -741,15 +750,32 @@ class PoolState:
 
     def release(self, conn: PooledConnection, now: float) -> None:
         """Take a borrowed connection back: pool it, hand it over, or close it."""
-        state = self._take_back(conn, "release", now)
+        # _take_back(conn, "release", now), inline: every release.
+        if conn._pool is not self.pool or conn._state is not IN_USE:
+            self._take_back(conn, "release", now)  # raises the right error
+        state: KeyState = conn._key  # type: ignore[assignment]  # always ours
+        state.in_use -= 1
+        if self.borrowed is not None:
+            self.borrowed.pop(conn, None)
+        conn.last_used_at = now
         if self.closed or not conn._reusable():
             self._close(conn)
             self._freed(state, now)
         elif now >= conn._expires_at:
             self._close(conn, evicted=True)
             self._freed(state, now)
-        else:
+        elif state.waiters or self.global_waiters:
             self._offer(state, conn, now)
+        else:
+            # _offer's tail, inline: nobody waits, so the pool keeps it.
+            conn._state = IDLE
+            state.idle[conn] = None
+            self.idle_lru[conn] = None
+            deadline = now + self.max_idle_time
+            if conn._expires_at < deadline or (self.min_size and state.total <= self.min_size):
+                deadline = conn._expires_at
+            if deadline < self.wake_at:
+                self._wake_by(deadline)
 
     def discard(self, conn: PooledConnection, now: float) -> None:
         """Close a borrowed connection for good."""
