@@ -229,13 +229,13 @@ def _run_httpx(port: int, n: int, warmup: float, window: float, *, ours: bool) -
     return trio.run(main)
 
 
-def _run_httpcore(port: int, n: int, warmup: float, window: float) -> Cell:
-    """httpx's default transport in a child process that reports right after the window
-    and exits without tearing down: at high concurrency httpcore's teardown alone can
-    take a minute. A child that overruns the cap is killed and reported as 0 req/s."""
+def child_cell(module: str, argv: list[str], warmup: float, window: float) -> Cell:
+    """Run ``python -m benchmarks.<module> httpcore-cell <argv>``: a cell in a child process
+    that reports right after the window and exits without tearing down (at high
+    concurrency httpcore's teardown alone can take a minute). A child that overruns the
+    cap is killed and reported as 0 req/s."""
     cap = _WARMUP_CAP[0] + warmup + window + 20.0
-    command = [sys.executable, "-m", "benchmarks.bench_http", "httpcore-cell"]
-    command += [str(port), str(n), str(warmup), str(window), str(_WARMUP_CAP[0])]
+    command = [sys.executable, "-m", f"benchmarks.{module}", "httpcore-cell", *argv]
     try:
         out = subprocess.run(
             command,
@@ -249,6 +249,12 @@ def _run_httpcore(port: int, n: int, warmup: float, window: float) -> Cell:
         return 0.0, 0, 0.0
     rate, errors, seconds = json.loads(out.stdout.strip().splitlines()[-1])
     return float(rate), int(errors), float(seconds)
+
+
+def _run_httpcore(port: int, n: int, warmup: float, window: float) -> Cell:
+    """httpx's default transport (httpcore), in a child process (:func:`child_cell`)."""
+    argv = [str(port), str(n), str(warmup), str(window), str(_WARMUP_CAP[0])]
+    return child_cell("bench_http", argv, warmup, window)
 
 
 def _httpcore_cell(argv: list[str]) -> None:

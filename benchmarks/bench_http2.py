@@ -19,7 +19,6 @@ Target: ``trio_pool h2`` >= 3x httpcore's HTTP/2 at 100, no collapse or error at
 
 from __future__ import annotations
 
-import json
 import ssl
 import subprocess
 import sys
@@ -34,7 +33,15 @@ import trio_pool
 from trio_pool.http import HTTPClient, HTTPError
 
 from ._common import HOST, Tls, print_table, raise_nofile, tls_files
-from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary, nginx_server
+from .bench_http import (
+    _WARMUP_CAP,
+    Cell,
+    _httpx_worker,
+    _measure,
+    _nginx_binary,
+    child_cell,
+    nginx_server,
+)
 
 CONCURRENCIES = (10, 100, 1000)
 CLIENTS = ("trio_pool h2", "httpx+PoolTransport h2", "httpx (httpcore) h2", "trio_pool http/1.1")
@@ -112,25 +119,9 @@ def _run_transport(
 
 
 def _run_httpcore(port: int, n: int, warmup: float, window: float, cafile: Path) -> Cell:
-    """httpx + httpcore with ``http2=True`` in a child process that reports right after
-    the window and exits without tearing down; one that overruns the cap is killed and
-    reported as 0 req/s."""
-    cap = _WARMUP_CAP[0] + warmup + window + 20.0
-    command = [sys.executable, "-m", "benchmarks.bench_http2", "httpcore-cell"]
-    command += [str(port), str(n), str(warmup), str(window), str(_WARMUP_CAP[0]), str(cafile)]
-    try:
-        out = subprocess.run(
-            command,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=cap,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    except subprocess.TimeoutExpired:
-        return 0.0, 0, 0.0
-    rate, errors, seconds = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(rate), int(errors), float(seconds)
+    """httpx + httpcore with ``http2=True``, in a child process (:func:`child_cell`)."""
+    argv = [str(port), str(n), str(warmup), str(window), str(_WARMUP_CAP[0]), str(cafile)]
+    return child_cell("bench_http2", argv, warmup, window)
 
 
 def _httpcore_cell(argv: list[str]) -> None:
