@@ -664,6 +664,50 @@ async def test_empty_and_padded_data_frames_are_not_the_end(nursery: trio.Nurser
     await conn.aclose()
 
 
+async def test_read_all_takes_what_arrived_then_waits_for_the_rest(
+    nursery: trio.Nursery,
+) -> None:
+    # read_all takes the buffered DATA frames in one go, then waits for more; cancelled
+    # before it reads, it resets the stream and the connection carries on.
+    gate = [trio.Event()]
+
+    async def split(stream: ServerStream) -> None:
+        h2c = stream.conn.h2
+        h2c.send_headers(stream.id, [(b":status", b"200")])
+        h2c.send_data(stream.id, b"ab")
+        h2c.send_data(stream.id, b"cd")
+        await stream.conn.flush()
+        await gate[0].wait()
+        h2c.send_data(stream.id, b"ef", end_stream=True)
+        stream.conn._close_stream(stream)
+        await stream.conn.flush()
+
+    server = H2Server(routes={"/split": split})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    response = await conn.request("GET", "/split", HOST, "http")
+    await trio.testing.wait_all_tasks_blocked()  # "ab" and "cd" are here
+
+    async def release_later() -> None:
+        await trio.sleep(0.05)
+        gate[0].set()
+
+    nursery.start_soon(release_later)
+    assert await response.read_all() == b"abcdef"
+    assert response.done
+    assert conn.open_streams == 0
+    gate[0] = trio.Event()  # the second response stays open after "abcd"
+    response = await conn.request("GET", "/split", HOST, "http")
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await response.read_all()
+    assert conn.open_streams == 0
+    await wait_until(lambda: ErrorCodes.CANCEL in server.resets, "RST_STREAM(CANCEL) seen")
+    assert await get(conn, "/ok") == (200, b"ok")  # the default route
+    await conn.aclose()
+
+
 async def test_request_headers_normalized_and_credentials_never_indexed(
     nursery: trio.Nursery,
 ) -> None:

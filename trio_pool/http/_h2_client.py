@@ -117,7 +117,20 @@ class H2Exchange:
         return data
 
     async def read_all(self) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
+        if not self.done:
+            # What already arrived is taken in one go, with one checkpoint if that is
+            # the whole body; else read on, with the read limit on each wait.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException as exc:
+                self.abandon(f"a read was interrupted ({type(exc).__name__})")
+                raise
+            chunks = self._h2._take_buffered()
+            if self._h2._ended_cleanly():
+                self.done = self.complete = True
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b"".join(chunks)
         while chunk := await self.read_chunk():
             chunks.append(chunk)
         return b"".join(chunks)
