@@ -116,6 +116,15 @@ class H2Exchange:
             self.done = self.complete = True
         return data
 
+    def read_complete_nowait(self) -> bytes | None:
+        """The whole body if it has all arrived (the stream is then done), else
+        ``None`` with nothing taken. Synchronous: for :meth:`HTTPClient.request`, which
+        has had its checkpoints by the time the response head is here."""
+        if self.done or not self._h2._complete_nowait():
+            return None
+        self.done = self.complete = True
+        return b"".join(self._h2._take_buffered())
+
     async def read_all(self) -> bytes:
         chunks: list[bytes] = []
         if not self.done:

@@ -393,6 +393,11 @@ class H2Response:
         self.started = True
         return parts
 
+    def _complete_nowait(self) -> bool:
+        """Whether the whole body is here, unread (ended, without error)."""
+        stream = self._stream
+        return stream.remote_ended and stream.error is None and not self.done
+
     def _ended_cleanly(self) -> bool:
         """Whether the body has nothing more to give (read to its end): then ``done``."""
         stream = self._stream
