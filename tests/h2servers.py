@@ -260,6 +260,7 @@ class ServerStream:
         self.reset = trio.Event()  # the client reset the stream
         self.window = trio.Event()
         self.sent = 0  # body bytes sent
+        self.headers: list[tuple[bytes, bytes]] = []  # as decoded (HPACK tuple types kept)
 
     async def respond(self, body: bytes = b"", status: int = 200) -> None:
         """Send the head, then ``body`` as flow control allows, then END_STREAM."""
@@ -370,6 +371,7 @@ class ServerConnection:
             headers = dict(event.headers or ())
             path = bytes(headers[b":path"]).decode()
             stream = ServerStream(self, event.stream_id or 0, path)
+            stream.headers = list(event.headers or ())
             self.streams[stream.id] = stream
             server.requests += 1
             server.open += 1

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 import trustme
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from trio_pool import ConnectTimeout
 from trio_pool.http import HTTPError, NetworkError, ReadError, RemoteProtocolError, WriteError
@@ -660,6 +661,85 @@ async def test_empty_and_padded_data_frames_are_not_the_end(nursery: trio.Nurser
     for _ in range(3):
         assert await get(conn, "/padded") == (200, b"abcdef")
     assert conn.open_streams == 0
+    await conn.aclose()
+
+
+async def test_read_all_takes_what_arrived_then_waits_for_the_rest(
+    nursery: trio.Nursery,
+) -> None:
+    # read_all takes the buffered DATA frames in one go, then waits for more; cancelled
+    # before it reads, it resets the stream and the connection carries on.
+    gate = [trio.Event()]
+
+    async def split(stream: ServerStream) -> None:
+        h2c = stream.conn.h2
+        h2c.send_headers(stream.id, [(b":status", b"200")])
+        h2c.send_data(stream.id, b"ab")
+        h2c.send_data(stream.id, b"cd")
+        await stream.conn.flush()
+        await gate[0].wait()
+        h2c.send_data(stream.id, b"ef", end_stream=True)
+        stream.conn._close_stream(stream)
+        await stream.conn.flush()
+
+    server = H2Server(routes={"/split": split})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    response = await conn.request("GET", "/split", HOST, "http")
+    await trio.testing.wait_all_tasks_blocked()  # "ab" and "cd" are here
+
+    async def release_later() -> None:
+        await trio.sleep(0.05)
+        gate[0].set()
+
+    nursery.start_soon(release_later)
+    assert await response.read_all() == b"abcdef"
+    assert response.done
+    assert conn.open_streams == 0
+    gate[0] = trio.Event()  # the second response stays open after "abcd"
+    response = await conn.request("GET", "/split", HOST, "http")
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await response.read_all()
+    assert conn.open_streams == 0
+    await wait_until(lambda: ErrorCodes.CANCEL in server.resets, "RST_STREAM(CANCEL) seen")
+    assert await get(conn, "/ok") == (200, b"ok")  # the default route
+    await conn.aclose()
+
+
+async def test_request_headers_normalized_and_credentials_never_indexed(
+    nursery: trio.Nursery,
+) -> None:
+    # h2's outbound normalization is off: _request_headers strips values, lowercases
+    # names and keeps credentials out of HPACK's dynamic table itself.
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def record(stream: ServerStream) -> None:
+        seen.append(stream.headers)
+        await stream.respond(b"ok")
+
+    server = H2Server(routes={"/h": record})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery)
+    headers = [
+        ("Authorization", " Bearer secret "),
+        ("Proxy-Authorization", "Basic xyz"),
+        ("X-Padded", "\t value \t"),
+        ("Connection", "keep-alive"),
+        ("TE", "gzip"),
+    ]
+    for _ in range(2):  # the second time HPACK could index what the first one added
+        response = await conn.request("GET", "/h", HOST, "http", headers)
+        assert await response.read_all() == b"ok"
+    for block in seen:
+        fields = {name: (value, type(pair)) for pair in block for name, value in [pair]}
+        assert fields[b"authorization"] == (b"Bearer secret", NeverIndexedHeaderTuple)
+        assert fields[b"proxy-authorization"] == (b"Basic xyz", NeverIndexedHeaderTuple)
+        assert fields[b"x-padded"][0] == b"value"
+        assert fields[b"x-padded"][1] is not NeverIndexedHeaderTuple
+        assert b"connection" not in fields
+        assert b"te" not in fields
     await conn.aclose()
 
 

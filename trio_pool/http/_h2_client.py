@@ -47,18 +47,24 @@ class H2Exchange:
     """One request on one HTTP/2 stream, until its body ends: the HTTP/1.1
     :class:`~trio_pool.http._client.Exchange`'s interface, for :class:`Response`."""
 
-    __slots__ = ("_h2", "closed_because", "complete", "done", "read_timeout", "response", "target")
+    __slots__ = ("_h2", "closed_because", "complete", "done", "read_timeout", "target")
 
     def __init__(self, h2: H2Response, target: Target, read_timeout: float | None) -> None:
         self._h2 = h2
         self.target: Target = target
         self.read_timeout = read_timeout
-        self.response: h11.Response = h11.Response(
-            status_code=h2.status, headers=h2.headers, http_version=b"2", reason=b""
-        )
         self.done = False
         self.complete = False
         self.closed_because = ""
+
+    @property
+    def response(self) -> h11.Response:
+        """The head as an h11 event (what the httpx transport reads), built on demand:
+        :class:`Response` is made from the HTTP/2 head directly, without h11's
+        re-validation of every header."""
+        return h11.Response(
+            status_code=self._h2.status, headers=self._h2.headers, http_version=b"2", reason=b""
+        )
 
     def make_response(self, content: bytes | None) -> Response:
         return Response(
@@ -110,8 +116,30 @@ class H2Exchange:
             self.done = self.complete = True
         return data
 
+    def read_complete_nowait(self) -> bytes | None:
+        """The whole body if it has all arrived (the stream is then done), else
+        ``None`` with nothing taken. Synchronous: for :meth:`HTTPClient.request`, which
+        has had its checkpoints by the time the response head is here."""
+        if self.done or not self._h2._complete_nowait():
+            return None
+        self.done = self.complete = True
+        return b"".join(self._h2._take_buffered())
+
     async def read_all(self) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
+        if not self.done:
+            # What already arrived is taken in one go, with one checkpoint if that is
+            # the whole body; else read on, with the read limit on each wait.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException as exc:
+                self.abandon(f"a read was interrupted ({type(exc).__name__})")
+                raise
+            chunks = self._h2._take_buffered()
+            if self._h2._ended_cleanly():
+                self.done = self.complete = True
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b"".join(chunks)
         while chunk := await self.read_chunk():
             chunks.append(chunk)
         return b"".join(chunks)

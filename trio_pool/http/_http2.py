@@ -44,6 +44,7 @@ import h2.exceptions
 import h2.settings
 import trio
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from .._exceptions import ConnectTimeout
 from ._exceptions import HTTPError, ReadError, RemoteProtocolError, WriteError
@@ -73,6 +74,8 @@ _DEFAULT_WINDOW: Final = 65535
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+# Kept out of HPACK's dynamic table (never indexed), as h2's own normalization does.
+_SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
 _IGNORED_EVENTS: Final = (
@@ -107,7 +110,11 @@ def _request_headers(
     headers: object,
 ) -> list[tuple[bytes, bytes]]:
     """The header block of a request: pseudo-headers first, then ``headers`` lowercased
-    without the HTTP/1.1 connection-specific ones (``Host`` becomes ``:authority``)."""
+    without the HTTP/1.1 connection-specific ones (``Host`` becomes ``:authority``).
+
+    The block is complete and valid as it leaves here (values stripped, credentials
+    never indexed), so h2's own outbound normalization and validation, which would
+    redo all of it per request, is off (:class:`H2Connection`'s configuration)."""
     method_b = _check_bytes(method, "method")
     target_b = _check_bytes(target, "target")
     authority_b = _check_bytes(authority, "authority")
@@ -132,7 +139,7 @@ def _request_headers(
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise TypeError(f"headers must hold (name, value) pairs, got {pair!r}")
         name = _check_bytes(pair[0], "header name").lower()
-        value = _check_bytes(pair[1], "header value")
+        value = _check_bytes(pair[1], "header value").strip()
         if not name or name.startswith(b":"):
             raise ValueError(f"header name {pair[0]!r} is empty or a pseudo-header")
         if not _TOKEN.fullmatch(name):
@@ -141,7 +148,10 @@ def _request_headers(
             raise ValueError(f"header value {pair[1]!r} contains CR, LF or NUL")
         if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
             continue
-        block.append((name, value))
+        if name in _SECRET or (name == b"cookie" and len(value) < 20):
+            block.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            block.append((name, value))
     return block
 
 
@@ -354,10 +364,46 @@ class H2Response:
 
     async def read_all(self) -> bytes:
         """Read the rest of the body and return it."""
-        parts = []
-        while chunk := await self.receive_data():
-            parts.append(chunk)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self.abandon()
+            raise
+        parts = self._take_buffered()
+        if self._ended_cleanly():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            while chunk := await self.receive_data():
+                parts.append(chunk)
         return b"".join(parts)
+
+    def _take_buffered(self) -> list[bytes]:
+        """Every piece of the body received so far, taken at once, its credit handed
+        back in one go (the fast path of reading a body that is already here)."""
+        chunks = self._stream.chunks
+        if not chunks:
+            return []
+        parts = []
+        credit = 0
+        for data, flow_controlled in chunks:
+            parts.append(data)
+            credit += flow_controlled
+        chunks.clear()
+        self._conn._acknowledge(self._stream, credit)
+        self.started = True
+        return parts
+
+    def _complete_nowait(self) -> bool:
+        """Whether the whole body is here, unread (ended, without error)."""
+        stream = self._stream
+        return stream.remote_ended and stream.error is None and not self.done
+
+    def _ended_cleanly(self) -> bool:
+        """Whether the body has nothing more to give (read to its end): then ``done``."""
+        stream = self._stream
+        if stream.remote_ended and stream.error is None and not stream.chunks:
+            self.done = True
+        return self.done
 
     def abandon(self) -> None:
         """Give up the rest of the body: reset the stream if it is still open.
@@ -419,7 +465,13 @@ class H2Connection:
         self._cap = max_concurrent_streams
         self._stream_window = stream_window
         self.on_capacity_change: Callable[[], None] | None = on_capacity_change
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # _request_headers builds every block valid and normalized: h2 needn't redo it.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self._h2 = _H2(config=config)
         self._h2.state_machine = _StateMachine()
         self._h2.local_settings = h2.settings.Settings(
