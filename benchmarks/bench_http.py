@@ -229,6 +229,21 @@ def _run_httpx(port: int, n: int, warmup: float, window: float, *, ours: bool) -
     return trio.run(main)
 
 
+def cell_entry(client: str, n: int, cell: Cell, **labels: str) -> tuple[str, dict[str, Any]]:
+    """One measured cell as its table text (req/s, errors) and its JSON record."""
+    value, errors, seconds = cell
+    text = f"{value:,.0f}" + (f" ({errors} err)" if errors else "")
+    record = {
+        **labels,
+        "client": client,
+        "concurrency": n,
+        "requests_per_second": value,
+        "errors": errors,
+        "cpu_us_per_request": seconds * 1e6,
+    }
+    return text, record
+
+
 def child_cell(module: str, argv: list[str], warmup: float, window: float) -> Cell:
     """Run ``python -m benchmarks.<module> httpcore-cell <argv>``: a cell in a child process
     that reports right after the window and exits without tearing down (at high
@@ -401,17 +416,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     for name in CLIENTS:
         row: list[object] = [name]
         for n in concurrencies:
-            value, errors, seconds = best[(name, n)]
-            row.append(f"{value:,.0f}" + (f" ({errors} err)" if errors else ""))
-            results.append(
-                {
-                    "client": name,
-                    "concurrency": n,
-                    "requests_per_second": value,
-                    "errors": errors,
-                    "cpu_us_per_request": seconds * 1e6,
-                }
-            )
+            text, record = cell_entry(name, n, best[(name, n)])
+            row.append(text)
+            results.append(record)
         row.extend(f"{cpu(name, n) * 1e6:.0f}" for n in concurrencies)
         rows.append(row)
     print_table(

@@ -39,6 +39,7 @@ from .bench_http import (
     _httpx_worker,
     _measure,
     _nginx_binary,
+    cell_entry,
     child_cell,
     nginx_server,
 )
@@ -182,17 +183,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     for name in CLIENTS:
         row: list[object] = [name]
         for n in CONCURRENCIES:
-            value, errors, seconds = best[(name, n)]
-            row.append(f"{value:,.0f}" + (f" ({errors} err)" if errors else ""))
-            results.append(
-                {
-                    "client": name,
-                    "concurrency": n,
-                    "requests_per_second": value,
-                    "errors": errors,
-                    "cpu_us_per_request": seconds * 1e6,
-                }
-            )
+            text, record = cell_entry(name, n, best[(name, n)])
+            row.append(text)
+            results.append(record)
         rows.append(row)
     print_table(
         f"HTTPS GET vs nginx (http2 on TLS): req/s (best of {rounds}, {window} s windows)",

@@ -45,7 +45,15 @@ import trio_pool
 from trio_pool.http import HTTPClient
 
 from ._common import HOST, Tls, print_table, raise_nofile, tls_files
-from .bench_http import _WARMUP_CAP, Cell, _httpx_worker, _measure, _nginx_binary, free_port
+from .bench_http import (
+    _WARMUP_CAP,
+    Cell,
+    _httpx_worker,
+    _measure,
+    _nginx_binary,
+    cell_entry,
+    free_port,
+)
 
 CONCURRENCIES = (1, 10, 50)
 CLIENTS = ("trio_pool.http", "httpx+PoolTransport", "httpx (httpcore)")
@@ -222,18 +230,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         for name in CLIENTS:
             row: list[object] = [f"{route}: {name}"]
             for n in concurrencies:
-                value, errors, seconds = best[(route, name, n)]
-                row.append(f"{value:,.0f}" + (f" ({errors} err)" if errors else ""))
-                results.append(
-                    {
-                        "route": route,
-                        "client": name,
-                        "concurrency": n,
-                        "requests_per_second": value,
-                        "errors": errors,
-                        "cpu_us_per_request": seconds * 1e6,
-                    }
-                )
+                text, record = cell_entry(name, n, best[(route, name, n)], route=route)
+                row.append(text)
+                results.append(record)
             row.extend(f"{best[(route, name, n)][2] * 1e6:.0f}" for n in concurrencies)
             rows.append(row)
     print_table(
