@@ -45,10 +45,15 @@ __all__ = ["ConnectionPool", "open_pool"]
 logger: Final = logging.getLogger("trio_pool")
 
 IN_USE: Final = ConnectionState.IN_USE
+IDLE: Final = ConnectionState.IDLE
 CLOSED: Final = ConnectionState.CLOSED
 # The two halves of a checkpoint, bound once for the hot path (see ConnectionPool._acquire).
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
+_current_task: Final = trio.lowlevel.current_task
+# trio counts each task's schedule points in a private attribute; without it (a future
+# trio), the probe at hand-out always runs (see ConnectionPool._vouch).
+_COUNTS_STEPS: Final = hasattr(trio.lowlevel.Task, "_schedule_points")
 _TLS_CLOSE_TIMEOUT: Final = 0.5
 _MAX_PASS_FAILURES: Final = 5
 _MAX_REFILL_BACKOFF: Final = 30.0
@@ -234,6 +239,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self._sleep_scope: trio.CancelScope | None = None
         self._next_refill = math.inf
         self._leaks_reported: set[tuple[int, int]] = set()
+        self._fresh: PooledConnection | None = None
+        self._fresh_task: trio.lowlevel.Task | None = None
+        self._fresh_points = -1
 
     def __repr__(self) -> str:
         s = self._state
@@ -302,6 +310,32 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             self._aliases[args] = state
             state.aliases.append(args)
         return state
+
+    # A release probes the connection it pools (one poll(2)); so does the hand-out that
+    # takes it again. When the same task takes it back in the same step (no schedule
+    # point since: nothing else in this process ran, typically a loop of requests) and
+    # within a millisecond, the release's probe stands and the hand-out skips its own.
+
+    def _vouch(self, conn: PooledConnection) -> None:
+        """After a release: remember ``conn``, if it was pooled, and the task's step."""
+        if conn._state is IDLE and _COUNTS_STEPS:
+            try:
+                task = _current_task()
+            except RuntimeError:  # released from outside any task: nothing to vouch for
+                return
+            self._fresh = conn
+            self._fresh_task = task
+            self._fresh_points = task._schedule_points
+
+    def _vouched(self) -> PooledConnection | None:
+        """Before a take: the connection whose release probe still stands, if any."""
+        fresh = self._fresh
+        if fresh is not None:
+            self._fresh = None
+            task = _current_task()
+            if task is not self._fresh_task or task._schedule_points != self._fresh_points:
+                return None
+        return fresh
 
     # -- acquire -------------------------------------------------------------------
 
@@ -391,7 +425,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         # resumption of its checkpoint). ConnectionContext.__aenter__ does the same.
         await _checkpoint_if_cancelled()
         now = self._now()
-        taken = self._state.take(state, now)
+        taken = self._state.take(state, now, self._vouched())
         if type(taken) is PooledConnection:  # a hit
             await _cancel_shielded_checkpoint()
             conn = taken
@@ -467,7 +501,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     ) -> PooledConnection:
         await _checkpoint_if_cancelled()
         now = self._now()
-        taken = self._state.take(state, now, new=new)
+        taken = self._state.take(state, now, self._vouched(), new=new)
         if type(taken) is PooledConnection:  # a hit
             await _cancel_shielded_checkpoint()
             conn = taken
@@ -774,6 +808,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if conn._closed_by_user and conn._state is CLOSED:
             return
         self._state.release(conn, self._now())
+        self._vouch(conn)
 
     def discard(self, conn: PooledConnection) -> None:
         """Close a borrowed connection for good and free its slot. Synchronous.
@@ -1179,7 +1214,7 @@ class ConnectionContext:
         pool, state = self._pool, self._state
         await _checkpoint_if_cancelled()
         now = pool._now()
-        taken = pool._state.take(state, now)
+        taken = pool._state.take(state, now, pool._vouched())
         if type(taken) is PooledConnection:  # a hit
             await _cancel_shielded_checkpoint()
             conn = taken
@@ -1206,6 +1241,7 @@ class ConnectionContext:
         if conn._state is IN_USE and conn._lease == self._lease:
             if exc_type is None:
                 self._pool._state.release(conn, self._pool._now())
+                self._pool._vouch(conn)
             else:
                 self._pool._state.discard(conn, self._pool._now())
 

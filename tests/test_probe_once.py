@@ -1,0 +1,165 @@
+"""One probe per cycle when a task takes back what it just released (issue 16).
+
+A release probes the connection it pools, and a hand-out probes the connection it takes.
+When the same task takes the connection back in the same step (no schedule point since,
+as in a loop of requests) and within ``FRESH_FOR``, the release's probe stands and the
+hand-out does not poll again. Any schedule point, another task, or the clock moving on
+brings the hand-out's own probe back: these tests put real bytes on the wire between the
+release and the take to show it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+import trio_pool
+from trio_pool import PooledConnection
+from trio_pool._state import FRESH_FOR
+
+from .checks import assert_balanced, roundtrip
+from .servers import HOST, echo, start_server
+
+
+class CountingPoll:
+    """Stands in for a connection's ``select.poll`` object and counts its polls."""
+
+    def __init__(self, inner: select.poll) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        self.calls += 1
+        return self.inner.poll(timeout)
+
+
+def count_polls(conn: PooledConnection) -> CountingPoll:
+    counter = CountingPoll(conn._poller)
+    conn._poller = counter  # type: ignore[assignment]
+    return counter
+
+
+class Peers:
+    """An echo server that keeps each accepted socket, so a test can write on it
+    synchronously (in the middle of a task step) with a plain socket."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+
+    async def handler(self, stream: trio.SocketStream) -> None:
+        self.sockets.append(socket.socket(fileno=os.dup(stream.socket.fileno())))
+        await echo(stream)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+async def peers(nursery: trio.Nursery) -> AsyncIterator[tuple[Peers, int]]:
+    server = Peers()
+    try:
+        yield server, await start_server(nursery, server.handler)
+    finally:
+        server.close()
+
+
+async def test_same_step_retake_polls_once_per_cycle(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        conn = await pool.acquire(HOST, echo_port)
+        await roundtrip(conn)
+        polls = count_polls(conn)
+        for cycle in range(1, 4):
+            pool.release(conn)  # probed here
+            again = await pool.acquire(HOST, echo_port)  # same step: not probed again
+            assert again is conn
+            assert polls.calls == cycle
+            await roundtrip(conn)
+        pool.release(conn)
+        for _ in range(2):  # connection() too: probed at its exit only
+            async with pool.connection(HOST, echo_port) as again:
+                assert again is conn
+        assert polls.calls == 3 + 3  # one probe per cycle
+        stats = pool.statistics()
+        assert (stats.pool_hits, stats.pool_misses) == (5, 1)
+        assert_balanced(stats)
+
+
+async def test_a_schedule_point_brings_the_hand_out_probe_back(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        conn = await pool.acquire(HOST, echo_port)
+        await roundtrip(conn)
+        polls = count_polls(conn)
+        pool.release(conn)
+        await trio.lowlevel.checkpoint()
+        assert await pool.acquire(HOST, echo_port) is conn
+        assert polls.calls == 2  # at release, and again at hand-out
+        pool.release(conn)
+
+
+async def test_bytes_arriving_across_a_schedule_point_are_caught(
+    peers: tuple[Peers, int],
+) -> None:
+    server, port = peers
+    async with trio_pool.open_pool() as pool:
+        conn = await pool.acquire(HOST, port)
+        await roundtrip(conn)
+        pool.release(conn)  # clean: pooled
+        assert not conn.is_closed
+        server.sockets[0].send(b"JUNK")  # on loopback, in the client's socket on return
+        await trio.lowlevel.checkpoint()
+        fresh = await pool.acquire(HOST, port)
+        assert fresh is not conn
+        assert conn.is_closed
+        await roundtrip(fresh)  # a clean stream: no JUNK in front of the reply
+        pool.release(fresh)
+        stats = pool.statistics()
+        assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
+        assert_balanced(stats)
+
+
+async def test_another_task_always_probes(peers: tuple[Peers, int]) -> None:
+    server, port = peers
+    async with trio_pool.open_pool() as pool:
+        conn = await pool.acquire(HOST, port)
+        await roundtrip(conn)
+        got: list[PooledConnection] = []
+
+        # Each in its first step, so both tasks have had as many schedule points (none):
+        # only the task tells them apart.
+        async def releaser() -> None:
+            pool.release(conn)
+
+        async def taker() -> None:
+            got.append(await pool.acquire(HOST, port))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(releaser)
+        server.sockets[0].send(b"JUNK")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(taker)
+        assert got[0] is not conn
+        assert conn.is_closed
+        pool.release(got[0])
+
+
+async def test_the_clock_moving_on_brings_the_probe_back(
+    peers: tuple[Peers, int], mock_clock: trio.testing.MockClock
+) -> None:
+    server, port = peers
+    async with trio_pool.open_pool() as pool:
+        conn = await pool.acquire(HOST, port)
+        await roundtrip(conn)
+        pool.release(conn)
+        server.sockets[0].send(b"JUNK")
+        mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
+        fresh = await pool.acquire(HOST, port)
+        assert fresh is not conn
+        assert conn.is_closed
+        pool.release(fresh)
