@@ -51,6 +51,7 @@ CLOSED: Final = ConnectionState.CLOSED
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
 _current_task: Final = trio.lowlevel.current_task
+_new_context: Final = object.__new__
 # trio counts each task's schedule points in a private attribute; without it (a future
 # trio), the probe at hand-out always runs (see ConnectionPool._vouch).
 _COUNTS_STEPS: Final = hasattr(trio.lowlevel.Task, "_schedule_points")
@@ -855,7 +856,15 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if connect_timeout is not None:
             check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        return ConnectionContext(self, state, timeout, connect_timeout)
+        # ConnectionContext(...) without its __init__ frame: this runs on every request.
+        context = _new_context(ConnectionContext)
+        context._pool = self
+        context._state = state
+        context._timeout = timeout
+        context._connect_timeout = connect_timeout
+        context._conn = None
+        context._lease = 0
+        return context
 
     def _close_stream(self, conn: PooledConnection) -> None:
         stream = conn.stream
@@ -1190,19 +1199,12 @@ class ConnectionContext:
 
     __slots__ = ("_conn", "_connect_timeout", "_lease", "_pool", "_state", "_timeout")
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        state: KeyState,
-        timeout: float | None,
-        connect_timeout: float | None = None,
-    ) -> None:
-        self._pool = pool
-        self._state = state
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._conn: PooledConnection | None = None
-        self._lease = 0
+    _pool: ConnectionPool
+    _state: KeyState
+    _timeout: float | None
+    _connect_timeout: float | None
+    _conn: PooledConnection | None
+    _lease: int
 
     async def __aenter__(self) -> PooledConnection:
         if self._conn is not None:
@@ -1214,7 +1216,14 @@ class ConnectionContext:
         pool, state = self._pool, self._state
         await _checkpoint_if_cancelled()
         now = pool._now()
-        taken = pool._state.take(state, now, pool._vouched())
+        # pool._vouched(), inline.
+        fresh = pool._fresh
+        if fresh is not None:
+            pool._fresh = None
+            task = _current_task()
+            if task is not pool._fresh_task or task._schedule_points != pool._fresh_points:
+                fresh = None
+        taken = pool._state.take(state, now, fresh)
         if type(taken) is PooledConnection:  # a hit
             await _cancel_shielded_checkpoint()
             conn = taken
@@ -1239,11 +1248,17 @@ class ConnectionContext:
         # Still ours (the body did not release, discard or aclose it): straight to the
         # state machine, past the argument checks of release() and discard().
         if conn._state is IN_USE and conn._lease == self._lease:
+            pool = self._pool
             if exc_type is None:
-                self._pool._state.release(conn, self._pool._now())
-                self._pool._vouch(conn)
+                pool._state.release(conn, pool._now())
+                # pool._vouch(conn), inline (release changed conn._state: mypy can't know).
+                if conn._state is IDLE and _COUNTS_STEPS:  # type: ignore[comparison-overlap]
+                    task = _current_task()
+                    pool._fresh = conn
+                    pool._fresh_task = task
+                    pool._fresh_points = task._schedule_points
             else:
-                self._pool._state.discard(conn, self._pool._now())
+                pool._state.discard(conn, pool._now())
 
 
 @asynccontextmanager
