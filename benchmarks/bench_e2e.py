@@ -11,7 +11,10 @@ echo server in its own process. At concurrency C, C tasks loop for a fixed time:
   of ``max_size=C`` prewarmed connections.
 
 Targets: pooled / dedicated >= 0.8 at concurrency 10, 100 and 1000, and flat; pooled /
-floor >= 0.9 at each. Also shown:
+floor >= 0.9 at each. The floor also runs a second time in each round, as an A/A control:
+its ratio to the first shows how far a ratio strays on this machine in this run. Each
+variant is measured in a window of steady state (after its C tasks started, before they
+stop), in rounds that rotate which variant goes first. Also shown:
 the client's CPU time per request (``time.process_time``), whose ratio is the throughput
 ratio a CPU-bound client would see, and which a busy shared machine disturbs less.
 """
@@ -28,7 +31,7 @@ import trio
 
 import trio_pool
 
-from ._common import HOST, MESSAGE, echo_server, median, print_table
+from ._common import HOST, MESSAGE, echo_server, median, percentile, print_table
 
 CONCURRENCY = (10, 100, 1000)
 
@@ -44,21 +47,26 @@ async def _request(stream: trio.abc.Stream) -> None:
 
 
 async def _drive(tasks: int, seconds: float, one_task: Any) -> tuple[float, float]:
-    """Run ``one_task(index, counts, stop)`` in ``tasks`` tasks for ``seconds``.
+    """Run ``one_task(index, counts, stop)`` in ``tasks`` tasks and measure ``seconds`` of
+    steady state: the window opens after every task has started and a short warm-in, and
+    closes before they are stopped, so spawning and stopping C tasks is left out.
 
     Returns:
-        Requests per second (wall clock) and this process's CPU seconds per request.
+        Requests per second (wall clock) and this process's CPU seconds per request,
+        within the window.
     """
     counts = [0] * tasks
     stop = [False]
-    start, cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for index in range(tasks):
             nursery.start_soon(one_task, index, counts, stop)
+        await trio.sleep(min(0.05, seconds / 5))
+        before, start, cpu = sum(counts), time.perf_counter(), time.process_time()
         await trio.sleep(seconds)
+        done = sum(counts) - before
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         stop[0] = True
-    done = sum(counts)
-    return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
+    return done / wall, cpu / done
 
 
 async def _dedicated(streams: list[trio.SocketStream], seconds: float) -> tuple[float, float]:
@@ -122,12 +130,14 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
                 await _pooled(pool, port, tasks, seconds / 4)
                 dedicated: list[tuple[float, float]] = []
                 floor: list[tuple[float, float]] = []
+                control: list[tuple[float, float]] = []  # the floor again: the A/A noise
                 pooled: list[tuple[float, float]] = []
                 for index in range(rounds):  # one round of each, rotating which goes first
                     runs = [
                         (dedicated, partial(_dedicated, streams, seconds)),
                         (floor, partial(_floor, streams, seconds)),
                         (pooled, partial(_pooled, pool, port, tasks, seconds)),
+                        (control, partial(_floor, streams, seconds)),
                     ]
                     shift = index % len(runs)
                     for samples, measure in runs[shift:] + runs[:shift]:
@@ -140,6 +150,7 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
         cpu_per_round = [d[1] / p[1] for p, d in zip(pooled, dedicated, strict=True)]
         floor_per_round = [p[0] / f[0] for p, f in zip(pooled, floor, strict=True)]
         floor_cpu_per_round = [f[1] / p[1] for p, f in zip(pooled, floor, strict=True)]
+        control_per_round = [c[0] / f[0] for c, f in zip(control, floor, strict=True)]
         results.append(
             {
                 "concurrency": tasks,
@@ -157,6 +168,11 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
                 "floor_ratio": median(floor_per_round),
                 "floor_ratio_per_round": floor_per_round,
                 "floor_cpu_ratio": median(floor_cpu_per_round),
+                "floor_ratio_iqr": quartiles(floor_per_round),
+                # The floor against itself, measured the same way: how far a ratio of 1.0
+                # strays on this machine in this run.
+                "control_ratio": median(control_per_round),
+                "control_ratio_iqr": quartiles(control_per_round),
                 "pool_hit_rate": stats.hit_rate,
                 "pool_connections_created": stats.connections_created,
             }
@@ -164,8 +180,13 @@ async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any
     return results
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The 25th and 75th percentiles."""
+    return percentile(values, 25), percentile(values, 75)
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    rounds, seconds = (3, 0.4) if quick else (8, 1.0)
+    rounds, seconds = (4, 0.25) if quick else (16, 0.4)
     with echo_server() as [(_, port)]:
         results = trio.run(_measure, port, rounds, seconds)
     rows = [
@@ -204,7 +225,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             f"{r['floor_rps']:,.0f}",
             f"{r['pooled_rps']:,.0f}",
             f"{r['floor_ratio']:.2f}x",
-            f"{min(r['floor_ratio_per_round']):.2f}-{max(r['floor_ratio_per_round']):.2f}",
+            "{:.2f}-{:.2f}".format(*r["floor_ratio_iqr"]),
+            f"{r['control_ratio']:.2f}x",
+            "{:.2f}-{:.2f}".format(*r["control_ratio_iqr"]),
             f"{r['floor_rps'] / r['dedicated_rps']:.2f}x",
             f"{r['floor_cpu_us']:.1f}",
             f"{r['pooled_cpu_us']:.1f}",
@@ -214,13 +237,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     ]
     print_table(
         "pool vs floor (the same streams behind CapacityLimiter + deque), median of"
-        f" {rounds} rounds (target: pooled/floor >= 0.9)",
+        f" {rounds} rounds, interquartile range; A/A: the floor against itself, the noise"
+        " (target: pooled/floor >= 0.9)",
         [
             "concurrency",
             "floor req/s",
             "pooled req/s",
             "pooled/floor",
-            "range",
+            "IQR",
+            "A/A",
+            "A/A IQR",
             "floor/dedicated",
             "floor CPU µs/req",
             "pooled CPU µs/req",
@@ -237,6 +263,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ratios[f"cpu_pooled_vs_dedicated_c{r['concurrency']}"] = r["cpu_ratio"]
         ratios[f"pooled_vs_floor_c{r['concurrency']}"] = r["floor_ratio"]
         ratios[f"cpu_pooled_vs_floor_c{r['concurrency']}"] = r["floor_cpu_ratio"]
+        ratios[f"floor_vs_floor_c{r['concurrency']}"] = r["control_ratio"]
     return {
         "name": "e2e",
         "results": results,
