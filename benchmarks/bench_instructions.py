@@ -1,0 +1,163 @@
+"""Per-request cost of pooling in CPU instructions: a count that noise does not move.
+
+``bench_e2e`` times requests on a shared machine, where a ratio strays by ±0.05 between
+identical runs (its A/A control shows it). This counts the instructions the client
+executes per request instead, under valgrind's callgrind, for the same three ways of
+sending a request as ``bench_e2e`` (16 bytes echoed by a server in its own process, C
+tasks): dedicated streams, the CapacityLimiter + deque floor, and ``pool.connection()``.
+
+Each variant runs twice, for N and 3N requests; the difference divided by 2N is the cost
+of one request, with start-up and shutdown cancelled out. Counts are of user-space
+instructions only: the system calls themselves (``send``, ``recv``, the pool's one
+``poll`` per cycle) are not in them, so this measures the Python work per request,
+including the cyclic GC's share (which moves with timing: repeated runs agree to about 1%).
+
+Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``); without it, it says so
+and reports nothing. A child of this script is the client:
+``python -m benchmarks.bench_instructions client VARIANT TASKS REQUESTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import trio
+
+import trio_pool
+
+from ._common import HOST, echo_server, print_table
+from .bench_e2e import _request
+
+VARIANTS = ("dedicated", "floor", "pooled")
+TASKS = 100
+
+
+async def _client(port: int, variant: str, tasks: int, requests: int) -> None:
+    streams: list[trio.SocketStream] = []
+
+    async def open_one() -> None:
+        streams.append(await trio.open_tcp_stream(HOST, port))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(open_one)
+    left = [requests]
+    try:
+        async with trio_pool.open_pool(max_size=tasks, acquire_timeout=None) as pool:
+            await pool.prewarm(HOST, port, count=tasks)
+            limiter = trio.CapacityLimiter(tasks)
+            spare = deque(streams)
+            connection = pool.connection
+
+            async def dedicated(stream: trio.SocketStream) -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    await _request(stream)
+
+            async def floor(_: trio.SocketStream) -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    async with limiter:
+                        stream = spare.pop()
+                        try:
+                            await _request(stream)
+                        finally:
+                            spare.append(stream)
+
+            async def pooled(_: trio.SocketStream) -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    async with connection(HOST, port) as conn:
+                        await _request(conn)
+
+            worker = {"dedicated": dedicated, "floor": floor, "pooled": pooled}[variant]
+            async with trio.open_nursery() as nursery:
+                for stream in streams:
+                    nursery.start_soon(worker, stream)
+    finally:
+        for stream in streams:
+            await stream.aclose()
+
+
+def _count(variant: str, tasks: int, requests: int, port: int) -> int:
+    """Instructions of one client run under callgrind."""
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "benchmarks.bench_instructions",
+            "client",
+            variant,
+            str(tasks),
+            str(requests),
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:  # pragma: no cover - valgrind's output changed
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    return int(found.group(1))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    if shutil.which("valgrind") is None:
+        print("\n== instructions per request: skipped (valgrind is not installed)")
+        return {"name": "instructions", "results": [], "ratios": {}, "skipped": "no valgrind"}
+    # Fewer requests leave start-up effects in the difference: --quick leaves out the
+    # dedicated streams instead.
+    small = 2_000
+    variants = VARIANTS[1:] if quick else VARIANTS
+    with echo_server() as [(_, port)]:
+        jobs = [(v, n) for v in variants for n in (small, 3 * small)]
+        with ThreadPoolExecutor(max_workers=2) as pool:  # two clients at a time: 2 cores
+            counts = dict(
+                zip(
+                    jobs,
+                    pool.map(lambda job: _count(job[0], TASKS, job[1], port), jobs),
+                    strict=True,
+                )
+            )
+    per_request = {v: (counts[(v, 3 * small)] - counts[(v, small)]) / (2 * small) for v in VARIANTS}
+    floor = per_request["floor"]
+    rows = [[v, f"{per_request[v]:,.0f}", f"{per_request[v] / floor:.3f}x"] for v in VARIANTS]
+    print_table(
+        f"instructions per request (callgrind, user space), c = {TASKS},"
+        f" {3 * small:,} - {small:,} requests",
+        ["variant", "instructions/request", "vs floor"],
+        rows,
+    )
+    ratios = {
+        "pooled_vs_floor": per_request["pooled"] / floor,
+        "pooled_minus_floor": per_request["pooled"] - floor,
+    }
+    if "dedicated" in per_request:
+        ratios["floor_vs_dedicated"] = floor / per_request["dedicated"]
+    return {
+        "name": "instructions",
+        "results": [{"variant": v, "instructions": per_request[v]} for v in variants],
+        "ratios": ratios,
+        "targets": {},
+        "met": {},
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["client"]:
+        variant, tasks, requests, port = sys.argv[2], *map(int, sys.argv[3:6])
+        trio.run(_client, port, variant, tasks, requests)
+    else:
+        run(quick="--quick" in sys.argv)
