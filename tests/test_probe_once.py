@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import PooledConnection
+from trio_pool import ConnectionPool, PooledConnection
 from trio_pool._state import FRESH_FOR
 
 from .checks import assert_balanced, roundtrip
@@ -70,6 +70,18 @@ async def peers(nursery: trio.Nursery) -> AsyncIterator[tuple[Peers, int]]:
         server.close()
 
 
+async def replaced_at_hand_out(pool: ConnectionPool, port: int, dirty: PooledConnection) -> None:
+    """Acquire, and get a new connection: the hand-out's probe closed ``dirty``."""
+    fresh = await pool.acquire(HOST, port)
+    assert fresh is not dirty
+    assert dirty.is_closed
+    await roundtrip(fresh)  # a clean stream: no JUNK in front of the reply
+    pool.release(fresh)
+    stats = pool.statistics()
+    assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
+    assert_balanced(stats)
+
+
 async def test_same_step_retake_polls_once_per_cycle(echo_port: int) -> None:
     async with trio_pool.open_pool() as pool:
         conn = await pool.acquire(HOST, echo_port)
@@ -114,14 +126,24 @@ async def test_bytes_arriving_across_a_schedule_point_are_caught(
         assert not conn.is_closed
         server.sockets[0].send(b"JUNK")  # on loopback, in the client's socket on return
         await trio.lowlevel.checkpoint()
-        fresh = await pool.acquire(HOST, port)
-        assert fresh is not conn
-        assert conn.is_closed
-        await roundtrip(fresh)  # a clean stream: no JUNK in front of the reply
-        pool.release(fresh)
-        stats = pool.statistics()
-        assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
-        assert_balanced(stats)
+        await replaced_at_hand_out(pool, port, conn)
+
+
+async def test_bytes_arriving_across_a_schedule_point_are_caught_by_connection(
+    peers: tuple[Peers, int],
+) -> None:
+    server, port = peers
+    async with trio_pool.open_pool() as pool:
+        async with pool.connection(HOST, port) as conn:
+            await roundtrip(conn)
+        assert not conn.is_closed  # pooled by the exit
+        server.sockets[0].send(b"JUNK")
+        await trio.lowlevel.checkpoint()
+        async with pool.connection(HOST, port) as fresh:
+            assert fresh is not conn
+            assert conn.is_closed
+            await roundtrip(fresh)
+        assert_balanced(pool)
 
 
 async def test_another_task_always_probes(peers: tuple[Peers, int]) -> None:
@@ -129,24 +151,17 @@ async def test_another_task_always_probes(peers: tuple[Peers, int]) -> None:
     async with trio_pool.open_pool() as pool:
         conn = await pool.acquire(HOST, port)
         await roundtrip(conn)
-        got: list[PooledConnection] = []
 
         # Each in its first step, so both tasks have had as many schedule points (none):
         # only the task tells them apart.
         async def releaser() -> None:
             pool.release(conn)
 
-        async def taker() -> None:
-            got.append(await pool.acquire(HOST, port))
-
         async with trio.open_nursery() as nursery:
             nursery.start_soon(releaser)
         server.sockets[0].send(b"JUNK")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(taker)
-        assert got[0] is not conn
-        assert conn.is_closed
-        pool.release(got[0])
+            nursery.start_soon(replaced_at_hand_out, pool, port, conn)
 
 
 async def test_the_clock_moving_on_brings_the_probe_back(
@@ -159,7 +174,4 @@ async def test_the_clock_moving_on_brings_the_probe_back(
         pool.release(conn)
         server.sockets[0].send(b"JUNK")
         mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
-        fresh = await pool.acquire(HOST, port)
-        assert fresh is not conn
-        assert conn.is_closed
-        pool.release(fresh)
+        await replaced_at_hand_out(pool, port, conn)
