@@ -329,12 +329,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             self._fresh_points = task._schedule_points
 
     def _vouched(self) -> PooledConnection | None:
-        """Before a take: the connection whose release probe still stands, if any."""
+        """Before a take: the connection whose release probe still stands, if any (and
+        forget it, and the releasing task, which must not be kept alive)."""
         fresh = self._fresh
         if fresh is not None:
-            self._fresh = None
+            releaser, self._fresh, self._fresh_task = self._fresh_task, None, None
             task = _current_task()
-            if task is not self._fresh_task or task._schedule_points != self._fresh_points:
+            if task is not releaser or task._schedule_points != self._fresh_points:
                 return None
         return fresh
 
@@ -1219,9 +1220,9 @@ class ConnectionContext:
         # pool._vouched(), inline.
         fresh = pool._fresh
         if fresh is not None:
-            pool._fresh = None
+            releaser, pool._fresh, pool._fresh_task = pool._fresh_task, None, None
             task = _current_task()
-            if task is not pool._fresh_task or task._schedule_points != pool._fresh_points:
+            if task is not releaser or task._schedule_points != pool._fresh_points:
                 fresh = None
         taken = pool._state.take(state, now, fresh)
         if type(taken) is PooledConnection:  # a hit
