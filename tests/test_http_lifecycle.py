@@ -26,6 +26,7 @@ from trio_pool.http import (
     ReadTimeout,
     RemoteProtocolError,
     Response,
+    ResponseNotRead,
     StreamClosed,
     StreamConsumed,
     StreamError,
@@ -286,7 +287,25 @@ async def test_whole_body_then_double_reads(nursery: trio.Nursery) -> None:
         assert_settled(pool)
 
 
+async def test_content_of_an_unread_stream_is_response_not_read(nursery: trio.Nursery) -> None:
+    server = await start(nursery)
+    server.go.set()
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        async with client.stream("GET", server.url()) as r:
+            with pytest.raises(ResponseNotRead, match=r"await response\.aread\(\)"):
+                r.content  # noqa: B018
+            assert await r.aread() == BODY
+            assert r.content == BODY
+        async with client.stream("GET", server.url()) as r:
+            pass  # left unread: the body is gone with its connection
+        with pytest.raises(ResponseNotRead):
+            r.content  # noqa: B018
+        assert_settled(pool)
+
+
 async def test_stream_errors_are_in_the_hierarchy() -> None:
+    assert issubclass(ResponseNotRead, StreamError)  # httpx: a StreamError too
     assert issubclass(StreamClosed, StreamError)
     assert issubclass(StreamConsumed, StreamError)
     assert issubclass(StreamError, HTTPError)

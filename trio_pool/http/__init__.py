@@ -30,6 +30,7 @@ from ._exceptions import ReadError as ReadError
 from ._exceptions import ReadTimeout as ReadTimeout
 from ._exceptions import RemoteProtocolError as RemoteProtocolError
 from ._exceptions import RequestTimeout as RequestTimeout
+from ._exceptions import ResponseNotRead as ResponseNotRead
 from ._exceptions import StreamClosed as StreamClosed
 from ._exceptions import StreamConsumed as StreamConsumed
 from ._exceptions import StreamError as StreamError
@@ -57,6 +58,7 @@ __all__ = [
     "RequestNotProcessed",
     "RequestTimeout",
     "Response",
+    "ResponseNotRead",
     "StreamClosed",
     "StreamConsumed",
     "StreamContext",

@@ -104,6 +104,11 @@ class StreamClosed(StreamError):
     gone, and so is the rest of the body (httpx: ``httpx.StreamClosed``)."""
 
 
+class ResponseNotRead(StreamError):
+    """:attr:`Response.content` of a streamed body that was not read: call ``await
+    response.aread()`` first (httpx: ``httpx.ResponseNotRead``)."""
+
+
 class StreamConsumed(StreamError):
     """The body was already read by an :meth:`Response.aiter_bytes` iterator and not
     kept: only that iterator can go on (httpx: ``httpx.StreamConsumed``). Use

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import idna
 import trio
 
-from ._exceptions import StreamConsumed
+from ._exceptions import ResponseNotRead, StreamConsumed
 
 if TYPE_CHECKING:
     from .._proxy import Proxy
@@ -243,10 +243,11 @@ class Response:
         """The whole body.
 
         Raises:
-            RuntimeError: A streamed body that was not read yet (use :meth:`aread`).
+            ResponseNotRead: A streamed body that was not read (use :meth:`aread`); a
+                :class:`RuntimeError` too.
         """
         if self._content is None:
-            raise RuntimeError("the body was not read: call await response.aread() first")
+            raise ResponseNotRead("the body was not read: call await response.aread() first")
         return self._content
 
     @property
