@@ -11,6 +11,10 @@ of one request, with start-up and shutdown cancelled out. Counts are of user-spa
 instructions only: the system calls themselves (``send``, ``recv``, the pool's one
 ``poll`` per cycle) are not in them, so this measures the Python work per request,
 including the cyclic GC's share (which moves with timing: repeated runs agree to about 1%).
+Under valgrind the client runs ~50x slower than the echo server, so a receive never has to
+wait: the GC's share is that of this regime, not the rhythm of a real run (where a request
+waits twice, and how often young collections run depends on what stays alive across each
+wait; see docs/benchmarks.md).
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``); without it, it says so
 and reports nothing. A child of this script is the client:
