@@ -112,6 +112,19 @@ async def _pooled(
     return await _drive(tasks, seconds, worker)
 
 
+async def open_streams(port: int, count: int) -> list[trio.SocketStream]:
+    """``count`` TCP streams to the echo server, opened concurrently."""
+    streams: list[trio.SocketStream] = []
+
+    async def open_one() -> None:
+        streams.append(await trio.open_tcp_stream(HOST, port))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(open_one)
+    return streams
+
+
 def _balanced_orders(n: int) -> list[list[int]]:
     """Orders of ``n`` variants (``n`` even) in which each variant runs right after each
     other variant exactly once (a Williams design): a run that leaves the process slower
@@ -126,14 +139,7 @@ def _balanced_orders(n: int) -> list[list[int]]:
 async def _measure(port: int, rounds: int, seconds: float) -> list[dict[str, Any]]:
     results = []
     for tasks in CONCURRENCY:
-        streams: list[trio.SocketStream] = []
-
-        async def open_one() -> None:
-            streams.append(await trio.open_tcp_stream(HOST, port))  # noqa: B023
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(tasks):
-                nursery.start_soon(open_one)
+        streams = await open_streams(port, tasks)
         try:
             async with trio_pool.open_pool(max_size=tasks, acquire_timeout=None) as pool:
                 await pool.prewarm(HOST, port, count=tasks)

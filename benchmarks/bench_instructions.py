@@ -37,21 +37,14 @@ import trio
 import trio_pool
 
 from ._common import HOST, echo_server, print_table
-from .bench_e2e import _request
+from .bench_e2e import _request, open_streams
 
 VARIANTS = ("dedicated", "floor", "pooled")
 TASKS = 100
 
 
 async def _client(port: int, variant: str, tasks: int, requests: int) -> None:
-    streams: list[trio.SocketStream] = []
-
-    async def open_one() -> None:
-        streams.append(await trio.open_tcp_stream(HOST, port))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(tasks):
-            nursery.start_soon(open_one)
+    streams = await open_streams(port, tasks)
     left = [requests]
     try:
         async with trio_pool.open_pool(max_size=tasks, acquire_timeout=None) as pool:
