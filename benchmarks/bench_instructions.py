@@ -128,9 +128,9 @@ def run(quick: bool = False) -> dict[str, Any]:
                     strict=True,
                 )
             )
-    per_request = {v: (counts[(v, 3 * small)] - counts[(v, small)]) / (2 * small) for v in VARIANTS}
+    per_request = {v: (counts[(v, 3 * small)] - counts[(v, small)]) / (2 * small) for v in variants}
     floor = per_request["floor"]
-    rows = [[v, f"{per_request[v]:,.0f}", f"{per_request[v] / floor:.3f}x"] for v in VARIANTS]
+    rows = [[v, f"{per_request[v]:,.0f}", f"{per_request[v] / floor:.3f}x"] for v in variants]
     print_table(
         f"instructions per request (callgrind, user space), c = {TASKS},"
         f" {3 * small:,} - {small:,} requests",
