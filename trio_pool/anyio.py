@@ -37,10 +37,14 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
-import anyio
 import trio
-from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSAttribute
+
+try:
+    import anyio
+    from anyio.abc import ByteStream, SocketAttribute
+    from anyio.streams.tls import TLSAttribute
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError("trio_pool.anyio needs anyio: pip install 'trio-pool[anyio]'") from _exc
 
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._pool import ConnectionContext, ConnectionPool

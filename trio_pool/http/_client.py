@@ -434,6 +434,18 @@ class Exchange:
             self._client._pool.discard(self._conn)
 
 
+def _require_h2() -> None:
+    """Import h2 (the ``http2`` extra), or say how to install it: when the client is
+    built, not on its first connection."""
+    try:
+        import h2  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - tested in a fresh interpreter
+        raise ImportError(
+            "http2=True and http2='prior-knowledge' need the h2 package:"
+            " pip install 'trio-pool[http2]'"
+        ) from exc
+
+
 class HTTPClient:
     """An HTTP/1.1 client on a :class:`~trio_pool.ConnectionPool`.
 
@@ -478,7 +490,8 @@ class HTTPClient:
             ``SETTINGS_MAX_CONCURRENT_STREAMS`` (another connection opens when all
             are full, within ``max_size``). ``"prior-knowledge"``: plain ``http://``
             URLs speak HTTP/2 at once too (h2c, no upgrade), https as with ``True``.
-            Needs the ``h2`` extra (``trio-pool[http2]``). Not through proxies (those
+            Needs the ``h2`` extra (``trio-pool[http2]``; without it the constructor
+            raises :exc:`ImportError`). Not through proxies (those
             requests stay HTTP/1.1). A streamed request body is gathered before it is
             sent over HTTP/2; the write and read limits of a request's head add up.
 
@@ -489,6 +502,7 @@ class HTTPClient:
             URL (in ``proxy``, or in a proxy variable with ``trust_env``); an empty
             ``uds``; ``proxy`` and ``uds`` both given; an ``httpx.Proxy`` with an
             ``ssl_context`` (that is for https:// proxies, which are not supported).
+        ImportError: ``http2`` is set and the ``h2`` package is not installed.
     """
 
     def __init__(
@@ -509,6 +523,8 @@ class HTTPClient:
             raise ValueError(f"http2 must be False, True or 'prior-knowledge', got {http2!r}")
         if not isinstance(pool, ConnectionPool):
             raise TypeError(f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}")
+        if http2:
+            _require_h2()
         if not isinstance(verify_cert, bool):
             raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
