@@ -6,6 +6,7 @@ this module only waits, connects and closes around those decisions.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -140,6 +141,8 @@ def make_key(
             f"host must be a host name or address, not a URL: got {host!r}"
             " (pass the URL's host and port separately)"
         )
+    if ":" in host:
+        _check_colon_host(host)
     port = check_int("port", port)
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port!r}")
@@ -161,6 +164,19 @@ def make_key(
             "verify_cert=False cannot be combined with ssl_context: configure the"
             " context instead (check_hostname=False, verify_mode=ssl.CERT_NONE)"
         )
+    if not tls:
+        # TLS settings without tls=True meant TLS: never a silent plain connection.
+        tls_settings = (
+            ("sni", sni is not None),
+            ("verify_cert=False", not verify_cert),
+            ("ssl_context", ssl_context is not None),
+        )
+        given = [name for name, set_ in tls_settings if set_]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} given without tls=True: pass tls=True for a TLS"
+                " connection (these settings mean nothing on plain TCP)"
+            )
     route = _check_route(host, port, tls, proxy, uds, forward)
     if not tls:
         # Plain TCP: the TLS arguments mean nothing, and must not split the key.
@@ -174,6 +190,22 @@ def make_key(
         ssl_context,
         *route,
     )
+
+
+def _check_colon_host(host: str) -> None:
+    """A host with a ``:`` is an IPv6 literal, or a mistake (``host:port``, brackets)."""
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(
+            f"host must be an IPv6 address without brackets: got {host!r}"
+            f" (pass {host[1:-1]!r})"
+        )
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError as exc:
+        raise ValueError(
+            f"host must be a host name or address without a port: got {host!r}"
+            " (pass the port separately)"
+        ) from exc
 
 
 def _check_route(
@@ -372,9 +404,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         Cancellation at any point leaks nothing: no slot, no socket, no place in line.
 
         Args:
-            host: Host name or address.
+            host: Host name or address, without a port (``ValueError``); an IPv6
+                address without brackets (``"::1"``).
             port: TCP port, 1-65535.
-            tls: Open a :class:`trio.SSLStream` instead of plain TCP.
+            tls: Open a :class:`trio.SSLStream` instead of plain TCP. ``sni``,
+                ``verify_cert=False`` or ``ssl_context`` without it raise ``ValueError``.
             sni: Server name for TLS (SNI and certificate check); defaults to ``host``.
             verify_cert: Check the certificate and host name. ``False`` uses a separate
                 context without checks (its own key); it cannot be combined with
