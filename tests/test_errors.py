@@ -511,3 +511,41 @@ async def test_release_after_the_user_closed_the_connection(echo_port: int) -> N
         pool.release(conn)
         with pytest.raises(RuntimeError):
             pool.release(conn)
+
+
+# -- forgetting ``async with`` -----------------------------------------------------------
+
+
+async def test_open_pool_without_async_with_says_what_to_write() -> None:
+    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("):
+        await trio_pool.open_pool()  # type: ignore[misc]
+    opener = trio_pool.open_pool()
+    with pytest.raises(AttributeError, match=r"async with trio_pool\.open_pool\(.*\) as pool"):
+        opener.acquire  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("):
+        with opener:  # type: ignore[attr-defined]
+            pytest.fail("must not enter")  # pragma: no cover
+    # Not an attribute of a pool either: the usual message.
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'") as info:
+        opener.nonsense  # type: ignore[attr-defined]  # noqa: B018
+    assert "async with" not in str(info.value)
+    async with opener as pool:  # still usable the right way
+        assert isinstance(pool, trio_pool.ConnectionPool)
+
+
+async def test_connection_without_async_with_says_what_to_write(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(TypeError, match=r"async with pool\.connection\(.*\) as conn"):
+            await pool.connection(HOST, echo_port)  # type: ignore[misc]
+        context = pool.connection(HOST, echo_port)
+        with pytest.raises(AttributeError, match=r"async with pool\.connection\(.*\) as conn"):
+            await context.send_all(b"x")  # type: ignore[attr-defined]
+        with pytest.raises(AttributeError, match=r"async with pool\.connection\("):
+            context.stream  # type: ignore[attr-defined]  # noqa: B018
+        with pytest.raises(TypeError, match=r"async with pool\.connection\("):
+            with context:  # type: ignore[attr-defined]
+                pytest.fail("must not enter")  # pragma: no cover
+        assert pool.statistics() == PoolStatistics()  # nothing borrowed, nothing opened
+        async with context as conn:  # still usable the right way
+            await conn.send_all(b"x")
+            assert await conn.receive_some() == b"x"

@@ -13,7 +13,7 @@ import os
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -39,7 +39,7 @@ from ._state import (
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
 from ._tunnel import open_transport
-from ._util import NoPublicConstructor, check_int, check_timeout
+from ._util import AsyncWithOnly, NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
 
@@ -1229,10 +1229,16 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self._leaks_reported &= live
 
 
-class ConnectionContext:
-    """What :meth:`ConnectionPool.connection` returns: ``async with`` it."""
+class ConnectionContext(AsyncWithOnly):
+    """What :meth:`ConnectionPool.connection` returns: ``async with`` it.
+
+    Awaiting it, ``with`` it, or calling a connection's method on it raise an error
+    that says to write ``async with pool.connection(...) as conn``.
+    """
 
     __slots__ = ("_conn", "_connect_timeout", "_lease", "_pool", "_state", "_timeout")
+    _usage = "async with pool.connection(...) as conn"
+    _yields = PooledConnection
 
     _pool: ConnectionPool
     _state: KeyState
@@ -1296,19 +1302,20 @@ class ConnectionContext:
                 pool._state.discard(conn, pool._now())
 
 
-@asynccontextmanager
-async def open_pool(
+def open_pool(
     config: PoolConfig | None = None, **overrides: Any
-) -> AsyncIterator[ConnectionPool]:
-    """Open a connection pool living in its own nursery.
+) -> AbstractAsyncContextManager[ConnectionPool]:
+    """Open a connection pool living in its own nursery: ``async with`` it.
 
     Args:
         config: The configuration; :class:`~trio_pool.PoolConfig` defaults if ``None``.
         **overrides: :class:`~trio_pool.PoolConfig` fields replacing those of ``config``.
 
-    Yields:
-        The :class:`ConnectionPool`. Leaving the block closes it (see
-        :meth:`ConnectionPool.aclose`) and waits for its background tasks.
+    Returns:
+        An async context manager yielding the :class:`ConnectionPool`. Leaving the
+        block closes the pool (see :meth:`ConnectionPool.aclose`) and waits for its
+        background tasks. Awaiting it, ``with`` it, or calling a pool's method on it
+        raise an error that says to write ``async with trio_pool.open_pool(...) as pool``.
 
     An exception raised in the body propagates as itself, not wrapped in an
     :class:`ExceptionGroup`; failures of the pool's background work (see
@@ -1324,6 +1331,34 @@ async def open_pool(
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
+    return _PoolManager(_run_pool(config))
+
+
+class _PoolManager(AsyncWithOnly):
+    """What :func:`open_pool` returns."""
+
+    __slots__ = ("_manager",)
+    _usage = "async with trio_pool.open_pool(...) as pool"
+    _yields = ConnectionPool
+
+    def __init__(self, manager: AbstractAsyncContextManager[ConnectionPool]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> ConnectionPool:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._manager.__aexit__(exc_type, exc, tb)
+
+
+@asynccontextmanager
+async def _run_pool(config: PoolConfig) -> AsyncIterator[ConnectionPool]:
+    """The body of :func:`open_pool`: the pool's nursery, and its close on exit."""
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery(strict_exception_groups=True) as nursery:

@@ -48,6 +48,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._pool import ConnectionContext, ConnectionPool
+from ._util import AsyncWithOnly
 
 __all__ = ["AnyioConnectionContext", "AnyioStream", "connection"]
 
@@ -246,7 +247,7 @@ def _tls_attributes(
     return attributes
 
 
-class AnyioConnectionContext:
+class AnyioConnectionContext(AsyncWithOnly):
     """What :func:`connection` returns: ``async with`` it to get an :class:`AnyioStream`.
 
     The connection is released on a clean exit and discarded on any exception
@@ -255,6 +256,8 @@ class AnyioConnectionContext:
     """
 
     __slots__ = ("_context",)
+    _usage = "async with trio_pool.anyio.connection(pool, ...) as stream"
+    _yields = AnyioStream
 
     def __init__(self, context: ConnectionContext) -> None:
         self._context = context
