@@ -565,6 +565,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         try:
             state = self._aliases[args]
         except KeyError:
+            if not tls:  # h2c: the client's TLS settings are for its https requests
+                sni, verify_cert, ssl_context = None, True, None
             key = make_key(host, port, tls, sni, verify_cert, ssl_context, None, uds)
             key = key._replace(http2=mode)
             state = self._state.key_state(key, trio.current_time())
@@ -1013,6 +1015,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
         Idle connections close now, borrowed ones when they are released or discarded,
         waiting tasks get :class:`~trio_pool.PoolClosed`, and so does every later acquire.
+        Leaving :func:`open_pool`'s block then closes the borrowed ones too.
         """
         self._state.close()
         if self._maintenance_scope is not None:
@@ -1372,6 +1375,7 @@ async def _run_pool(config: PoolConfig) -> AsyncIterator[ConnectionPool]:
             finally:
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
+                    pool._state.close_borrowed(trio.current_time())
     except BaseExceptionGroup as group:
         # The nursery is the pool's, not the caller's: an exception of the body alone
         # propagates as itself (``except ConnectError:`` around the block works). A
