@@ -388,6 +388,35 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             state.aliases.append(args)
         return state
 
+    def _lookup_http(
+        self,
+        host: str,
+        port: int,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
+    ) -> KeyState:
+        """The key of an HTTP/1.1 client's connections (``HTTPClient``,
+        ``PoolTransport``): the key of the same arguments, in a namespace of its own
+        (``PoolKey.http``), so that a connection a raw borrower gave back mid-answer
+        never reaches an HTTP client, nor the other way round. The client has checked
+        the arguments' types."""
+        args = ("http", host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        try:
+            return self._aliases[args]
+        except KeyError:
+            pass
+        key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        self._check_run()
+        state = self._state.key_state(key._replace(http=True), trio.current_time())
+        self._aliases[args] = state
+        state.aliases.append(args)
+        return state
+
     # A release probes the connection it pools (one poll(2)); so does the hand-out that
     # takes it again. When the same task takes it back in the same step (no schedule
     # point since: nothing else in this process ran, typically a loop of requests) and
@@ -572,7 +601,6 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if connect_timeout is not None:
             check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
-        self._check_run()
         return await self._acquire(state, timeout, True, connect_timeout)
 
     async def _acquire(
@@ -582,6 +610,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         new: bool,
         connect_timeout: float | None = None,
     ) -> PooledConnection:
+        """Acquire on ``state``'s key: :meth:`acquire_new` (``new``), and the HTTP
+        client's acquires (keys of :meth:`_lookup_http`)."""
+        if _get_ident() != self._thread:
+            self._check_run()
         await _checkpoint_if_cancelled()
         now = self._now()
         taken = self._state.take(state, now, self._vouched(), new=new)

@@ -95,6 +95,11 @@ class PoolKey(NamedTuple):
     #: ``"h2"``: TLS offers ALPN ``h2`` (and ``http/1.1``), the answer decides;
     #: ``"h2c"``: plain HTTP/2 by prior knowledge; ``None``: never multiplexed.
     http2: str | None = None
+    #: Lent only to trio_pool's HTTP clients (``HTTPClient``, ``PoolTransport``), which
+    #: give a connection back only at a message boundary. A raw borrower
+    #: (``acquire``, ``connection()``) may give one back mid-answer, its tail still on
+    #: the way (after any probe could see it): raw and HTTP connections never mix.
+    http: bool = False
 
 
 class Waiter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
@@ -63,7 +63,6 @@ HeaderTypes: TypeAlias = (
 ContentTypes: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
 #: A prepared body: the bytes, or the async iterable to stream.
 Body: TypeAlias = bytes | AsyncIterable[object]
-_Acquire: TypeAlias = Callable[..., Awaitable[PooledConnection]]
 #: The variables ``trust_env`` reads (plus ``REQUEST_METHOD``, for the httpoxy guard).
 _PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
@@ -751,64 +750,31 @@ class HTTPClient:
         return protocol
 
     async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
+        """Borrow a connection for ``target`` from the pool's HTTP keys (raw
+        borrowers' connections are never shared with HTTP clients), directly or
+        through the proxy or Unix socket (the pool opens the tunnel)."""
         pool = self._pool
-        acquire = pool.acquire_new if new else pool.acquire
-        try:
-            if target.proxy is not None or target.uds is not None:
-                return await self._acquire_routed(acquire, target, limits)
-            if target.tls:
-                return await acquire(
-                    target.host,
-                    target.port,
-                    tls=True,
-                    sni=target.host,
-                    verify_cert=self._verify_cert,
-                    ssl_context=self._ssl_context,
-                    timeout=limits.pool,
-                    connect_timeout=limits.connect,
-                )
-            return await acquire(
-                target.host, target.port, timeout=limits.pool, connect_timeout=limits.connect
-            )
-        except PoolExhausted as exc:
-            raise PoolTimeout(f"{exc} (pool timeout)") from exc
-
-    async def _acquire_routed(
-        self, acquire: _Acquire, target: Target, limits: Timeout
-    ) -> PooledConnection:
-        """:meth:`_acquire` through a proxy or a Unix socket (the pool opens the tunnel)."""
         proxy = target.proxy
         if target.forward:
             assert proxy is not None
-            return await acquire(
-                proxy.host,
-                proxy.port,
-                proxy=proxy,
-                forward=True,
-                timeout=limits.pool,
-                connect_timeout=limits.connect,
-            )
-        if target.tls:
-            return await acquire(
+            state = pool._lookup_http(proxy.host, proxy.port, proxy=proxy, forward=True)
+        elif target.tls:
+            state = pool._lookup_http(
                 target.host,
                 target.port,
-                tls=True,
-                sni=target.host,
-                verify_cert=self._verify_cert,
-                ssl_context=self._ssl_context,
-                proxy=proxy,
-                uds=target.uds,
-                timeout=limits.pool,
-                connect_timeout=limits.connect,
+                True,
+                target.host,
+                self._verify_cert,
+                self._ssl_context,
+                proxy,
+                target.uds,
             )
-        return await acquire(
-            target.host,
-            target.port,
-            proxy=proxy,
-            uds=target.uds,
-            timeout=limits.pool,
-            connect_timeout=limits.connect,
-        )
+        else:
+            state = pool._lookup_http(target.host, target.port, proxy=proxy, uds=target.uds)
+        try:
+            return await pool._acquire(state, limits.pool, new, limits.connect)
+        except PoolExhausted as exc:
+            raise PoolTimeout(f"{exc} (pool timeout)") from exc
 
     async def _open(
         self,
