@@ -352,6 +352,7 @@ async def test_exception_in_the_body_propagates_as_itself() -> None:
         await run()
     assert type(info.value) is ConnectError
     assert not isinstance(info.value.__context__, BaseExceptionGroup)
+
     async def mine() -> None:
         async with trio_pool.open_pool():
             raise KeyError("mine")
@@ -522,9 +523,8 @@ async def test_open_pool_without_async_with_says_what_to_write() -> None:
     opener = trio_pool.open_pool()
     with pytest.raises(AttributeError, match=r"async with trio_pool\.open_pool\(.*\) as pool"):
         opener.acquire  # type: ignore[attr-defined]  # noqa: B018
-    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("):
-        with opener:  # type: ignore[attr-defined]
-            pytest.fail("must not enter")  # pragma: no cover
+    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("), opener:  # type: ignore[attr-defined]
+        pytest.fail("must not enter")  # pragma: no cover
     # Not an attribute of a pool either: the usual message.
     with pytest.raises(AttributeError, match="no attribute 'nonsense'") as info:
         opener.nonsense  # type: ignore[attr-defined]  # noqa: B018
@@ -542,9 +542,8 @@ async def test_connection_without_async_with_says_what_to_write(echo_port: int) 
             await context.send_all(b"x")  # type: ignore[attr-defined]
         with pytest.raises(AttributeError, match=r"async with pool\.connection\("):
             context.stream  # type: ignore[attr-defined]  # noqa: B018
-        with pytest.raises(TypeError, match=r"async with pool\.connection\("):
-            with context:  # type: ignore[attr-defined]
-                pytest.fail("must not enter")  # pragma: no cover
+        with pytest.raises(TypeError, match=r"async with pool\.connection\("), context:  # type: ignore[attr-defined]
+            pytest.fail("must not enter")  # pragma: no cover
         assert pool.statistics() == PoolStatistics()  # nothing borrowed, nothing opened
         async with context as conn:  # still usable the right way
             await conn.send_all(b"x")

@@ -1045,7 +1045,9 @@ async def test_open_pool_exit_closes_borrowed_connections(
         with pytest.raises(trio.ClosedResourceError, match="pool was closed"):
             await conn.receive_some()
         stream = conn.stream
-        sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
+        sock = (
+            stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
+        )
         assert sock.fileno() == -1  # closed now, not when garbage-collected
         pool.release(conn)  # nothing to give back any more
         pool.discard(conn)

@@ -53,7 +53,7 @@ USES = [_context, _acquire, _new_key, _http]
 def _outcome(run: Callable[[], object]) -> BaseException | None:
     try:
         run()
-    except BaseException as exc:  # noqa: BLE001 - handed back to the test
+    except BaseException as exc:
         return exc
     return None  # pragma: no cover - the test fails on it
 
@@ -74,9 +74,7 @@ def assert_untouched(pool: trio_pool.ConnectionPool) -> None:
 async def test_another_trio_run_is_refused(
     warm_pool: trio_pool.ConnectionPool, echo_port: int, use: Use
 ) -> None:
-    error = await trio.to_thread.run_sync(
-        _outcome, lambda: trio.run(use, warm_pool, echo_port)
-    )
+    error = await trio.to_thread.run_sync(_outcome, lambda: trio.run(use, warm_pool, echo_port))
     error = _unwrap(error)
     assert isinstance(error, RuntimeError), repr(error)
     assert "belongs to the trio.run" in str(error)
@@ -121,9 +119,8 @@ def test_a_pool_from_an_ended_run_is_refused_in_the_same_thread() -> None:
     async def first_run() -> tuple[trio_pool.ConnectionPool, int]:
         async with trio.open_nursery() as nursery:
             port = await start_server(nursery, echo)
-            async with trio_pool.open_pool() as pool:
-                async with pool.connection(HOST, port):
-                    pass
+            async with trio_pool.open_pool() as pool, pool.connection(HOST, port):
+                pass
             nursery.cancel_scope.cancel()
         return pool, port
 

@@ -199,8 +199,7 @@ def _check_colon_host(host: str) -> None:
     """A host with a ``:`` is an IPv6 literal, or a mistake (``host:port``, brackets)."""
     if host.startswith("[") and host.endswith("]"):
         raise ValueError(
-            f"host must be an IPv6 address without brackets: got {host!r}"
-            f" (pass {host[1:-1]!r})"
+            f"host must be an IPv6 address without brackets: got {host!r} (pass {host[1:-1]!r})"
         )
     try:
         ipaddress.IPv6Address(host)

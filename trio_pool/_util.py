@@ -64,8 +64,7 @@ class AsyncWithOnly:
 
         def __enter__(self) -> NoReturn:
             raise TypeError(
-                f"use '{self._usage}:', not 'with {self._call()}'"
-                " (an async context manager)"
+                f"use '{self._usage}:', not 'with {self._call()}' (an async context manager)"
             )
 
         def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - never entered
