@@ -504,3 +504,13 @@ async def test_tls_attributes(ca: trustme.CA, server_cert: trustme.LeafCert) -> 
 @pytest.mark.anyio
 async def test_tls_attributes_anyio(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:
     await _tls_attributes(ca, server_cert)
+
+
+async def test_connection_without_async_with_says_what_to_write(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        context = connection(pool, HOST, echo_port)
+        with pytest.raises(TypeError, match=r"async with trio_pool\.anyio\.connection\("):
+            await context  # type: ignore[misc]
+        with pytest.raises(AttributeError, match=r"\) as stream:' and use stream\.send"):
+            context.send  # type: ignore[attr-defined]  # noqa: B018
+        assert pool.statistics().connections_created == 0

@@ -352,6 +352,7 @@ async def test_exception_in_the_body_propagates_as_itself() -> None:
         await run()
     assert type(info.value) is ConnectError
     assert not isinstance(info.value.__context__, BaseExceptionGroup)
+
     async def mine() -> None:
         async with trio_pool.open_pool():
             raise KeyError("mine")
@@ -396,6 +397,72 @@ async def test_url_instead_of_host_is_a_value_error_before_dns(host: str) -> Non
             assert_untouched(pool)
     finally:
         trio.socket.set_custom_hostname_resolver(None)
+
+
+@pytest.mark.parametrize(
+    ("host", "hint"),
+    [
+        ("127.0.0.1:8080", "port separately"),
+        ("localhost:80", "port separately"),
+        ("[::1]:8080", "port separately"),
+        ("[::1]", "without brackets"),
+        ("1:2:3", "port separately"),
+    ],
+)
+async def test_host_with_a_port_is_a_value_error_before_dns(host: str, hint: str) -> None:
+    """A ``host:port`` (or a bracketed IPv6 literal) never reaches the resolver."""
+    trio.socket.set_custom_hostname_resolver(_NoDNS())
+    try:
+        async with trio_pool.open_pool() as pool:
+            with pytest.raises(ValueError, match="host") as info:
+                await pool.acquire(host, 8080)
+            assert hint in str(info.value)
+            with pytest.raises(ValueError, match=hint):
+                await pool.acquire_new(host, 8080, tls=True)
+            with pytest.raises(ValueError, match=hint):
+                pool.connection(host, 8080)
+            with pytest.raises(ValueError, match=hint):
+                await pool.prewarm(host, 8080, count=1)
+            assert_untouched(pool)
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+
+
+@pytest.mark.parametrize("host", ["::1", "fe80::1%lo", "::ffff:127.0.0.1"])
+async def test_ipv6_literal_host_is_accepted(host: str) -> None:
+    async with trio_pool.open_pool() as pool:
+        pool.connection(host, 8080)
+        pool.connection(host, 8443, tls=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ssl_context": "client_ctx"},
+        {"sni": "api.example.test"},
+        {"verify_cert": False},
+        {"sni": "api.example.test", "ssl_context": "client_ctx"},
+    ],
+)
+async def test_tls_arguments_without_tls_are_a_value_error(
+    kwargs: dict[str, object], client_ctx: object, echo_port: int
+) -> None:
+    """TLS settings with ``tls=False`` meant TLS: never a silent plain-TCP connection."""
+    kwargs = {k: client_ctx if v == "client_ctx" else v for k, v in kwargs.items()}
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(ValueError, match="tls=True") as info:
+            await pool.acquire(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
+        assert next(iter(kwargs)) in str(info.value)
+        with pytest.raises(ValueError, match="tls=True"):
+            await pool.acquire_new(HOST, echo_port, tls=False, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="tls=True"):
+            pool.connection(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="tls=True"):
+            await pool.prewarm(HOST, echo_port, count=1, **kwargs)  # type: ignore[arg-type]
+        assert_untouched(pool)
+        # With tls=True they are fine (no I/O here), and the defaults need no TLS.
+        pool.connection(HOST, echo_port, tls=True, **kwargs)  # type: ignore[arg-type]
+        pool.connection(HOST, echo_port, sni=None, verify_cert=True, ssl_context=None)
 
 
 async def test_release_and_discard_check_their_argument() -> None:
@@ -445,3 +512,39 @@ async def test_release_after_the_user_closed_the_connection(echo_port: int) -> N
         pool.release(conn)
         with pytest.raises(RuntimeError):
             pool.release(conn)
+
+
+# -- forgetting ``async with`` -----------------------------------------------------------
+
+
+async def test_open_pool_without_async_with_says_what_to_write() -> None:
+    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("):
+        await trio_pool.open_pool()  # type: ignore[misc]
+    opener = trio_pool.open_pool()
+    with pytest.raises(AttributeError, match=r"async with trio_pool\.open_pool\(.*\) as pool"):
+        opener.acquire  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(TypeError, match=r"async with trio_pool\.open_pool\("), opener:  # type: ignore[attr-defined]
+        pytest.fail("must not enter")  # pragma: no cover
+    # Not an attribute of a pool either: the usual message.
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'") as info:
+        opener.nonsense  # type: ignore[attr-defined]  # noqa: B018
+    assert "async with" not in str(info.value)
+    async with opener as pool:  # still usable the right way
+        assert isinstance(pool, trio_pool.ConnectionPool)
+
+
+async def test_connection_without_async_with_says_what_to_write(echo_port: int) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(TypeError, match=r"async with pool\.connection\(.*\) as conn"):
+            await pool.connection(HOST, echo_port)  # type: ignore[misc]
+        context = pool.connection(HOST, echo_port)
+        with pytest.raises(AttributeError, match=r"async with pool\.connection\(.*\) as conn"):
+            await context.send_all(b"x")  # type: ignore[attr-defined]
+        with pytest.raises(AttributeError, match=r"async with pool\.connection\("):
+            context.stream  # type: ignore[attr-defined]  # noqa: B018
+        with pytest.raises(TypeError, match=r"async with pool\.connection\("), context:  # type: ignore[attr-defined]
+            pytest.fail("must not enter")  # pragma: no cover
+        assert pool.statistics() == PoolStatistics()  # nothing borrowed, nothing opened
+        async with context as conn:  # still usable the right way
+            await conn.send_all(b"x")
+            assert await conn.receive_some() == b"x"

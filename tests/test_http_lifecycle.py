@@ -10,6 +10,7 @@ upload early (``413``) and closes has its answer read, not lost.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 import h11
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import trio_pool
 from trio_pool.http import (
@@ -423,3 +425,70 @@ async def test_upload_to_a_server_that_resets_without_answering_is_write_error(
         with pytest.raises((trio_pool.http.WriteError, trio_pool.http.ReadError)):
             await client.request("POST", f"http://{HOST}:{port}/", content=b"x" * UPLOAD)
         assert_settled(pool)
+
+
+# -- raw borrowers and HTTP clients never share a connection ------------------------------
+
+
+async def answer_raw_late(stream: trio.abc.Stream) -> None:
+    """Answers ``GET /raw`` with half its body, and the other half only when the next
+    request comes on the connection (a late tail: it arrives after any release or
+    hand-out probe could see it), then answers that request. Others get ``ok``."""
+    buffer = b""
+    late = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            data = await stream.receive_some()
+            if not data:
+                return
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        if late:
+            await stream.send_all(late)
+            late = b""
+        if head.startswith(b"GET /raw "):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            late = b"world"
+        else:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("client", ["HTTPClient", "PoolTransport"])
+async def test_a_raw_borrowers_half_read_answer_never_reaches_an_http_client(
+    nursery: trio.Nursery, ca: trustme.CA, client_ctx: ssl.SSLContext, tls: bool, client: str
+) -> None:
+    """A raw ``pool.connection()`` user who reads part of an answer and exits cleanly
+    pools the connection (nothing is unread yet); the tail arriving later must not be
+    read by an HTTP client as the head of its own response."""
+    if tls:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(HOST).configure_cert(server_ctx)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await answer_raw_late(trio.SSLStream(stream, server_ctx, server_side=True))
+
+        port = await start_server(nursery, handler)
+    else:
+        port = await start_server(nursery, answer_raw_late)
+    scheme = "https" if tls else "http"
+    async with trio_pool.open_pool() as pool:
+        tls_args: dict[str, object] = {"tls": True, "ssl_context": client_ctx} if tls else {}
+        async with pool.connection(HOST, port, **tls_args) as conn:  # type: ignore[arg-type]
+            await conn.send_all(b"GET /raw HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b"hello"):
+                got += await conn.receive_some()
+        assert pool.statistics().idle_connections == 1  # pooled: nothing unread yet
+        url = f"{scheme}://{HOST}:{port}/"
+        if client == "HTTPClient":
+            response = await HTTPClient(pool, ssl_context=client_ctx).request("GET", url)
+            assert (response.status, response.content) == (200, b"ok")
+        else:
+            transport = PoolTransport(pool, ssl_context=client_ctx)
+            async with httpx.AsyncClient(transport=transport) as http:
+                answer = await http.get(url)
+            assert (answer.status_code, answer.content) == (200, b"ok")
+        # And the other way: a raw borrower never gets the HTTP client's connection.
+        async with pool.connection(HOST, port, **tls_args) as again:  # type: ignore[arg-type]
+            assert again is conn

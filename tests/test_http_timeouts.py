@@ -193,7 +193,8 @@ async def test_write_timeout_names_its_limit(nursery: trio.Nursery) -> None:
 async def test_pool_timeout_is_its_own_limit_and_counted(nursery: trio.Nursery) -> None:
     port = await start_server(nursery, answer_ok)
     url = f"http://{HOST}:{port}/"
-    async with trio_pool.open_pool(max_size=1) as pool:
+    # max_total: a raw borrower's connection is of another key than the client's.
+    async with trio_pool.open_pool(max_size=1, max_total=1) as pool:
         held = await pool.acquire(HOST, port)
         client = HTTPClient(pool, timeout=Timeout(10, pool=0.3))
         start = trio.current_time()
@@ -227,7 +228,8 @@ async def test_pool_timeout_is_its_own_limit_and_counted(nursery: trio.Nursery) 
 async def test_zero_pool_limit_fails_fast_like_acquire(nursery: trio.Nursery) -> None:
     port = await start_server(nursery, answer_ok)
     url = f"http://{HOST}:{port}/"
-    async with trio_pool.open_pool(max_size=1) as pool:
+    # max_total: a raw borrower's connection is of another key than the client's.
+    async with trio_pool.open_pool(max_size=1, max_total=1) as pool:
         client = HTTPClient(pool, timeout=Timeout(5, pool=0))
         assert (await client.request("GET", url)).content == b"ok"  # a connect: no wait
         assert (await client.request("GET", url)).content == b"ok"  # idle: no wait

@@ -82,3 +82,64 @@ def test_attribute_is_the_submodule() -> None:
     assert trio_pool.http is sys.modules["trio_pool.http"]
     assert trio_pool.metrics is sys.modules["trio_pool.metrics"]
     assert {"http", "httpx", "metrics", "anyio", "open_pool"} <= set(dir(trio_pool))
+
+
+def test_http2_without_h2_fails_when_the_client_is_built() -> None:
+    """Without the ``http2`` extra, ``http2=True`` or ``"prior-knowledge"`` is refused
+    by the constructor (of the client and of the transport), naming the extra, not
+    after a connect and a handshake; ``http2=False`` still works."""
+    out = run_python(
+        """
+        import sys
+        sys.modules["h2"] = None  # h2 not installed
+        import trio
+        import trio_pool
+        from trio_pool.http import HTTPClient
+        from trio_pool.httpx import PoolTransport
+
+        async def main():
+            async with trio_pool.open_pool() as pool:
+                for make in (HTTPClient, PoolTransport):
+                    for flag in (True, "prior-knowledge"):
+                        try:
+                            make(pool, http2=flag)
+                        except ImportError as exc:
+                            print(type(exc).__name__, "|", exc, "|", exc.__cause__ is not None)
+                        else:
+                            print("built")
+                    make(pool, http2=False)
+                    make(pool)
+
+        trio.run(main)
+        print("h2" in sys.modules and sys.modules["h2"] is not None)
+        """
+    )
+    lines = out.splitlines()
+    assert len(lines) == 5, out
+    for line in lines[:4]:
+        kind, message, chained = line.split(" | ")
+        assert kind == "ImportError"
+        assert "pip install 'trio-pool[http2]'" in message
+        assert chained == "True"
+    assert lines[4] == "False"
+
+
+def test_anyio_module_without_anyio_names_the_extra() -> None:
+    out = run_python(
+        """
+        import sys
+        sys.modules["anyio"] = None  # anyio not installed
+        import trio_pool
+        for attempt in (lambda: trio_pool.anyio, lambda: __import__("trio_pool.anyio")):
+            try:
+                attempt()
+            except ImportError as exc:
+                print(type(exc).__name__, "|", exc)
+        """
+    )
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    for line in lines:
+        kind, message = line.split(" | ")
+        assert kind == "ImportError"
+        assert "pip install 'trio-pool[anyio]'" in message

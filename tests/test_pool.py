@@ -1028,13 +1028,57 @@ async def test_acquire_after_close_raises_pool_closed(echo_port: int) -> None:
     assert (stats.connections_created, stats.pool_misses) == (0, 0)
 
 
-async def test_release_after_the_pool_is_gone_closes(echo_port: int) -> None:
+async def test_open_pool_exit_closes_borrowed_connections(
+    echo_port: int, nursery: trio.Nursery, ca: trustme.CA
+) -> None:
+    """Leaving the block closes every connection, borrowed ones too: a later use raises
+    trio.ClosedResourceError, and a later release or discard does nothing."""
+    tls_port = await tls_echo(nursery, ca)
     async with trio_pool.open_pool() as pool:
         kept = await pool.acquire(HOST, echo_port)
-    assert not kept.is_closed  # exit does not take a borrowed connection away
-    await roundtrip(kept)
-    pool.release(kept)
-    assert kept.is_closed
+        tls_kept = await pool.acquire(HOST, tls_port, tls=True, ssl_context=client_context(ca))
+        await roundtrip(tls_kept)
+    for conn in (kept, tls_kept):
+        assert conn.is_closed
+        with pytest.raises(trio.ClosedResourceError, match="pool was closed"):
+            await conn.send_all(b"ping")
+        with pytest.raises(trio.ClosedResourceError, match="pool was closed"):
+            await conn.receive_some()
+        stream = conn.stream
+        sock = (
+            stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
+        )
+        assert sock.fileno() == -1  # closed now, not when garbage-collected
+        pool.release(conn)  # nothing to give back any more
+        pool.discard(conn)
+        await conn.aclose()
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.active_connections) == (2, 0)
+    assert_balanced(pool)
+
+
+async def test_open_pool_exit_closes_a_connection_another_nursery_still_uses(
+    echo_port: int, nursery: trio.Nursery
+) -> None:
+    """A task of an outer nursery still inside ``async with pool.connection()`` (blocked
+    in a read) when the pool's block ends gets ClosedResourceError, and its exit does
+    nothing more."""
+    errors: list[BaseException] = []
+
+    async def user(task_status: trio.TaskStatus[PooledConnection]) -> None:
+        try:
+            async with pool.connection(HOST, echo_port) as conn:
+                task_status.started(conn)
+                await conn.receive_some()  # the echo server sends nothing unasked
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async with trio_pool.open_pool() as pool:
+        conn = await nursery.start(user)
+        await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(errors) == 1
+    assert conn.is_closed
     stats = pool.statistics()
     assert (stats.connections_closed, stats.active_connections) == (1, 0)
 

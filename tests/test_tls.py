@@ -491,10 +491,10 @@ async def test_tls_arguments_are_checked_before_any_io(client_ctx: ssl.SSLContex
             await pool.acquire_tls(HOST, port, verify_cert=None)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="tls"):
             await pool.acquire(HOST, port, tls=1)  # type: ignore[arg-type]
-        # Plain TCP ignores the TLS arguments instead of splitting keys on them.
-        with pytest.raises(ConnectError):
+        # TLS arguments without tls=True are a mistake, not a plain connection.
+        with pytest.raises(ValueError, match="tls=True"):
             await pool.acquire(HOST, port, verify_cert=False, ssl_context=client_ctx)
-        assert pool.statistics().connect_failures == 1
+        assert pool.statistics().connect_failures == 0
 
 
 # -- verification failures --------------------------------------------------------------

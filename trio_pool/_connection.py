@@ -46,6 +46,9 @@ class ConnectionOwner(Protocol):
 
     def discard(self, conn: PooledConnection, /) -> None: ...
 
+    @property
+    def closed(self) -> bool: ...
+
 
 class _HostPort(Protocol):
     @property
@@ -133,7 +136,8 @@ class PooledConnection(trio.abc.Stream):
         self._lease = 0
         self._state = ConnectionState.IN_USE
         self._broken = False
-        self._closed_by_user = False  # by aclose(): a later release or discard is a no-op
+        # By aclose(), or by the end of open_pool: a later release or discard is a no-op.
+        self._closed_by_user = False
         self._expires_at = expires_at
         self.session_reused: bool = False
         # TLS 1.3 tickets arrive after the handshake: until a resumable session is saved
@@ -228,6 +232,11 @@ class PooledConnection(trio.abc.Stream):
 
     def _check_in_use(self) -> None:
         if self._state is not _IN_USE:
+            if self._state is _CLOSED and self._pool.closed:
+                raise trio.ClosedResourceError(
+                    "connection is closed: the pool was closed (leaving open_pool's"
+                    " block closes every connection, borrowed ones too)"
+                )
             raise trio.ClosedResourceError(
                 f"connection is {self._state.value}: it was released or discarded"
             )

@@ -41,6 +41,8 @@ def describe_key(key: PoolKey) -> str:
         parts.append(f"{'forwarded to' if key.forward else 'via'} proxy {key.proxy.url}")
     if key.uds is not None:
         parts.append(f"over unix socket {key.uds!r}")
+    if key.http:
+        parts.append("HTTP clients")
     return f"{host}:{key.port} ({', '.join(parts)})"
 
 

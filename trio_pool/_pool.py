@@ -6,13 +6,15 @@ this module only waits, connects and closes around those decisions.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
 import ssl
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -38,7 +40,7 @@ from ._state import (
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
 from ._tunnel import open_transport
-from ._util import NoPublicConstructor, check_int, check_timeout
+from ._util import AsyncWithOnly, NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
 
@@ -51,6 +53,8 @@ CLOSED: Final = ConnectionState.CLOSED
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
 _current_task: Final = trio.lowlevel.current_task
+_current_trio_token: Final = trio.lowlevel.current_trio_token
+_get_ident: Final = threading.get_ident
 _new_context: Final = object.__new__
 # trio counts each task's schedule points in a private attribute; without it (a future
 # trio), the probe at hand-out always runs (see ConnectionPool._vouch).
@@ -140,6 +144,8 @@ def make_key(
             f"host must be a host name or address, not a URL: got {host!r}"
             " (pass the URL's host and port separately)"
         )
+    if ":" in host:
+        _check_colon_host(host)
     port = check_int("port", port)
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port!r}")
@@ -161,6 +167,19 @@ def make_key(
             "verify_cert=False cannot be combined with ssl_context: configure the"
             " context instead (check_hostname=False, verify_mode=ssl.CERT_NONE)"
         )
+    if not tls:
+        # TLS settings without tls=True meant TLS: never a silent plain connection.
+        tls_settings = (
+            ("sni", sni is not None),
+            ("verify_cert=False", not verify_cert),
+            ("ssl_context", ssl_context is not None),
+        )
+        given = [name for name, set_ in tls_settings if set_]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} given without tls=True: pass tls=True for a TLS"
+                " connection (these settings mean nothing on plain TCP)"
+            )
     route = _check_route(host, port, tls, proxy, uds, forward)
     if not tls:
         # Plain TCP: the TLS arguments mean nothing, and must not split the key.
@@ -174,6 +193,21 @@ def make_key(
         ssl_context,
         *route,
     )
+
+
+def _check_colon_host(host: str) -> None:
+    """A host with a ``:`` is an IPv6 literal, or a mistake (``host:port``, brackets)."""
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(
+            f"host must be an IPv6 address without brackets: got {host!r} (pass {host[1:-1]!r})"
+        )
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError as exc:
+        raise ValueError(
+            f"host must be a host name or address without a port: got {host!r}"
+            " (pass the port separately)"
+        ) from exc
 
 
 def _check_route(
@@ -224,6 +258,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         # trio.current_time() without its run-context lookups, for the hot path: this
         # run's clock (a MockClock in tests), read directly. A pool lives in one run.
         self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        # The run the pool belongs to, and its thread: every acquire checks that it is
+        # in it (see _check_run). _thread is None once open_pool's block has ended.
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread: int | None = _get_ident()
         self._state = PoolState(
             self,
             config,
@@ -257,6 +295,42 @@ class ConnectionPool(metaclass=NoPublicConstructor):
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called (or :func:`open_pool` exited)."""
         return self._state.closed
+
+    # -- the run the pool belongs to ---------------------------------------------
+
+    def _foreign(self, token: trio.lowlevel.TrioToken | None) -> RuntimeError:
+        """The error for a call from outside the pool's run: ``token`` is the caller's
+        run's (``None``: no trio run at all, asyncio say)."""
+        if token is None:
+            return RuntimeError(
+                "trio_pool needs trio: this pool was used outside trio.run() (from"
+                " asyncio, or anyio's asyncio backend?). Run it under trio: trio.run(),"
+                " or anyio.run(..., backend='trio')"
+            )
+        return RuntimeError(
+            "this pool belongs to the trio.run() (and thread) that opened it, and was"
+            " used from another trio.run() or thread: open a pool in each trio.run()"
+        )
+
+    def _check_run(self) -> None:
+        """Raise :meth:`_foreign`'s error unless called from the pool's own run.
+
+        :func:`trio.lowlevel.current_trio_token` costs ~0.15 µs, 2% of a pooled
+        acquire and release (~8 µs), so the acquire paths only compare the thread
+        (``if _get_ident() != pool._thread: pool._check_run()``, ~0.05 µs) and come
+        here when it differs: another thread (another run, asyncio, no loop), or the
+        pool's block has ended (then another run of this thread, or none). Another
+        run in the same thread while the pool's block is open cannot exist: trio runs
+        do not nest. Key lookups (new keys) and the slower entry points call it
+        directly. ``release`` and ``discard`` do not check: a connection comes only
+        from a checked acquire.
+        """
+        try:
+            token: trio.lowlevel.TrioToken | None = _current_trio_token()
+        except RuntimeError:
+            token = None
+        if token is not self._token:
+            raise self._foreign(token)
 
     # -- keys ------------------------------------------------------------------
 
@@ -306,10 +380,40 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                 except (KeyError, TypeError):
                     pass
         key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        self._check_run()  # trio.current_time() would fail deep inside trio
         state = self._state.key_state(key, trio.current_time())
         if args not in self._aliases:  # (int and str subclasses come here every time)
             self._aliases[args] = state
             state.aliases.append(args)
+        return state
+
+    def _lookup_http(
+        self,
+        host: str,
+        port: int,
+        tls: bool = False,
+        sni: str | None = None,
+        verify_cert: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+        uds: str | None = None,
+        forward: bool = False,
+    ) -> KeyState:
+        """The key of an HTTP/1.1 client's connections (``HTTPClient``,
+        ``PoolTransport``): the key of the same arguments, in a namespace of its own
+        (``PoolKey.http``), so that a connection a raw borrower gave back mid-answer
+        never reaches an HTTP client, nor the other way round. The client has checked
+        the arguments' types."""
+        args = ("http", host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        try:
+            return self._aliases[args]
+        except KeyError:
+            pass
+        key = make_key(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        self._check_run()
+        state = self._state.key_state(key._replace(http=True), trio.current_time())
+        self._aliases[args] = state
+        state.aliases.append(args)
         return state
 
     # A release probes the connection it pools (one poll(2)); so does the hand-out that
@@ -372,9 +476,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         Cancellation at any point leaks nothing: no slot, no socket, no place in line.
 
         Args:
-            host: Host name or address.
+            host: Host name or address, without a port (``ValueError``); an IPv6
+                address without brackets (``"::1"``).
             port: TCP port, 1-65535.
-            tls: Open a :class:`trio.SSLStream` instead of plain TCP.
+            tls: Open a :class:`trio.SSLStream` instead of plain TCP. ``sni``,
+                ``verify_cert=False`` or ``ssl_context`` without it raise ``ValueError``.
             sni: Server name for TLS (SNI and certificate check); defaults to ``host``.
             verify_cert: Check the certificate and host name. ``False`` uses a separate
                 context without checks (its own key); it cannot be combined with
@@ -423,6 +529,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if connect_timeout is not None:
             check_timeout("connect_timeout", connect_timeout)
         state = self._lookup(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward)
+        if _get_ident() != self._thread:
+            self._check_run()
         # _acquire, with its hit path inlined: one coroutine frame less per hit (and per
         # resumption of its checkpoint). ConnectionContext.__aenter__ does the same.
         await _checkpoint_if_cancelled()
@@ -501,6 +609,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         new: bool,
         connect_timeout: float | None = None,
     ) -> PooledConnection:
+        """Acquire on ``state``'s key: :meth:`acquire_new` (``new``), and the HTTP
+        client's acquires (keys of :meth:`_lookup_http`)."""
+        if _get_ident() != self._thread:
+            self._check_run()
         await _checkpoint_if_cancelled()
         now = self._now()
         taken = self._state.take(state, now, self._vouched(), new=new)
@@ -531,8 +643,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         try:
             state = self._aliases[args]
         except KeyError:
+            if not tls:  # h2c: the client's TLS settings are for its https requests
+                sni, verify_cert, ssl_context = None, True, None
             key = make_key(host, port, tls, sni, verify_cert, ssl_context, None, uds)
             key = key._replace(http2=mode)
+            self._check_run()
             state = self._state.key_state(key, trio.current_time())
             self._aliases[args] = state
             state.aliases.append(args)
@@ -549,6 +664,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             check_timeout("timeout", timeout)
         if connect_timeout is not None:
             check_timeout("connect_timeout", connect_timeout)
+        self._check_run()
         await trio.lowlevel.checkpoint_if_cancelled()
         now = trio.current_time()
         taken = self._state.take(state, now)
@@ -917,6 +1033,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             ConnectError: A connect failed (the others still complete).
             PoolClosed: The pool is closed.
         """
+        self._check_run()
         if self._state.closed:
             raise PoolClosed("the pool is closed")
         if count is None:
@@ -979,6 +1096,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
 
         Idle connections close now, borrowed ones when they are released or discarded,
         waiting tasks get :class:`~trio_pool.PoolClosed`, and so does every later acquire.
+        Leaving :func:`open_pool`'s block then closes the borrowed ones too.
         """
         self._state.close()
         if self._maintenance_scope is not None:
@@ -1195,10 +1313,16 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self._leaks_reported &= live
 
 
-class ConnectionContext:
-    """What :meth:`ConnectionPool.connection` returns: ``async with`` it."""
+class ConnectionContext(AsyncWithOnly):
+    """What :meth:`ConnectionPool.connection` returns: ``async with`` it.
+
+    Awaiting it, ``with`` it, or calling a connection's method on it raise an error
+    that says to write ``async with pool.connection(...) as conn``.
+    """
 
     __slots__ = ("_conn", "_connect_timeout", "_lease", "_pool", "_state", "_timeout")
+    _usage = "async with pool.connection(...) as conn"
+    _yields = PooledConnection
 
     _pool: ConnectionPool
     _state: KeyState
@@ -1208,6 +1332,8 @@ class ConnectionContext:
     _lease: int
 
     async def __aenter__(self) -> PooledConnection:
+        if _get_ident() != self._pool._thread:
+            self._pool._check_run()
         if self._conn is not None:
             raise RuntimeError("this connection() context was entered already")
         if self._state.dropped:  # unused for max_idle_time since connection() was called
@@ -1262,19 +1388,20 @@ class ConnectionContext:
                 pool._state.discard(conn, pool._now())
 
 
-@asynccontextmanager
-async def open_pool(
+def open_pool(
     config: PoolConfig | None = None, **overrides: Any
-) -> AsyncIterator[ConnectionPool]:
-    """Open a connection pool living in its own nursery.
+) -> AbstractAsyncContextManager[ConnectionPool]:
+    """Open a connection pool living in its own nursery: ``async with`` it.
 
     Args:
         config: The configuration; :class:`~trio_pool.PoolConfig` defaults if ``None``.
         **overrides: :class:`~trio_pool.PoolConfig` fields replacing those of ``config``.
 
-    Yields:
-        The :class:`ConnectionPool`. Leaving the block closes it (see
-        :meth:`ConnectionPool.aclose`) and waits for its background tasks.
+    Returns:
+        An async context manager yielding the :class:`ConnectionPool`. Leaving the
+        block closes the pool (see :meth:`ConnectionPool.aclose`) and waits for its
+        background tasks. Awaiting it, ``with`` it, or calling a pool's method on it
+        raise an error that says to write ``async with trio_pool.open_pool(...) as pool``.
 
     An exception raised in the body propagates as itself, not wrapped in an
     :class:`ExceptionGroup`; failures of the pool's background work (see
@@ -1290,6 +1417,34 @@ async def open_pool(
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
+    return _PoolManager(_run_pool(config))
+
+
+class _PoolManager(AsyncWithOnly):
+    """What :func:`open_pool` returns."""
+
+    __slots__ = ("_manager",)
+    _usage = "async with trio_pool.open_pool(...) as pool"
+    _yields = ConnectionPool
+
+    def __init__(self, manager: AbstractAsyncContextManager[ConnectionPool]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> ConnectionPool:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._manager.__aexit__(exc_type, exc, tb)
+
+
+@asynccontextmanager
+async def _run_pool(config: PoolConfig) -> AsyncIterator[ConnectionPool]:
+    """The body of :func:`open_pool`: the pool's nursery, and its close on exit."""
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
@@ -1303,6 +1458,8 @@ async def open_pool(
             finally:
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
+                    pool._state.close_borrowed(trio.current_time())
+                    pool._thread = None  # later acquires take the full check (closed)
     except BaseExceptionGroup as group:
         # The nursery is the pool's, not the caller's: an exception of the body alone
         # propagates as itself (``except ConnectError:`` around the block works). A

@@ -95,6 +95,11 @@ class PoolKey(NamedTuple):
     #: ``"h2"``: TLS offers ALPN ``h2`` (and ``http/1.1``), the answer decides;
     #: ``"h2c"``: plain HTTP/2 by prior knowledge; ``None``: never multiplexed.
     http2: str | None = None
+    #: Lent only to trio_pool's HTTP clients (``HTTPClient``, ``PoolTransport``), which
+    #: give a connection back only at a message boundary. A raw borrower
+    #: (``acquire``, ``connection()``) may give one back mid-answer, its tail still on
+    #: the way (after any probe could see it): raw and HTTP connections never mix.
+    http: bool = False
 
 
 class Waiter:
@@ -390,6 +395,9 @@ class PoolState:
         self.global_waiters: OrderedDict[Waiter, None] = OrderedDict()
         self.total = 0  # idle + in use + connecting, all keys
         self.closed = False
+        # Every open connection (added when connected, removed when closed: never on
+        # the hot path), so that the end of open_pool can close borrowed ones too.
+        self.live: dict[PooledConnection, None] = {}
         # Connections handed out, tracked only for leak detection.
         self.borrowed: dict[PooledConnection, None] | None = (
             {} if config.leak_detection_threshold is not None else None
@@ -598,6 +606,7 @@ class PoolState:
         if state.multiplexed:  # the peer chose HTTP/1.1: connect as for any key again
             state.multiplexed = False
         conn = PooledConnection(self.pool, state, stream, now, self.expiry(now))
+        self.live[conn] = None
         if pending is not None:
             owner = self._handoff_done(state, pending)
             if self.closed:
@@ -900,6 +909,17 @@ class PoolState:
             while queue:
                 self._fail(_first(queue), PoolClosed("the pool was closed"))
 
+    def close_borrowed(self, now: float) -> None:
+        """The end of the pool's block: close the connections still borrowed, at once
+        (no TLS ``close_notify``: their holder may be using them). A later use raises
+        :exc:`trio.ClosedResourceError`; a later release or discard does nothing.
+        Multiplexed connections close as before, when their streams end."""
+        for conn in list(self.live):
+            if conn._state is IN_USE and type(conn) is not SharedConnection:
+                conn._broken = True  # closed abruptly, see ConnectionPool._close_stream
+                conn._closed_by_user = True  # not the holder's to give back any more
+                self.discard(conn, now)
+
     # -- internals ----------------------------------------------------------------
 
     def _reserve(self, state: KeyState) -> None:
@@ -1076,6 +1096,7 @@ class PoolState:
 
     def _close(self, conn: PooledConnection, *, evicted: bool = False) -> None:
         conn._state = CLOSED
+        self.live.pop(conn, None)
         state: KeyState = conn._key  # type: ignore[assignment]
         state.closed += 1
         self.total -= 1
@@ -1116,6 +1137,7 @@ class PoolState:
         connect's owner) takes one stream, and the key's next waiters, FIFO, as many
         of the others as they need; what is left is lent to later acquires at once."""
         conn = SharedConnection(self.pool, state, stream, now, self.expiry(now), shared)
+        self.live[conn] = None
         state.multiplexed = True
         state.shared[conn] = None
         state.in_use += 1  # an open multiplexed connection counts as in use

@@ -37,13 +37,18 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
-import anyio
 import trio
-from anyio.abc import ByteStream, SocketAttribute
-from anyio.streams.tls import TLSAttribute
+
+try:
+    import anyio
+    from anyio.abc import ByteStream, SocketAttribute
+    from anyio.streams.tls import TLSAttribute
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError("trio_pool.anyio needs anyio: pip install 'trio-pool[anyio]'") from _exc
 
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._pool import ConnectionContext, ConnectionPool
+from ._util import AsyncWithOnly
 
 __all__ = ["AnyioConnectionContext", "AnyioStream", "connection"]
 
@@ -242,7 +247,7 @@ def _tls_attributes(
     return attributes
 
 
-class AnyioConnectionContext:
+class AnyioConnectionContext(AsyncWithOnly):
     """What :func:`connection` returns: ``async with`` it to get an :class:`AnyioStream`.
 
     The connection is released on a clean exit and discarded on any exception
@@ -251,6 +256,8 @@ class AnyioConnectionContext:
     """
 
     __slots__ = ("_context",)
+    _usage = "async with trio_pool.anyio.connection(pool, ...) as stream"
+    _yields = AnyioStream
 
     def __init__(self, context: ConnectionContext) -> None:
         self._context = context

@@ -126,7 +126,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
             multiplexes requests over shared HTTP/2 connections when the server
             agrees (responses say ``http_version`` ``b"HTTP/2"``);
             ``"prior-knowledge"`` also speaks h2c to ``http://`` URLs. See
-            :class:`trio_pool.http.HTTPClient`.
+            :class:`trio_pool.http.HTTPClient`. Needs the ``http2`` extra (h2):
+            without it the constructor raises :exc:`ImportError`.
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
@@ -63,7 +63,6 @@ HeaderTypes: TypeAlias = (
 ContentTypes: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
 #: A prepared body: the bytes, or the async iterable to stream.
 Body: TypeAlias = bytes | AsyncIterable[object]
-_Acquire: TypeAlias = Callable[..., Awaitable[PooledConnection]]
 #: The variables ``trust_env`` reads (plus ``REQUEST_METHOD``, for the httpoxy guard).
 _PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
@@ -434,6 +433,18 @@ class Exchange:
             self._client._pool.discard(self._conn)
 
 
+def _require_h2() -> None:
+    """Import h2 (the ``http2`` extra), or say how to install it: when the client is
+    built, not on its first connection."""
+    try:
+        import h2  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - tested in a fresh interpreter
+        raise ImportError(
+            "http2=True and http2='prior-knowledge' need the h2 package:"
+            " pip install 'trio-pool[http2]'"
+        ) from exc
+
+
 class HTTPClient:
     """An HTTP/1.1 client on a :class:`~trio_pool.ConnectionPool`.
 
@@ -478,7 +489,8 @@ class HTTPClient:
             ``SETTINGS_MAX_CONCURRENT_STREAMS`` (another connection opens when all
             are full, within ``max_size``). ``"prior-knowledge"``: plain ``http://``
             URLs speak HTTP/2 at once too (h2c, no upgrade), https as with ``True``.
-            Needs the ``h2`` extra (``trio-pool[http2]``). Not through proxies (those
+            Needs the ``h2`` extra (``trio-pool[http2]``; without it the constructor
+            raises :exc:`ImportError`). Not through proxies (those
             requests stay HTTP/1.1). A streamed request body is gathered before it is
             sent over HTTP/2; the write and read limits of a request's head add up.
 
@@ -489,6 +501,7 @@ class HTTPClient:
             URL (in ``proxy``, or in a proxy variable with ``trust_env``); an empty
             ``uds``; ``proxy`` and ``uds`` both given; an ``httpx.Proxy`` with an
             ``ssl_context`` (that is for https:// proxies, which are not supported).
+        ImportError: ``http2`` is set and the ``h2`` package is not installed.
     """
 
     def __init__(
@@ -509,6 +522,8 @@ class HTTPClient:
             raise ValueError(f"http2 must be False, True or 'prior-knowledge', got {http2!r}")
         if not isinstance(pool, ConnectionPool):
             raise TypeError(f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}")
+        if http2:
+            _require_h2()
         if not isinstance(verify_cert, bool):
             raise TypeError(f"verify_cert must be a bool, not {type(verify_cert).__name__}")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
@@ -735,64 +750,31 @@ class HTTPClient:
         return protocol
 
     async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
+        """Borrow a connection for ``target`` from the pool's HTTP keys (raw
+        borrowers' connections are never shared with HTTP clients), directly or
+        through the proxy or Unix socket (the pool opens the tunnel)."""
         pool = self._pool
-        acquire = pool.acquire_new if new else pool.acquire
-        try:
-            if target.proxy is not None or target.uds is not None:
-                return await self._acquire_routed(acquire, target, limits)
-            if target.tls:
-                return await acquire(
-                    target.host,
-                    target.port,
-                    tls=True,
-                    sni=target.host,
-                    verify_cert=self._verify_cert,
-                    ssl_context=self._ssl_context,
-                    timeout=limits.pool,
-                    connect_timeout=limits.connect,
-                )
-            return await acquire(
-                target.host, target.port, timeout=limits.pool, connect_timeout=limits.connect
-            )
-        except PoolExhausted as exc:
-            raise PoolTimeout(f"{exc} (pool timeout)") from exc
-
-    async def _acquire_routed(
-        self, acquire: _Acquire, target: Target, limits: Timeout
-    ) -> PooledConnection:
-        """:meth:`_acquire` through a proxy or a Unix socket (the pool opens the tunnel)."""
         proxy = target.proxy
         if target.forward:
             assert proxy is not None
-            return await acquire(
-                proxy.host,
-                proxy.port,
-                proxy=proxy,
-                forward=True,
-                timeout=limits.pool,
-                connect_timeout=limits.connect,
-            )
-        if target.tls:
-            return await acquire(
+            state = pool._lookup_http(proxy.host, proxy.port, proxy=proxy, forward=True)
+        elif target.tls:
+            state = pool._lookup_http(
                 target.host,
                 target.port,
-                tls=True,
-                sni=target.host,
-                verify_cert=self._verify_cert,
-                ssl_context=self._ssl_context,
-                proxy=proxy,
-                uds=target.uds,
-                timeout=limits.pool,
-                connect_timeout=limits.connect,
+                True,
+                target.host,
+                self._verify_cert,
+                self._ssl_context,
+                proxy,
+                target.uds,
             )
-        return await acquire(
-            target.host,
-            target.port,
-            proxy=proxy,
-            uds=target.uds,
-            timeout=limits.pool,
-            connect_timeout=limits.connect,
-        )
+        else:
+            state = pool._lookup_http(target.host, target.port, proxy=proxy, uds=target.uds)
+        try:
+            return await pool._acquire(state, limits.pool, new, limits.connect)
+        except PoolExhausted as exc:
+            raise PoolTimeout(f"{exc} (pool timeout)") from exc
 
     async def _open(
         self,
