@@ -37,7 +37,7 @@ from ._state import (
 )
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
-from ._tunnel import open_transport
+from ._tunnel import Phase, open_transport, route_of
 from ._util import NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
@@ -689,14 +689,17 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
-        stage = "TCP connect"
+        phase = Phase()
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
-                    tcp = await open_transport(key)
+                    tcp = await open_transport(key, phase)
                     stream = tcp
                     if key.tls:
-                        stage = "TLS handshake"
+                        tunnelled = key.proxy is not None
+                        phase.name = (
+                            "TLS handshake with the origin" if tunnelled else "TLS handshake"
+                        )
                         stream = await self._handshake(state, tcp)
                     opener = state.open_shared if key.http2 is not None else None
                     if opener is not None and (
@@ -706,19 +709,19 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                             and stream.selected_alpn_protocol() == "h2"
                         )
                     ):
-                        stage = "HTTP/2 SETTINGS exchange"
+                        phase.name = "HTTP/2 SETTINGS exchange"
                         shared = await opener(stream, self._nursery)
                 if scope.cancelled_caught:
                     raise ConnectTimeout(
-                        f"connecting to {key.host}:{key.port} took longer than {timeout} s"
-                        f" (connect timeout, during the {stage})"
+                        f"connecting to {route_of(key)} took longer than {timeout} s"
+                        f" (connect timeout, during the {phase.name})"
                     )
             except BaseException as exc:
                 if tcp is not None:
                     tcp.socket.close()
                 if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
                     raise ConnectError(
-                        f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
+                        f"TLS handshake with {route_of(key)} failed: {exc.__cause__}"
                     ) from exc.__cause__
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectError):
                     raise ConnectError(
