@@ -510,4 +510,3 @@ async def test_unreachable_proxy_names_the_proxy_and_the_tcp_connect(hanging_por
         f"connecting to the proxy {proxy.url} (to forward requests) took longer than"
         " 0.3 s (connect timeout, during the TCP connect to the proxy)"
     )
-
