@@ -23,6 +23,7 @@ from trio_pool._redact import redact_url
 from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
 
+from .h2servers import H2Server, connect_h2
 from .servers import HOST, refused_port
 from .test_proxy_faults import answer, fake_http_proxy
 
@@ -257,6 +258,20 @@ async def test_refused_request_headers_hide_their_values(headers: object) -> Non
         assert pool.statistics().connections_created == 0
 
 
+@pytest.mark.parametrize("headers", [BAD_REQUEST_HEADERS[i] for i in (0, 1, 3, 4)])
+async def test_http2_request_refusing_a_header_value_hides_it(
+    nursery: trio.Nursery, headers: object
+) -> None:
+    server = H2Server()
+    conn = await connect_h2(await server.start(nursery), nursery)
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    with pytest.raises((ValueError, TypeError)) as info:
+        await conn.request("GET", "/", HOST, headers=pairs)  # type: ignore[arg-type]
+    assert_no_secret(info.value)
+    assert server.requests == 0
+    await conn.aclose()
+
+
 async def test_transport_refusing_a_header_value_hides_it() -> None:
     async with trio_pool.open_pool() as pool:
         transport = PoolTransport(pool)
@@ -278,6 +293,16 @@ async def test_transport_refusing_a_scheme_hides_the_password() -> None:
             await transport.handle_async_request(request)
         # (its request attribute is httpx's, holding the URL as the caller gave it)
         assert SECRET not in everything_said(info.value, attributes=False)
+
+
+@pytest.mark.parametrize(
+    "host", ["http://user:s3cr3t@127.0.0.1", "user:s3cr3t@127.0.0.1/x", " user:s3cr3t@h"]
+)
+async def test_a_url_given_as_host_hides_its_password(host: str) -> None:
+    async with trio_pool.open_pool() as pool:
+        with pytest.raises(ValueError) as info:
+            await pool.acquire(host, 80)
+        assert_no_secret(info.value)
 
 
 # -- connect errors, logs, statistics -------------------------------------------------------

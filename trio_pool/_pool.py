@@ -23,6 +23,7 @@ from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._proxy import Proxy
+from ._redact import redact_url
 from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
 from ._state import (
     CONNECT,
@@ -134,10 +135,10 @@ def make_key(
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
-        raise ValueError(f"host must be a non-empty name or address, got {host!r}")
+        raise ValueError(f"host must be a non-empty name or address, got {redact_url(host)!r}")
     if "://" in host or "/" in host:
         raise ValueError(
-            f"host must be a host name or address, not a URL: got {host!r}"
+            f"host must be a host name or address, not a URL: got {redact_url(host)!r}"
             " (pass the URL's host and port separately)"
         )
     port = check_int("port", port)
