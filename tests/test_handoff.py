@@ -9,6 +9,7 @@ finishes first. No timing is asserted; only who got what.
 from __future__ import annotations
 
 import ssl
+import traceback
 from functools import partial
 
 import pytest
@@ -17,10 +18,11 @@ import trio.testing
 import trustme
 
 import trio_pool
-from trio_pool import ConnectError, ConnectTimeout, PooledConnection, PoolExhausted
+from trio_pool import ConnectError, ConnectTimeout, PooledConnection, PoolExhausted, ProxyError
 
 from .checks import assert_settled, roundtrip
 from .servers import HOST, open_fds, refused_port, start_server
+from .test_proxy_faults import fake_http_proxy
 
 
 class GatedTLSServer:
@@ -229,10 +231,93 @@ async def test_connect_timeout_of_a_gone_requester_reaches_the_next(
         scopes["a"].cancel()
         mock_clock.jump(1.0)
         await trio.testing.wait_all_tasks_blocked()
-        # "a"'s connect, with "a"'s timeout, was "b"'s hope: "b" is not left waiting.
+        # "a"'s connect, with "a"'s 1 s, was "b"'s hope; but "b" never fails on a limit
+        # shorter than its own (connection_timeout, 5 s): it connects on its own now.
+        assert results == {}
+        assert pool.statistics().connecting == 1
+        mock_clock.jump(5.0)
+        await trio.testing.wait_all_tasks_blocked()
         assert list(results) == ["b"]
-        assert results["b"].endswith(f"at {start + 1.0}")
+        assert "longer than 5.0 s" in results["b"]
+        assert results["b"].endswith(f"at {start + 6.0}")
         assert_settled(pool.statistics())
+
+
+async def test_a_waiter_never_fails_on_a_connect_limit_shorter_than_its_own(
+    gated: tuple[GatedTLSServer, int], client_ctx: ssl.SSLContext, nursery: trio.Nursery
+) -> None:
+    server, port = gated
+    server.close_gate()
+    async with trio_pool.open_pool(max_connecting=1, acquire_timeout=None) as pool:
+        got: dict[str, PooledConnection] = {}
+        errors: dict[str, BaseException] = {}
+
+        async def one(name: str, limit: float) -> None:
+            try:
+                got[name] = await pool.acquire_tls(
+                    HOST, port, ssl_context=client_ctx, connect_timeout=limit
+                )
+            except ConnectError as exc:
+                errors[name] = exc
+
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(one, "short", 0.2)
+            await trio.testing.wait_all_tasks_blocked()
+            tasks.start_soon(one, "long", 10.0)  # waits for "short"'s connect (max 1)
+            await until(lambda: "short" in errors, "the short connect to time out")
+            assert isinstance(errors["short"], ConnectTimeout)
+            # "long" did not fail with it: it started a connect of its own.
+            assert list(errors) == ["short"]
+            assert pool.statistics().connecting == 1
+            await until(lambda: server.accepted == 2, "the second connect")
+            server.gate.set()
+        assert list(got) == ["long"]
+        await roundtrip(got["long"])
+        pool.release(got["long"])
+        stats = pool.statistics()
+        assert (stats.connect_failures, stats.connections_created) == (1, 1)
+        assert_settled(stats)
+
+
+async def test_every_waiter_gets_the_connect_error_with_its_type_and_attributes(
+    nursery: trio.Nursery,
+) -> None:
+    answer_now = trio.Event()
+
+    async def refuse(stream: trio.SocketStream, head: bytes) -> None:
+        await answer_now.wait()
+        await stream.send_all(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+            b'Proxy-Authenticate: Basic realm="corp"\r\nContent-Length: 0\r\n\r\n'
+        )
+
+    proxy, heads = await fake_http_proxy(nursery, refuse, "http://user:s3cr3t@{host}:{port}")
+    async with trio_pool.open_pool(max_connecting=1, acquire_timeout=None) as pool:
+        errors: list[ProxyError] = []
+
+        async def one() -> None:
+            try:
+                await pool.acquire("origin.test", 443, tls=True, proxy=proxy)
+            except ProxyError as exc:
+                exc.add_note("seen by one waiter")  # (notes are per waiter, too)
+                errors.append(exc)
+
+        async with trio.open_nursery() as tasks:
+            for _ in range(8):
+                tasks.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            answer_now.set()
+        assert len(heads) == 1  # one connect for all eight
+        assert len(errors) == 8
+        assert len({id(exc) for exc in errors}) == 8  # each task raises its own object
+        assert {(type(exc), exc.status, exc.proxy, str(exc)) for exc in errors} == {
+            (ProxyError, 407, proxy.url, str(errors[0]))
+        }
+        assert all(exc.__notes__ == ["seen by one waiter"] for exc in errors)
+        for exc in errors:  # a traceback of its own task: one acquire in it, not eight
+            frames = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+            assert frames.count("acquire") == 1, frames
+        assert_settled(pool)
 
 
 async def test_hand_off_connect_outliving_its_task_leaks_nothing(

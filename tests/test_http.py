@@ -645,7 +645,7 @@ async def test_https_reuses_tls_connections(nursery: trio.Nursery) -> None:
         ("GET", "ftp://127.0.0.1/", "http:// or https://"),
         ("GET", "127.0.0.1:80/", "http:// or https://"),
         ("GET", "http:///path", "no host"),
-        ("GET", "http://127.0.0.1:99999/", "valid URL"),
+        ("GET", "http://127.0.0.1:99999/", "invalid port"),
         ("GET", "http://user:pw@127.0.0.1/", "credentials"),
         ("GET", "http://127.0.0.1/a b", "spaces"),
         ("GE T", "http://127.0.0.1/", "method"),

@@ -211,7 +211,8 @@ async def test_tunnel_closing_during_tls(
     fds = open_fds()
     async with trio_pool.open_pool() as pool:
         exc = await expect_failure(pool, proxy, ConnectError, tls=True, ssl_context=client_ctx)
-    assert "TLS handshake with 127.0.0.1:4433 failed" in str(exc)
+    # (the route named, issue 20 item 13)
+    assert f"TLS handshake with 127.0.0.1:4433 through the proxy {proxy.url} failed" in str(exc)
     assert open_fds() == fds
 
 
@@ -424,3 +425,88 @@ async def test_broken_socks_answers(nursery: trio.Nursery, socks: FakeSocks, mes
     assert message in str(exc)
     assert str(exc).startswith(f"the SOCKS5 proxy {proxy.url} ")
     assert open_fds() == fds
+
+
+# -- stalls: a connect that times out names the proxy and the phase (issue 20, item 13) --
+
+
+async def stall_after(answers: list[bytes], stream: trio.SocketStream) -> None:
+    """A proxy that answers each of the client's first writes with the next of
+    ``answers``, then never again (it reads on until the client gives up)."""
+    try:
+        for reply in answers:
+            await stream.receive_some()
+            await stream.send_all(reply)
+        async for _ in stream:
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def start_stalling(nursery: trio.Nursery, scheme: str, answers: list[bytes]) -> Proxy:
+    port = await start_server(nursery, partial(stall_after, answers))
+    return Proxy(f"{scheme}://user:s3cr3t@{HOST}:{port}")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "answers", "tls", "phase"),
+    [
+        ("http", [], False, "CONNECT exchange with the proxy"),
+        ("http", [], True, "CONNECT exchange with the proxy"),
+        (
+            "http",
+            [b"HTTP/1.1 200 Connection established\r\n\r\n"],
+            True,
+            "TLS handshake with the origin",
+        ),
+        ("socks5", [], True, "SOCKS5 handshake with the proxy"),
+        ("socks5h", [], False, "SOCKS5 handshake with the proxy"),
+        ("socks5", [b"\x05\x02"], True, "SOCKS5 handshake with the proxy"),  # at the login
+        ("socks5h", [b"\x05\x02", b"\x01\x00"], True, "SOCKS5 CONNECT request to the proxy"),
+        ("socks5", [b"\x05\x02", b"\x01\x00"], False, "SOCKS5 CONNECT request to the proxy"),
+    ],
+    ids=[
+        "http-connect",
+        "http-connect-tls",
+        "http-tls-to-origin",
+        "socks-greeting",
+        "socks5h-greeting",
+        "socks-login",
+        "socks5h-request",
+        "socks-request",
+    ],
+)
+async def test_stalled_proxy_names_the_proxy_and_the_phase(
+    nursery: trio.Nursery, scheme: str, answers: list[bytes], tls: bool, phase: str
+) -> None:
+    proxy = await start_stalling(nursery, scheme, answers)
+    async with trio_pool.open_pool(connection_timeout=30) as pool:
+        with pytest.raises(ConnectTimeout) as info:
+            await pool.acquire("localhost", 4433, tls=tls, proxy=proxy, connect_timeout=0.3)
+        assert_settled(pool)
+    message = str(info.value)
+    assert message == (
+        f"connecting to localhost:4433 through the proxy {proxy.url} took longer than"
+        f" 0.3 s (connect timeout, during the {phase})"
+    )
+    assert "cr3t" not in message
+
+
+async def test_unreachable_proxy_names_the_proxy_and_the_tcp_connect(hanging_port: int) -> None:
+    proxy = Proxy(f"http://user:s3cr3t@{HOST}:{hanging_port}")
+    async with trio_pool.open_pool(connection_timeout=0.3) as pool:
+        with pytest.raises(ConnectTimeout) as info:
+            await pool.acquire("localhost", 4433, tls=True, proxy=proxy)
+        with pytest.raises(ConnectTimeout) as forwarded:
+            await pool.acquire(HOST, hanging_port, proxy=proxy, forward=True)
+        assert_settled(pool)
+    assert str(info.value) == (
+        f"connecting to localhost:4433 through the proxy {proxy.url} took longer than"
+        " 0.3 s (connect timeout, during the TCP connect to the proxy)"
+    )
+    assert str(forwarded.value) == (
+        f"connecting to the proxy {proxy.url} (to forward requests) took longer than"
+        " 0.3 s (connect timeout, during the TCP connect to the proxy)"
+    )

@@ -76,7 +76,7 @@ def test_value_semantics_and_repr() -> None:
     assert a != Proxy("http://user:secret@127.0.0.1:3129")
     assert Proxy("socks5://127.0.0.1:1") != Proxy("socks5h://127.0.0.1:1")
     assert "secret" not in repr(a)
-    assert repr(a) == "Proxy('http://127.0.0.1:3128', auth=('user', '***'))"
+    assert repr(a) == "Proxy('http://user:***@127.0.0.1:3128')"
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.port = 1  # type: ignore[misc]
 

@@ -25,6 +25,7 @@ from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
 from ._proxy import Proxy
+from ._redact import redact_url
 from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
 from ._state import (
     CONNECT,
@@ -39,7 +40,7 @@ from ._state import (
 )
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
-from ._tunnel import open_transport
+from ._tunnel import Phase, open_transport, route_of
 from ._util import AsyncWithOnly, NoPublicConstructor, check_int, check_timeout
 
 __all__ = ["ConnectionPool", "open_pool"]
@@ -138,10 +139,10 @@ def make_key(
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not host or host != host.strip():
-        raise ValueError(f"host must be a non-empty name or address, got {host!r}")
+        raise ValueError(f"host must be a non-empty name or address, got {redact_url(host)!r}")
     if "://" in host or "/" in host:
         raise ValueError(
-            f"host must be a host name or address, not a URL: got {host!r}"
+            f"host must be a host name or address, not a URL: got {redact_url(host)!r}"
             " (pass the URL's host and port separately)"
         )
     if ":" in host:
@@ -196,18 +197,27 @@ def make_key(
 
 
 def _check_colon_host(host: str) -> None:
-    """A host with a ``:`` is an IPv6 literal, or a mistake (``host:port``, brackets)."""
+    """A host with a ``:`` is an IPv6 literal, or a mistake (``host:port``, brackets).
+
+    The error is raised outside the ``except`` block: ipaddress's own message quotes
+    the host, which may hold a password, and would stay behind as ``__context__``.
+    """
+    shown = redact_url(host)
     if host.startswith("[") and host.endswith("]"):
         raise ValueError(
-            f"host must be an IPv6 address without brackets: got {host!r} (pass {host[1:-1]!r})"
+            f"host must be an IPv6 address without brackets: got {shown!r}"
+            f" (pass {redact_url(host[1:-1])!r})"
         )
     try:
         ipaddress.IPv6Address(host)
-    except ValueError as exc:
-        raise ValueError(
-            f"host must be a host name or address without a port: got {host!r}"
-            " (pass the port separately)"
-        ) from exc
+    except ValueError:
+        pass
+    else:
+        return
+    raise ValueError(
+        f"host must be a host name or address without a port: got {shown!r}"
+        " (pass the port separately)"
+    )
 
 
 def _check_route(
@@ -805,14 +815,17 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
-        stage = "TCP connect"
+        phase = Phase()
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
-                    tcp = await open_transport(key)
+                    tcp = await open_transport(key, phase)
                     stream = tcp
                     if key.tls:
-                        stage = "TLS handshake"
+                        tunnelled = key.proxy is not None
+                        phase.name = (
+                            "TLS handshake with the origin" if tunnelled else "TLS handshake"
+                        )
                         stream = await self._handshake(state, tcp)
                     opener = state.open_shared if key.http2 is not None else None
                     if opener is not None and (
@@ -822,19 +835,19 @@ class ConnectionPool(metaclass=NoPublicConstructor):
                             and stream.selected_alpn_protocol() == "h2"
                         )
                     ):
-                        stage = "HTTP/2 SETTINGS exchange"
+                        phase.name = "HTTP/2 SETTINGS exchange"
                         shared = await opener(stream, self._nursery)
                 if scope.cancelled_caught:
                     raise ConnectTimeout(
-                        f"connecting to {key.host}:{key.port} took longer than {timeout} s"
-                        f" (connect timeout, during the {stage})"
+                        f"connecting to {route_of(key)} took longer than {timeout} s"
+                        f" (connect timeout, during the {phase.name})"
                     )
             except BaseException as exc:
                 if tcp is not None:
                     tcp.socket.close()
                 if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
                     raise ConnectError(
-                        f"TLS handshake with {key.host}:{key.port} failed: {exc.__cause__}"
+                        f"TLS handshake with {route_of(key)} failed: {exc.__cause__}"
                     ) from exc.__cause__
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectError):
                     raise ConnectError(

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote
+
+from ._redact import MASK, redact_url, shape_of, split_url
 
 __all__ = ["PROXY_SCHEMES", "Proxy", "as_proxy"]
 
@@ -37,18 +39,27 @@ def _socks_extra() -> None:
         ) from exc
 
 
-def _host_of(parts: SplitResult, url: str) -> str:
+def _percent_decoded(text: str) -> str | None:
+    """``text`` percent-decoded as UTF-8, or ``None`` if it is not UTF-8 (no exception
+    is left behind to quote the bytes of a password)."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _host_of(parts: SplitResult, shown: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     host = parts.hostname
     if not host:
-        raise ValueError(f"proxy URL has no host: {url!r}")
+        raise ValueError(f"proxy URL has no host: {shown!r}")
     if netloc.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"proxy URL has an invalid IPv6 address: {url!r}") from None
+            raise ValueError(f"proxy URL has an invalid IPv6 address: {shown!r}") from None
     elif ":" in host:
-        raise ValueError(f"proxy URL has an invalid host: {url!r}")
+        raise ValueError(f"proxy URL has an invalid host: {shown!r}")
     return host
 
 
@@ -63,10 +74,10 @@ def _check_headers(
     checked: list[tuple[str, str]] = []
     for item in items:
         if not (isinstance(item, tuple) and len(item) == 2):
-            raise TypeError(f"headers must hold (name, value) pairs of str, not {item!r}")
+            raise TypeError(f"headers must hold (name, value) pairs of str, not {shape_of(item)}")
         name, value = item
         if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"headers must hold str names and values, not {item!r}")
+            raise TypeError(f"headers must hold str names and values, not {shape_of(item)}")
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"headers: invalid header name {name!r}")
         if _BAD_VALUE.search(value):
@@ -85,11 +96,23 @@ def _check_auth(auth: object) -> tuple[str, str] | None:
         or len(auth) != 2
         or not all(isinstance(part, str) for part in auth)
     ):
-        raise TypeError(f"auth must be a (username, password) tuple of str, not {auth!r}")
+        raise TypeError(f"auth must be a (username, password) tuple of str, not {shape_of(auth)}")
     username, password = auth
     if _BAD_VALUE.search(username + password):
         raise ValueError("auth must not contain CR, LF or NUL")
+    if not _encodable(username + password):
+        raise ValueError("auth must be text that UTF-8 can encode (no lone surrogates)")
     return (username, password)
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (without an exception left behind: it would
+    hold the text, a password)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, init=False, repr=False, slots=True)
@@ -108,7 +131,8 @@ class Proxy:
 
     A proxy is an immutable value: two proxies with the same URL, credentials and
     headers are equal and pool their connections together. Its ``repr`` hides the
-    password.
+    password (``Proxy('http://user:***@127.0.0.1:3128')``), and so does every error
+    message about it.
 
     Args:
         url: The proxy URL. It must name a port; a path (other than ``/``), query or
@@ -149,18 +173,18 @@ class Proxy:
     ) -> None:
         if not isinstance(url, str):
             raise TypeError(f"proxy URL must be a str, not {type(url).__name__}")
+        shown = redact_url(url)  # every message below: never the password
         if _FORBIDDEN.search(url):
-            raise ValueError(f"proxy URL must not contain spaces or control characters: {url!r}")
+            raise ValueError(f"proxy URL must not contain spaces or control characters: {shown!r}")
         if "://" not in url:
-            raise ValueError(f"proxy URL needs a scheme (http://, socks5://, socks5h://): {url!r}")
-        try:
-            parts = urlsplit(url)
-        except ValueError as exc:
-            raise ValueError(f"proxy URL is unparsable ({exc}): {url!r}") from None
+            raise ValueError(
+                f"proxy URL needs a scheme (http://, socks5://, socks5h://): {shown!r}"
+            )
+        parts, port = split_url(url, "proxy URL")
         scheme = parts.scheme.lower()
         if scheme == "https":
             raise ValueError(
-                f"proxy URL {url!r}: https:// proxies (TLS to the proxy) are not supported;"
+                f"proxy URL {shown!r}: https:// proxies (TLS to the proxy) are not supported;"
                 " an http:// proxy still carries https traffic, end to end encrypted, in a"
                 " CONNECT tunnel"
             )
@@ -168,28 +192,20 @@ class Proxy:
             raise ValueError(
                 f"proxy URL scheme must be one of {', '.join(PROXY_SCHEMES)}, not {scheme!r}"
             )
-        host = _host_of(parts, url)
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"proxy URL has an invalid port: {url!r}") from None
+        host = _host_of(parts, shown)
         if port is None or port == 0:
-            raise ValueError(f"proxy URL must name a port (1-65535): {url!r}")
+            raise ValueError(f"proxy URL must name a port (1-65535): {shown!r}")
         if parts.path not in ("", "/") or "?" in url or "#" in url:
-            raise ValueError(f"proxy URL must not have a path, query or fragment: {url!r}")
+            raise ValueError(f"proxy URL must not have a path, query or fragment: {shown!r}")
         checked_auth = _check_auth(auth)
         if parts.username is not None:
             if checked_auth is not None:
                 raise ValueError("give the proxy's credentials in the URL or in auth, not both")
-            try:
-                checked_auth = _check_auth(
-                    (
-                        unquote(parts.username, errors="strict"),
-                        unquote(parts.password or "", errors="strict"),
-                    )
-                )
-            except UnicodeDecodeError:
-                raise ValueError(f"proxy URL credentials are not UTF-8: {url!r}") from None
+            url_user = _percent_decoded(parts.username)
+            url_password = _percent_decoded(parts.password or "")
+            if url_user is None or url_password is None:
+                raise ValueError(f"proxy URL credentials are not UTF-8: {shown!r}")
+            checked_auth = _check_auth((url_user, url_password))
         checked_headers = _check_headers(headers)
         request_headers: list[tuple[bytes, bytes]] = []
         if scheme == "http":
@@ -237,12 +253,15 @@ class Proxy:
         return self._request_headers
 
     def __repr__(self) -> str:
-        extra = ""
+        """``Proxy('http://user:***@127.0.0.1:3128', headers=['X-Trace'])``: the URL
+        with the user name but not the password, the header names but not their
+        values."""
+        url = self.url
         if self.auth is not None:
-            extra += f", auth=({self.auth[0]!r}, '***')"
-        if self.headers:
-            extra += f", headers={[name for name, _ in self.headers]!r}"
-        return f"Proxy({self.url!r}{extra})"
+            scheme, _, address = url.partition("://")
+            url = f"{scheme}://{quote(self.auth[0], safe='')}:{MASK}@{address}"
+        extra = f", headers={[name for name, _ in self.headers]!r}" if self.headers else ""
+        return f"Proxy({url!r}{extra})"
 
 
 def as_proxy(value: object, name: str = "proxy") -> Proxy | None:

@@ -15,6 +15,7 @@ leaves in O(1).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import ssl
@@ -27,7 +28,7 @@ import trio
 
 from ._config import PoolConfig
 from ._connection import ConnectionOwner, ConnectionState, PooledConnection
-from ._exceptions import ConnectError, PoolClosed
+from ._exceptions import ConnectError, ConnectTimeout, PoolClosed
 from ._proxy import Proxy
 from ._shared import Multiplexer, OpenMultiplexer, SharedConnection, StreamLease
 from ._stats import PoolStatistics
@@ -347,16 +348,33 @@ def _first(queue: OrderedDict[Waiter, None]) -> Waiter:
 
 
 def _copy_error(error: BaseException, key: PoolKey) -> BaseException:
-    """The same connect error for another waiter (an exception object is raised in one
-    task only: tracebacks would mix)."""
-    copy: BaseException
+    """The same connect error for another waiter.
+
+    An exception object is raised in one task only (tracebacks would mix), so each
+    waiter gets a shallow copy: the same type and attributes (a
+    :class:`~trio_pool.ProxyError`'s ``status`` and ``proxy``), the same cause and
+    context, its own notes list, and a traceback of its own. An error that cannot be
+    copied that way (or is no connect error) is wrapped in a
+    :class:`~trio_pool.ConnectError` chained from it.
+    """
     if isinstance(error, ConnectError | PoolClosed):
-        copy = type(error)(*error.args)
-        copy.__cause__ = error.__cause__
-    else:
-        copy = ConnectError(f"cannot connect to {key.host}:{key.port}: {error!r}")
-        copy.__cause__ = error
-    return copy
+        copied: BaseException | None
+        try:
+            copied = copy.copy(error)
+        except Exception:  # e.g. a subclass whose __init__ wants more than its args
+            copied = None
+        if copied is not None and type(copied) is type(error):
+            copied.__cause__ = error.__cause__
+            copied.__context__ = error.__context__
+            copied.__suppress_context__ = error.__suppress_context__
+            copied.__traceback__ = None
+            notes = getattr(error, "__notes__", None)
+            if isinstance(notes, list):
+                copied.__notes__ = list(notes)
+            return copied
+    wrapped = ConnectError(f"cannot connect to {key.host}:{key.port}: {error!r}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 class PoolState:
@@ -639,7 +657,11 @@ class PoolState:
             error: What the requester(s) of a hand-off connect get.
             pending: A hand-off connect: its owner gets ``error``; if no other hand-off
                 connect of the key is left, so does every hand-off waiter without one
-                (a host that refuses fails them all now, with no connect each).
+                (a host that refuses fails them all now, with no connect each), each
+                its own copy (see :func:`_copy_error`). A :class:`ConnectTimeout` fails
+                only waiters whose own connect limit is no longer than the connect's:
+                a waiter never fails on a shorter limit than its own, it stays in line
+                and gets a connect of its own.
         """
         state.connecting -= 1
         self.total -= 1
@@ -650,15 +672,34 @@ class PoolState:
             owner = self._handoff_done(state, pending)
             if error is None:
                 error = PoolClosed("the pool's background tasks stopped")
-            if owner is not None:
+            # A connect that ran out of time fails only waiters whose own limit is no
+            # longer: the others wait on (and connect again, within their own limit).
+            limit = self._connect_limit(pending.timeout)
+            timed_out = isinstance(error, ConnectTimeout)
+
+            def outlasts(waiter: Waiter) -> bool:
+                return timed_out and self._connect_limit(waiter.connect_timeout) > limit
+
+            if owner is not None and not outlasts(owner):
                 self._settle(owner, now, hit=False)
                 self._fail(owner, error)
             if not state.handoffs:
                 for waiter in [w for w in state.waiters if w.handoff and w.owns is None]:
+                    if outlasts(waiter):
+                        continue
                     self._settle(waiter, now, hit=False)
                     self._fail(waiter, _copy_error(error, waiter.key.key))
         # A failing host is refilled on the back-off schedule, not at every failure.
+        # (The slot freed here goes to the line first: a waiter kept above is in it,
+        # with no connect of its own, so it gets a connect now, under its own limit.)
         self._freed(state, now, refill=not failed)
+
+    def _connect_limit(self, timeout: float | None) -> float:
+        """The limit a connect with this ``connect_timeout`` runs under (``None``: the
+        pool's ``connection_timeout``; no limit at all is ``inf``)."""
+        if timeout is None:
+            timeout = self.config.connection_timeout
+        return math.inf if timeout is None else timeout
 
     def _handoff_done(self, state: KeyState, pending: PendingConnect) -> Waiter | None:
         """A hand-off connect ended: detach it, and return its owner (if still waiting)."""

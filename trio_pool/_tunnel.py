@@ -7,8 +7,9 @@ same through a tunnel as without one. Each protocol is a thin loop around its sa
 state machine: h11 for the HTTP ``CONNECT`` exchange, socksio for SOCKS5.
 
 Nothing here has its own timeout: the pool runs the whole connect (tunnel and TLS
-included) under ``connection_timeout``. On any failure or cancellation the socket is
-closed before the exception leaves.
+included) under ``connection_timeout``, and :class:`Phase` tells it where a connect
+that timed out was (:func:`route_of` names the proxy or socket). On any failure or
+cancellation the socket is closed before the exception leaves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from ._state import PoolKey
 
-__all__ = ["open_transport"]
+__all__ = ["Phase", "open_transport", "route_of"]
 
 _PEEK_SIZE: Final = 16384  # h11's own limit on a response head (max_incomplete_event_size)
 _SOCKS_VERSION: Final = 5
@@ -36,6 +37,34 @@ _SOCKS_VERSION: Final = 5
 # byte is its length.
 _SOCKS_REST: Final = {1: 4 - 1 + 2, 4: 16 - 1 + 2}
 _SOCKS_DOMAIN: Final = 3
+
+
+class Phase:
+    """Where a connect is, in words for the message of one that times out: ``"TCP
+    connect"``, ``"CONNECT exchange with the proxy"``, ``"SOCKS5 handshake with the
+    proxy"``, ``"TLS handshake with the origin"``, ... Set by :func:`open_transport` and
+    by the pool as the connect goes on."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = "TCP connect"
+
+
+def route_of(key: PoolKey) -> str:
+    """How a connection of ``key`` reaches ``key.host:key.port``, for messages:
+    ``"127.0.0.1:8080"``, ``"origin.test:443 through the proxy http://127.0.0.1:3128"``,
+    ``"localhost:80 over the Unix socket '/run/x.sock'"``, or for a forwarding
+    connection ``"the proxy http://127.0.0.1:3128 (to forward requests)"``. A proxy is
+    named by its :attr:`~trio_pool.Proxy.url`, which has no credentials."""
+    if key.proxy is not None and key.forward:
+        return f"the proxy {key.proxy.url} (to forward requests)"
+    where = f"{key.host}:{key.port}"
+    if key.proxy is not None:
+        return f"{where} through the proxy {key.proxy.url}"
+    if key.uds is not None:
+        return f"{where} over the Unix socket {key.uds!r}"
+    return where
 
 
 def _authority(host: str, port: int) -> str:
@@ -55,8 +84,8 @@ def _wire_host(host: str) -> str:
     return host
 
 
-async def open_transport(key: PoolKey) -> trio.SocketStream:
-    """Open the socket a connection of ``key`` runs on.
+async def open_transport(key: PoolKey, phase: Phase) -> trio.SocketStream:
+    """Open the socket a connection of ``key`` runs on, keeping ``phase`` up to date.
 
     - ``key.uds``: a Unix-socket connect to that path.
     - no proxy: a TCP connect to ``key.host:key.port``.
@@ -76,6 +105,7 @@ async def open_transport(key: PoolKey) -> trio.SocketStream:
         OSError: A direct TCP connect failed (the pool wraps it, naming the origin).
     """
     if key.uds is not None:
+        phase.name = "connect to the Unix socket"
         try:
             return await trio.open_unix_socket(key.uds)
         except OSError as exc:
@@ -85,6 +115,7 @@ async def open_transport(key: PoolKey) -> trio.SocketStream:
         return await trio.open_tcp_stream(key.host, key.port)
     # A name that cannot be sent to a proxy fails here, before any I/O.
     target = key.host if key.forward else _wire_host(key.host)
+    phase.name = "TCP connect to the proxy"
     try:
         stream = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
@@ -93,8 +124,9 @@ async def open_transport(key: PoolKey) -> trio.SocketStream:
         return stream
     try:
         if proxy.is_socks:
-            await _socks5(stream, proxy, key.host, target, key.port)
+            await _socks5(stream, proxy, key.host, target, key.port, phase)
         else:
+            phase.name = "CONNECT exchange with the proxy"
             await _http_connect(stream, proxy, target, key.port)
     except BaseException as exc:
         stream.socket.close()
@@ -233,7 +265,7 @@ async def _resolve(host: str, port: int) -> str:
 
 
 async def _socks5(
-    stream: trio.SocketStream, proxy: Proxy, host: str, wire_host: str, port: int
+    stream: trio.SocketStream, proxy: Proxy, host: str, wire_host: str, port: int, phase: Phase
 ) -> None:
     """The SOCKS5 greeting, login (RFC 1929) and ``CONNECT``, through socksio.
 
@@ -246,7 +278,11 @@ async def _socks5(
         raise ImportError(
             "SOCKS proxies need the socksio package: pip install 'trio-pool[socks]'"
         ) from exc
-    address = await _resolve(host, port) if proxy.scheme == "socks5" else wire_host
+    address = wire_host
+    if proxy.scheme == "socks5":
+        phase.name = "name lookup of the origin (for the socks5:// proxy)"
+        address = await _resolve(host, port)
+    phase.name = "SOCKS5 handshake with the proxy"
     target = _authority(host, port)
 
     def fail(what: str) -> ProxyError:
@@ -277,6 +313,7 @@ async def _socks5(
             login = conn.receive_data(await _receive_exactly(stream, 2, proxy))
             if not isinstance(login, socks5.SOCKS5UsernamePasswordReply) or not login.success:
                 raise fail("rejected the user name and password")
+        phase.name = "SOCKS5 CONNECT request to the proxy"
         conn.send(
             socks5.SOCKS5CommandRequest.from_address(socks5.SOCKS5Command.CONNECT, (address, port))
         )

@@ -27,7 +27,6 @@ try:
 except ImportError as _exc:  # pragma: no cover - depends on the environment
     raise ImportError("trio_pool.httpx needs httpx: pip install 'trio-pool[httpx]'") from _exc
 
-import h11
 import trio
 
 from ._exceptions import (
@@ -62,7 +61,7 @@ from .http._exceptions import (
     WriteTimeout,
 )
 from .http._h2_client import H2Exchange
-from .http._models import Target, authority
+from .http._models import Target, authority, h11_request
 from .http._timeouts import NO_LIMIT, Timeout
 
 __all__ = ["PoolTransport"]
@@ -214,8 +213,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
             names = {name.lower() for name, _ in fields}
             request_target = routed_target(route, request_target, fields, names)
         try:
-            event = h11.Request(method=method, target=request_target, headers=fields)
-        except h11.LocalProtocolError as exc:
+            event = h11_request(method, request_target, fields)
+        except ValueError as exc:  # (its message quotes no header value)
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         body: Body
         try:

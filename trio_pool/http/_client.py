@@ -24,6 +24,7 @@ from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
+from .._redact import shape_of
 from ._exceptions import (
     HTTPError,
     LocalProtocolError,
@@ -37,7 +38,7 @@ from ._exceptions import (
     WriteTimeout,
 )
 from ._h2_client import H2Exchange, request_h2
-from ._models import Response, Target, check_method, parse_url
+from ._models import Response, Target, check_method, h11_request, parse_url
 from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
 __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
@@ -74,7 +75,8 @@ def _to_bytes(value: object, what: str) -> bytes:
         try:
             return value.encode("latin-1")
         except UnicodeError:
-            raise ValueError(f"{what} must be latin-1 text, got {value!r}") from None
+            pass  # raised below: the codec's error would quote the value
+        raise ValueError(f"{what} must be latin-1 text (not shown: it may be a secret)")
     raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
@@ -95,7 +97,7 @@ def _header_list(headers: object) -> list[tuple[bytes, bytes]]:
     result = []
     for item in items:
         if not isinstance(item, tuple) or len(item) != 2:
-            raise TypeError(f"headers must be (name, value) pairs, got {item!r}")
+            raise TypeError(f"headers must be (name, value) pairs, not {shape_of(item)}")
         result.append(
             (_to_bytes(item[0], "header name").lower(), _to_bytes(item[1], "header value"))
         )
@@ -721,10 +723,7 @@ class HTTPClient:
                 fields.append((b"transfer-encoding", b"chunked"))
             elif body or method_bytes in _BODY_METHODS:
                 fields.append((b"content-length", b"%d" % len(body)))  # type: ignore[arg-type]
-        try:
-            event = h11.Request(method=method_bytes, target=request_target, headers=fields)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"invalid request: {exc}") from None
+        event = h11_request(method_bytes, request_target, fields)
         check_framing(event, None if stream is not None else body)  # type: ignore[arg-type]
         prepared = (target, event, method_bytes in IDEMPOTENT_METHODS, body)
         if plain:

@@ -47,6 +47,7 @@ from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 
 from .._exceptions import ConnectTimeout
+from .._redact import shape_of
 from ._exceptions import HTTPError, ReadError, RemoteProtocolError, WriteError
 from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
 
@@ -98,7 +99,8 @@ def _check_bytes(value: object, what: str) -> bytes:
         try:
             return value.encode("ascii")
         except UnicodeError:
-            raise ValueError(f"{what} must be ASCII, got {value!r}") from None
+            pass  # raised below: the codec's error would quote the value (a secret?)
+        raise ValueError(f"{what} must be ASCII (the value is not shown)")
     raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
@@ -137,7 +139,7 @@ def _request_headers(
         raise TypeError(f"headers must be a sequence of pairs, not {type(headers).__name__}")
     for pair in headers:
         if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"headers must hold (name, value) pairs, got {pair!r}")
+            raise TypeError(f"headers must hold (name, value) pairs, not {shape_of(pair)}")
         name = _check_bytes(pair[0], "header name").lower()
         value = _check_bytes(pair[1], "header value").strip()
         if not name or name.startswith(b":"):
@@ -145,7 +147,7 @@ def _request_headers(
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"header name {pair[0]!r} is not an HTTP token")
         if _BAD_VALUE.search(value):
-            raise ValueError(f"header value {pair[1]!r} contains CR, LF or NUL")
+            raise ValueError(f"the value of header {pair[0]!r} contains CR, LF or NUL")
         if name in _HOP_BY_HOP or (name == b"te" and value.lower() != b"trailers"):
             continue
         if name in _SECRET or (name == b"cookie" and len(value) < 20):

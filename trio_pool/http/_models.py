@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
-from urllib.parse import urlsplit
 
 import idna
 import trio
 
+from .._redact import redact_url, split_url
 from ._exceptions import ResponseNotRead, StreamConsumed
 
 if TYPE_CHECKING:
+    import h11
+
     from .._proxy import Proxy
     from ._exceptions import StreamClosed
 
@@ -34,7 +36,7 @@ class Exchange(Protocol):
     def closed_error(self) -> StreamClosed: ...
 
 
-__all__ = ["Response", "Target", "authority", "check_method", "parse_url"]
+__all__ = ["Response", "Target", "authority", "check_method", "h11_request", "parse_url"]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # RFC 9110 token: what a method may be made of.
@@ -103,32 +105,29 @@ def parse_url(url: object) -> Target:
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
+    shown = redact_url(url)  # every message below: never the password
     if _CONTROL.search(url):
         raise ValueError(
-            f"url must not contain spaces or control characters (CR, LF, TAB...): {url!r}"
+            f"url must not contain spaces or control characters (CR, LF, TAB...): {shown!r}"
         )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"url is not a valid URL: {url!r} ({exc})") from None
+    parts, port = split_url(url, "url")
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        raise ValueError(f"url must start with http:// or https://, got {shown!r}")
     host = parts.hostname
     if not host:
-        raise ValueError(f"url has no host: {url!r}")
+        raise ValueError(f"url has no host: {shown!r}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"url must not contain credentials: {url!r}")
+        raise ValueError(f"url must not contain credentials: {shown!r}")
     if port == 0:
-        raise ValueError(f"url has port 0: {url!r}")
+        raise ValueError(f"url has port 0: {shown!r}")
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
     try:
         target = path.encode("ascii")
     except UnicodeError:
-        raise ValueError(f"url must be ASCII (percent-encode the path): {url!r}") from None
+        raise ValueError(f"url must be ASCII (percent-encode the path): {shown!r}") from None
     if not host.isascii():
         # The encoding trio uses to connect (trio.socket's encode_hostname): IDNA 2008
         # with UTS 46 mapping, not Python's IDNA 2003 codec ("faß.de" is not "fass.de").
@@ -136,11 +135,39 @@ def parse_url(url: object) -> Target:
             host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
             raise ValueError(
-                f"url has a host name that is not valid IDNA: {url!r} ({exc})"
+                f"url has a host name that is not valid IDNA: {shown!r} ({exc})"
             ) from None
     tls = scheme == "https"
     port = _DEFAULT_PORTS[scheme] if port is None else port
     return Target(host, port, tls, target, authority(host, port, tls))
+
+
+def h11_request(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]]) -> h11.Request:
+    """The h11 request for these parts.
+
+    Raises:
+        ValueError: h11 refuses them. h11 quotes a bad header value in its message, and
+            a value may be a credential (``Authorization``, ``Cookie``): this message
+            names the header instead, and h11's error is not left behind as its
+            ``__context__``.
+    """
+    import h11
+
+    try:
+        return h11.Request(method=method, target=target, headers=fields)
+    except h11.LocalProtocolError as exc:
+        message = str(exc)
+    for name, value in fields:
+        if repr(value) in message:
+            message = (
+                f"the value of the {name.decode('latin-1')!r} header has CR, LF, NUL or"
+                " whitespace at its ends (the value is not shown: it may be a secret)"
+            )
+            break
+    else:
+        if "header value" in message:  # pragma: no cover - h11 always quotes the value
+            message = "a header value has CR, LF, NUL or whitespace at its ends"
+    raise ValueError(f"invalid request: {message}")
 
 
 def check_method(method: object) -> bytes:
