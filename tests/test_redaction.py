@@ -296,7 +296,14 @@ async def test_transport_refusing_a_scheme_hides_the_password() -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["http://user:s3cr3t@127.0.0.1", "user:s3cr3t@127.0.0.1/x", " user:s3cr3t@h"]
+    "host",
+    [
+        "http://user:s3cr3t@127.0.0.1",
+        "user:s3cr3t@127.0.0.1/x",
+        " user:s3cr3t@h",
+        "user:s3cr3t@127.0.0.1:8080",
+        "[user:s3cr3t@h]",
+    ],
 )
 async def test_a_url_given_as_host_hides_its_password(host: str) -> None:
     async with trio_pool.open_pool() as pool:
