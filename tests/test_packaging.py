@@ -10,10 +10,14 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from . import nginx, proxies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +36,8 @@ def test_extras_per_command() -> None:
     assert declared["demo"] == {"trustme"}  # all the demo needs beyond trio_pool itself
     assert declared["demo"] <= declared["test"]  # ./run demo is satisfied by a test install
     assert {"matplotlib", "aiohttp", "httpx", "trustme"} <= declared["bench"]
-    assert [extra for extra, names in declared.items() if "matplotlib" in names] == ["bench"]
+    # The whole suite runs whole: the chart tests need matplotlib, the sdist test hatchling.
+    assert {"matplotlib", "hatchling"} <= declared["test"]
 
 
 @pytest.fixture
@@ -86,3 +91,95 @@ def test_run_demo_reuses_a_test_install_and_redoes_a_stale_one(scratch: Path) ->
     assert calls[0].endswith("-e .[demo]")
     stamps = sorted(p.name for p in (scratch / ".venv").glob(".installed-*"))
     assert [s.rsplit("-", 1)[0] for s in stamps] == [".installed-demo", ".installed-test"]
+
+
+# What a working checkout accumulates and an sdist must not ship.
+LEFT_BEHIND = [
+    ".hypothesis/examples/0a1b/2c3d",
+    ".venv/bin/python",
+    ".nox/tests/bin/python",
+    ".pytest_cache/v/cache/lastfailed",
+    ".mypy_cache/3.11/trio_pool.json",
+    ".ruff_cache/0.1/123",
+    "trio_pool/__pycache__/_pool.cpython-311.pyc",
+    "tests/__pycache__/conftest.cpython-311.pyc",
+    "docs/_build/html/index.html",
+    "benchmarks/results/20261201-http.json",
+    "dist/trio_pool-0.0.0.tar.gz",
+    ".coverage",
+]
+
+
+def test_sdist_ships_the_project_not_caches(tmp_path: Path) -> None:
+    """An sdist built from a used checkout holds the sources, docs and tests, and none of
+    the caches, virtual environments or results lying around. pyproject.toml's excludes
+    do this alone (the copy has no .gitignore, as an unpacked sdist need not)."""
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT,
+        project,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".gitignore",
+            ".venv",
+            ".nox",
+            ".hypothesis",
+            "*_cache",
+            "__pycache__",
+            "_build",
+            "results",
+            "dist",
+            ".coverage",
+        ),
+    )
+    for name in LEFT_BEHIND:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(b"x")
+    out = tmp_path / "dist"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, hatchling.build as b; print(b.build_sdist(sys.argv[1]))",
+            str(out),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()[-1]
+    with tarfile.open(out / built) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "trio_pool/__init__.py",
+        "trio_pool/py.typed",
+        "tests/test_packaging.py",
+        "docs/index.rst",
+    } <= names
+    shipped = sorted(name for name in names for junk in LEFT_BEHIND if name == junk)
+    assert shipped == [], shipped
+    caches = sorted(
+        name
+        for name in names
+        if {".hypothesis", ".venv", ".nox", "__pycache__", "_build"} & set(name.split("/"))
+        or name.split("/")[0].endswith("_cache")
+    )
+    assert caches == []
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_missing_peer_skips_locally_and_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    """A test whose real peer (nginx, tinyproxy, microsocks) is not installed is skipped
+    on a developer's machine and fails under ``CI``, where ``./run tests`` installs them."""
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(nginx, "find_nginx", lambda: None)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="nginx is not installed"):
+        nginx.require_nginx()
+    with pytest.raises(outcome, match="no-such-proxy is not installed"):
+        proxies.find_binary("no-such-proxy")
