@@ -6,6 +6,7 @@ records how it was called: nothing is installed and nothing leaves the machine.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import shutil
@@ -183,3 +184,58 @@ def test_missing_peer_skips_locally_and_fails_under_ci(
         nginx.require_nginx()
     with pytest.raises(outcome, match="no-such-proxy is not installed"):
         proxies.find_binary("no-such-proxy")
+
+
+def session_extras() -> dict[str, set[str]]:
+    """The extras of ``.[...]`` each nox session installs, by session."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    constants = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    installed: dict[str, set[str]] = {}
+    for function in tree.body:
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        names: set[str] = set()
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name) and node.id in constants:
+                node = constants[node.id]
+            for text in ast.walk(node):
+                if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                    for match in re.finditer(r"^\.\[([\w,]+)\]$", text.value):
+                        names |= set(match.group(1).split(","))
+        installed[function.name] = names
+    return installed
+
+
+def imported_extras() -> set[str]:
+    """The extras whose packages trio_pool's modules import."""
+    declared = extras()
+    source = "\n".join(path.read_text() for path in (ROOT / "trio_pool").rglob("*.py"))
+    imported = set(re.findall(r"^\s*(?:import|from) (\w+)", source, re.MULTILINE))
+    return {
+        extra
+        for extra in ("httpx", "anyio", "prometheus", "socks", "http2", "demo")
+        for name in declared[extra]
+        if name.replace("-", "_") in imported or (name == "prometheus_client" and name in imported)
+    }
+
+
+def test_each_nox_session_installs_what_it_imports() -> None:
+    """``nox -s typecheck`` and ``nox -s docs`` import every module of trio_pool, so they
+    install every extra those modules import (typecheck once lacked socks); the test and
+    soak sessions the test extra, bench the bench extra, which has h2 for bench_http2."""
+    sessions = session_extras()
+    needed = imported_extras()
+    assert needed == {"httpx", "anyio", "prometheus", "socks", "http2", "demo"}
+    assert needed <= sessions["typecheck"]
+    assert needed <= sessions["docs"]
+    assert sessions["tests"] == sessions["soak"] == {"test"}
+    assert sessions["bench"] == {"bench"}
+    assert {"h2", "httpx", "aiohttp", "matplotlib", "trustme"} <= extras()["bench"]
+    # The test extra covers what trio_pool imports, and so does a typecheck install.
+    assert set().union(*(extras()[extra] for extra in needed)) <= extras()["test"]
