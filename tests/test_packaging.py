@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import trio_pool
+
 from . import nginx, proxies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +241,27 @@ def test_each_nox_session_installs_what_it_imports() -> None:
     assert {"h2", "httpx", "aiohttp", "matplotlib", "trustme"} <= extras()["bench"]
     # The test extra covers what trio_pool imports, and so does a typecheck install.
     assert set().union(*(extras()[extra] for extra in needed)) <= extras()["test"]
+
+
+def test_version_is_one_and_has_its_changelog_section() -> None:
+    """pyproject.toml and ``trio_pool.__version__`` agree, docs/history.rst has a section
+    for that version, and towncrier is configured to write there from newsfragments/."""
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        pyproject = tomllib.load(file)
+    version = pyproject["project"]["version"]
+    assert version == trio_pool.__version__ == "0.2.0"
+    history = (ROOT / "docs" / "history.rst").read_text()
+    assert re.search(rf"^trio_pool {re.escape(version)} \(\d{{4}}-\d\d-\d\d\)\n-+\n", history, re.M)
+    towncrier = pyproject["tool"]["towncrier"]
+    assert (towncrier["filename"], towncrier["directory"]) == ("docs/history.rst", "newsfragments")
+    assert ".. towncrier release notes start" in history
+    assert (ROOT / "newsfragments" / "README.rst").exists()
+    assert re.search(r"^   history$", (ROOT / "docs" / "index.rst").read_text(), re.M)
+    assert "towncrier" not in {name for name in extras()["test"]}  # a docs tool, not a test one
+
+
+def test_description_names_http2() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        description = tomllib.load(file)["project"]["description"]
+    assert "HTTP/2" in description
+    assert "HTTP/2" in (ROOT / "docs" / "index.rst").read_text().split(".. code-block")[0]
