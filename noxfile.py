@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck bench soak docs demo``."""
+"""Developer sessions: ``nox -s tests lint typecheck bench soak docs demo changelog``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck"]
 
 TEST_DEPS = [".[test]"]
+# Every extra that trio_pool's own modules import (lazily): type checking and the API
+# docs import them all, so both sessions install them all.
+ALL_EXTRAS = ".[httpx,anyio,prometheus,socks,http2,demo]"
+DOCS_DEPS = ".[httpx,anyio,prometheus,socks,http2,demo,docs]"
 
 
 @nox.session
@@ -28,7 +32,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     # Not editable: pyright --verifytypes cannot see a package behind an editable install.
-    session.install(".[httpx,anyio,prometheus,http2]", "mypy", "pyright", "trustme")
+    session.install(ALL_EXTRAS, "mypy", "pyright")
     session.run("mypy")
     session.run("pyright", "--verifytypes", "trio_pool", "--ignoreexternal")
 
@@ -50,7 +54,7 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    session.install("-e", ".[httpx,anyio,prometheus]", "sphinx", "myst-parser")
+    session.install("-e", DOCS_DEPS)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
@@ -58,3 +62,11 @@ def docs(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install("-e", ".[demo]")
     session.run("python", "-m", "trio_pool", "demo", *session.posargs)
+
+
+@nox.session
+def changelog(session: nox.Session) -> None:
+    """The next release's notes from newsfragments/, as a draft (``-- --version X.Y.Z``;
+    ``towncrier build --version X.Y.Z`` writes them into docs/history.rst at a release)."""
+    session.install("towncrier>=23.10")
+    session.run("towncrier", "build", "--draft", *(session.posargs or ["--version", "next"]))

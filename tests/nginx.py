@@ -31,7 +31,16 @@ from pathlib import Path
 import pytest
 import trio
 
-__all__ = ["BIG_SIZE", "TEXT", "Nginx", "find_nginx", "free_port", "nginx_config", "open_nginx"]
+__all__ = [
+    "BIG_SIZE",
+    "TEXT",
+    "Nginx",
+    "find_nginx",
+    "free_port",
+    "nginx_config",
+    "open_nginx",
+    "require_nginx",
+]
 
 from .servers import HOST, wait_listening
 
@@ -46,6 +55,20 @@ def find_nginx() -> str | None:
     if os.access("/usr/sbin/nginx", os.X_OK):
         return "/usr/sbin/nginx"
     return shutil.which("nginx")
+
+
+def require_nginx() -> str:
+    """Path of the nginx binary, or skip the test when there is none.
+
+    Under ``CI`` a missing nginx fails the test instead: ``./run tests`` installs it, and
+    a silent skip there would hide the nginx tests.
+    """
+    binary = find_nginx()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed, and CI must run the nginx tests")
+        pytest.skip("nginx is not installed (apt-get install nginx-light): HTTP test skipped")
+    return binary
 
 
 def free_port() -> int:
@@ -153,12 +176,7 @@ async def open_nginx(tmp_path: Path, **options: object) -> AsyncIterator[Nginx]:
     Skips the test when no nginx binary is installed. ``options`` go to
     :func:`nginx_config`.
     """
-    binary = find_nginx()
-    if binary is None:
-        if os.environ.get("CI"):
-            # CI installs nginx (./run tests); a silent skip there would hide the HTTP tests.
-            pytest.fail("nginx is not installed, and CI must run the nginx tests")
-        pytest.skip("nginx is not installed (apt-get install nginx-light): HTTP test skipped")
+    binary = require_nginx()
     root = tmp_path / "nginx"
     for sub in ("www", "tmp", "logs"):
         (root / sub).mkdir(parents=True, exist_ok=True)

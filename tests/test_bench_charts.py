@@ -113,7 +113,6 @@ def test_without_matplotlib_write_chart_says_so(
 
 @pytest.mark.parametrize("make", [http_result, pooling_result, spike_result])
 def test_chart_is_a_png_beside_the_json(make: Any, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     result = make()
     json_path = tmp_path / f"20261201-190000-{result['name']}.json"
     path = write_chart(result, json_path)

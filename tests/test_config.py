@@ -185,7 +185,8 @@ def test_presets_take_overrides() -> None:
         ),
         (
             lambda: PoolConfig.resource_constrained(min_size=21),
-            r"max_size=20 from the PoolConfig\.resource_constrained\(\) preset; override it",
+            r"max_size=20 from the PoolConfig\.resource_constrained\(\) preset, min_size=21"
+            r" from the keyword argument; override max_size as well",
         ),
     ],
 )
@@ -234,6 +235,49 @@ async def test_open_pool_overrides_apply_over_config() -> None:
         assert pool.config == PoolConfig.low_latency().replace(min_size=1)
     async with trio_pool.open_pool(config=PoolConfig(max_size=2)) as pool:
         assert pool.config.max_size == 2
+
+
+async def test_open_pool_error_says_which_value_came_from_the_preset() -> None:
+    """``open_pool(PoolConfig.high_traffic(), max_size=5)``: the 50 is the preset's."""
+    with pytest.raises(ValueError) as info:
+        async with trio_pool.open_pool(PoolConfig.high_traffic(), max_size=5):
+            pytest.fail("the pool must not open")  # pragma: no cover
+    assert str(info.value) == (
+        "min_size must be between 0 and max_size (5), got 50 (min_size=50 from the"
+        " PoolConfig.high_traffic() preset, max_size=5 from the keyword argument;"
+        " override min_size as well)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "origin"),
+    [
+        (
+            lambda: PoolConfig.low_latency(acquire_timeout=None).replace(max_size=5),
+            "min_size=20 from the PoolConfig.low_latency() preset",
+        ),
+        (lambda: PoolConfig(min_size=8).replace(max_size=5), "min_size=8 from the config"),
+        (lambda: PoolConfig().replace(min_size=101), "max_size=100 from the config"),
+    ],
+)
+def test_replace_errors_say_which_value_came_from_where(
+    make: Callable[[], PoolConfig], origin: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        make()
+    message = str(info.value)
+    assert message.startswith("min_size must be between 0 and max_size")
+    assert f"({origin}, " in message
+    assert " from the keyword argument; override " in message
+
+
+async def test_open_pool_without_config_names_the_default() -> None:
+    with pytest.raises(ValueError) as info:
+        async with trio_pool.open_pool(min_size=101):
+            pytest.fail("the pool must not open")  # pragma: no cover
+    assert "(max_size=100 from PoolConfig's defaults, min_size=101 from the keyword" in str(
+        info.value
+    )
 
 
 async def test_open_pool_unknown_override() -> None:

@@ -13,9 +13,20 @@ import sys
 import pytest
 import trio
 
+import trio_pool
 from trio_pool.__main__ import build_parser
 from trio_pool.__main__ import main as cli_main
-from trio_pool._demo import REQUEST, RESPONSE, DemoSummary, run_demo, summary_lines, table
+from trio_pool._demo import (
+    MODES,
+    REQUEST,
+    RESPONSE,
+    DemoSummary,
+    ModeResult,
+    _Display,
+    run_demo,
+    summary_lines,
+    table,
+)
 
 
 async def test_demo_counts() -> None:
@@ -55,7 +66,7 @@ async def test_demo_counts() -> None:
         in text
     )
     assert summary_lines(summary)[0] in text
-    assert "TLS full/res" in text  # the TLS column, with TLS modes
+    assert " resumed\n" in text  # the TLS column, with TLS modes
 
 
 async def test_demo_piped_names_each_mode_then_prints_the_table_once() -> None:
@@ -106,7 +117,7 @@ def test_table_has_a_tls_column_only_with_tls_modes() -> None:
     plain = trio.run(run, False).results
     assert table(plain)[0].endswith("p99 ms")
     assert all(len(line) == len(table(plain)[0]) for line in table(plain)[1:2])
-    assert table(plain, tls=True)[0].endswith("TLS full/res")
+    assert table(plain, tls=True)[0].endswith("resumed")
 
 
 @pytest.mark.parametrize(
@@ -172,3 +183,113 @@ def test_python_m_trio_pool() -> None:
     assert done.returncode == 0, done.stderr
     assert "TCP, pooled" in done.stdout
     assert "Summary" in done.stdout
+
+
+def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m trio_pool --version`` prints the package's version and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"trio_pool {trio_pool.__version__}\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_pool", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == f"trio_pool {trio_pool.__version__}"
+
+
+def mode_result(mode: str, requests: int, **counts: float) -> ModeResult:
+    """A finished mode's result: ``requests`` done, the rest from ``counts``."""
+    tls = mode.startswith("tls")
+    pooled = mode.endswith("pooled")
+    title = next(m.title for m in MODES if m.key == mode)
+    fields: dict[str, float] = {
+        "errors": 0,
+        "seconds": 1.0,
+        "connections_created": requests,
+        "connections_closed": requests,
+        "idle": 0,
+        "active": 0,
+        "hits": 0,
+        "misses": requests,
+        "tls_handshakes": requests if tls else 0,
+        "tls_resumptions": 0,
+        "p50": 0.0125,
+        "p99": 0.25,
+    }
+    fields.update(counts)
+    return ModeResult(
+        mode=mode,
+        title=title,
+        pooled=pooled,
+        tls=tls,
+        total=requests,
+        done=requests,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def big_run(requests: int) -> list[ModeResult]:
+    """Every mode at ``requests``, with figures as wide as a fast machine gives."""
+    pooled = {
+        "seconds": requests / 123_456,  # six-figure req/s
+        "connections_created": 22,
+        "connections_closed": 0,
+        "idle": 22,
+        "hits": requests - 20,
+        "misses": 20,
+    }
+    return [
+        mode_result("tcp-new", requests, seconds=requests / 1_653),
+        mode_result("tcp-pooled", requests, **pooled),
+        mode_result("tls-new", requests, seconds=requests / 365, p99=1.5),
+        mode_result("tls-pooled", requests, **pooled, tls_handshakes=22, tls_resumptions=18),
+    ]
+
+
+@pytest.mark.parametrize("requests", [1, 2_000, 20_000, 999_999])
+@pytest.mark.parametrize("tls", [False, True])
+def test_table_fits_80_columns(requests: int, tls: bool) -> None:
+    """Every line of the table fits an 80-column terminal (79 characters, so no terminal
+    wraps it), its columns line up, and no figure is cut."""
+    results = big_run(requests)
+    lines = table(results, tls=tls)
+    assert all(len(line) <= 79 for line in lines), "\n".join(lines)
+    header, rule, *rows = lines
+    assert set(rule) == {"-"}
+    assert len(rule) == max(len(line) for line in lines)
+    # Every cell fits its column: a wider one would push the row past the header's end
+    # (the last column is right-aligned, so each row ends where the header does).
+    assert all(len(row) == len(header) for row in rows), "\n".join(lines)
+    assert f"{requests:,}" in rows[0]
+
+
+def test_demo_final_table_fits_80_columns() -> None:
+    """On an 80-column terminal the final table is printed whole and fits."""
+    out = io.StringIO()
+    display = _Display(out, live=False, tls=True)
+    display.draw(big_run(20_000), final=True)
+    assert all(len(line) <= 79 for line in out.getvalue().splitlines())
+
+
+@pytest.mark.parametrize("requests", [2_000, 20_000])
+def test_summary_hit_rate_agrees_with_the_counts_it_shows(requests: int) -> None:
+    """The hit rate is followed by the counts it is computed from; no other count
+    shown next to it reads as a different rate."""
+    summary = DemoSummary(requests, 20, 4, tuple(big_run(requests)))
+    lines = summary_lines(summary)
+    assert all(len(line) < 80 for line in lines)
+    text = "\n".join(lines)
+    rates = re.findall(r"hit rate ([\d.]+)% \(([\d,]+) of ([\d,]+) requests", text)
+    assert len(rates) == 2, text
+    for rate, hits, total in rates:
+        assert f"{int(hits.replace(',', '')) / int(total.replace(',', '')):.1%}" == f"{rate}%"
+        assert (int(hits.replace(",", "")), int(total.replace(",", ""))) == (
+            requests - 20,
+            requests,
+        )
+    # The 22 connections (2 more than the 20 misses) are explained, not left to disagree.
+    assert text.count("22 connections opened") == 2

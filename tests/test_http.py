@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import h11
+import httpx
 import pytest
 import trio
 import trio.lowlevel
@@ -23,8 +25,10 @@ from trio_pool.http import (
     RemoteProtocolError,
     RequestTimeout,
 )
+from trio_pool.httpx import PoolTransport
 
 from .checks import assert_settled
+from .h2servers import H2Server, ServerStream, answer_ok
 from .nginx import BIG_SIZE, TEXT, Nginx, open_nginx
 from .servers import HOST, open_fds, reset, start_server
 
@@ -457,6 +461,47 @@ async def test_request_body_and_headers_reach_server(nursery: trio.Nursery) -> N
         headers = dict(req.headers)
         assert headers[b"host"] == b"%s:%d" % (HOST.encode(), server.port)
         assert headers[b"content-length"] == b"7"
+
+
+async def record_request_lines(lines: list[bytes], stream: trio.SocketStream) -> None:
+    """Record each request's first line as sent; answer ``204`` (keep-alive, no body).
+
+    Requests here have no body, so a request ends at its blank line."""
+    buffer = b""
+    with trio.move_on_after(10):
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                data = await stream.receive_some()
+                if not data:
+                    return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines.append(head.split(b"\r\n", 1)[0])
+            await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "delete", "patch"])
+async def test_method_is_sent_upper_case(nursery: trio.Nursery, method: str) -> None:
+    """``request("get", ...)`` sends ``GET`` (as httpx does), on HTTP/1.1 and HTTP/2."""
+    lines: list[bytes] = []
+    port = await start_server(nursery, partial(record_request_lines, lines))
+    h2_methods: list[bytes] = []
+
+    async def record_method(stream: ServerStream) -> None:
+        h2_methods.append(bytes(dict(stream.headers)[b":method"]))
+        await answer_ok(stream)
+
+    h2_port = await H2Server(routes={"/": record_method}).start(nursery)
+    async with trio_pool.open_pool() as pool:
+        response = await HTTPClient(pool).request(method, f"http://{HOST}:{port}/m")
+        assert response.status == 204
+        async with httpx.AsyncClient(transport=PoolTransport(pool)) as client:
+            assert (await client.request(method, f"http://{HOST}:{port}/x")).status_code == 204
+        h2 = HTTPClient(pool, http2="prior-knowledge")
+        assert (await h2.request(method, f"http://{HOST}:{h2_port}/")).status == 200
+    expected = method.upper().encode()
+    assert lines == [expected + b" /m HTTP/1.1", expected + b" /x HTTP/1.1"]
+    assert h2_methods == [expected]
 
 
 # -- failures --------------------------------------------------------------------------------

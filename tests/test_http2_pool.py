@@ -21,7 +21,7 @@ from trio_pool.http import HTTPClient, StreamReset
 
 from .checks import assert_settled, settle_connects
 from .h2servers import App, H2Server, ServerStream, open_nginx_h2, start_hypercorn, write_cert
-from .nginx import find_nginx, free_port, open_nginx
+from .nginx import free_port, open_nginx, require_nginx
 from .servers import HOST, open_fds
 
 MAX_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
@@ -110,8 +110,7 @@ async def test_hypercorn_requests_share_one_connection(
 async def test_nginx_http2_and_alpn_fallback(
     tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
 ) -> None:
-    if find_nginx() is None:
-        pytest.skip("nginx is not installed")
+    require_nginx()
     async with open_nginx_h2(tmp_path, cert) as (_nginx, port), trio_pool.open_pool() as pool:
         client = HTTPClient(pool, http2=True, ssl_context=trusting(ca))
         results: list[tuple[int, str, int]] = []
@@ -131,8 +130,7 @@ async def test_nginx_http2_and_alpn_fallback(
 async def test_alpn_falls_back_to_http11(
     tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
 ) -> None:
-    if find_nginx() is None:
-        pytest.skip("nginx is not installed")
+    require_nginx()
     chain, key = write_cert(cert, tmp_path / "certs")
     port = free_port()
     server = f"""
@@ -447,8 +445,7 @@ async def test_nginx_goaway_after_keepalive_requests_through_the_pool(
 ) -> None:
     """nginx sends GOAWAY after 7 streams a connection: every request still succeeds,
     on new connections, and the old ones close."""
-    if find_nginx() is None:
-        pytest.skip("nginx is not installed")
+    require_nginx()
     async with (
         open_nginx_h2(tmp_path, cert, keepalive_requests=7) as (_nginx, port),
         trio_pool.open_pool(max_size=4) as pool,
@@ -502,8 +499,7 @@ async def test_pool_closed_with_streams_in_flight(nursery: trio.Nursery) -> None
 async def test_cancellation_storm_nginx_through_the_pool(
     tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
 ) -> None:
-    if find_nginx() is None:
-        pytest.skip("nginx is not installed")
+    require_nginx()
     rng = random.Random(7)
     completed = 0
     async with (

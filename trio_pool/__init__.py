@@ -1,8 +1,9 @@
 """trio_pool: a connection pool for trio.
 
 Per-host pools of TCP and TLS connections living in a nursery, with cancellation-safe
-acquire, health checks, idle eviction, warm floors, TLS session resumption and
-statistics. HTTP/1.1 keep-alive lives in :mod:`trio_pool.http`.
+acquire, health checks, idle eviction, warm floors, TLS session resumption, proxies,
+Unix sockets and statistics. HTTP/1.1 keep-alive and HTTP/2 live in
+:mod:`trio_pool.http`, an httpx transport in :mod:`trio_pool.httpx`.
 
 The integrations are submodules, reachable as attributes after ``import trio_pool``
 (``trio_pool.http``, ``trio_pool.httpx``, ``trio_pool.anyio``, ``trio_pool.metrics``);
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ imports them on 
     from . import httpx as httpx
     from . import metrics as metrics
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = frozenset({"anyio", "http", "httpx", "metrics"})
 

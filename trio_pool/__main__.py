@@ -1,4 +1,4 @@
-"""Command line: ``python -m trio_pool demo [options]``."""
+"""Command line: ``python -m trio_pool demo [options]``, ``python -m trio_pool --version``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from ._demo import DEFAULT_CONCURRENCY, DEFAULT_HOSTS, DEFAULT_REQUESTS, MAX_HOSTS
 
 DESCRIPTION = f"""\
@@ -14,12 +15,13 @@ trio_pool, a connection pool for trio.
 commands:
   demo    start loopback servers on 127.0.0.1 (plain TCP, and TLS with a CA made on the
           fly) in this process and send the same requests four ways: a new connection per
-          request, pooled, a new TLS connection per request, pooled TLS with session
-          resumption. A request is one line sent and its answer read. On a terminal a live
-          table shows requests done, hit rate, connections opened/closed, idle/active and
-          p50/p99 latency (piped, the table is printed once, at the end); the summary gives
-          pooling's speed-up and the handshakes it saved. Nothing but 127.0.0.1 is
-          contacted; the defaults take about 10-20 s.
+          request ("no pool"), pooled, a new TLS connection per request, pooled TLS with
+          session resumption. A request is one line sent and its answer read. On a
+          terminal a live table shows requests done, hit rate, connections opened,
+          idle/active, p50/p99 latency and TLS sessions resumed (piped, the table is
+          printed once, at the end); the summary gives pooling's speed-up and the
+          handshakes it saved. Nothing but 127.0.0.1 is contacted; the defaults take
+          about 10-20 s.
 
 demo options:
   --requests N     requests sent each way (default {DEFAULT_REQUESTS})
@@ -31,6 +33,7 @@ demo options:
 examples:
   python -m trio_pool demo
   python -m trio_pool demo --requests 500 --concurrency 50 --hosts 1 --no-tls
+  python -m trio_pool --version
 """
 
 
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"trio_pool {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",

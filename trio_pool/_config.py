@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ._util import check_int, check_timeout
 
@@ -67,6 +68,10 @@ class PoolConfig:
     max_connecting: int | None = 64
     max_waiters: int | None = None
 
+    # Where fields' values came from, for messages (a preset, PoolConfig's defaults);
+    # set on the instance by _with_origins, not a field: it takes no part in equality.
+    _origins: ClassVar[Mapping[str, str]] = {}
+
     def __post_init__(self) -> None:
         if check_int("max_size", self.max_size) < 1:
             raise ValueError(f"max_size must be >= 1, got {self.max_size!r}")
@@ -94,12 +99,40 @@ class PoolConfig:
 
         Raises:
             TypeError: An override names no field of :class:`PoolConfig`.
+            ValueError: The combined values are invalid. When the check involves a
+                value kept from this config (``max_size=5`` against a preset's
+                ``min_size=50``), the message says which value came from where.
         """
         names = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown PoolConfig field(s): {', '.join(unknown)}")
-        return replace(self, **overrides)
+        try:
+            changed = replace(self, **overrides)
+        except ValueError as exc:
+            explained = self._explain(str(exc), overrides)
+            if explained is None:
+                raise
+            raise ValueError(explained) from exc
+        kept = {name: origin for name, origin in self._origins.items() if name not in overrides}
+        return _with_origins(changed, kept)
+
+    def _explain(self, message: str, overrides: Mapping[str, Any]) -> str | None:
+        """``message`` with where its values came from, or ``None`` if it names no
+        value kept from this config (the caller's values alone are at fault)."""
+        named = [name for name in _FIELD_NAMES if re.search(rf"\b{name}\b", message)]
+        kept = [name for name in named if name not in overrides]
+        if not kept:
+            return None
+        sources = [
+            f"{name}={getattr(self, name)!r} from {self._origins.get(name, 'the config')}"
+            for name in kept
+        ] + [
+            f"{name}={overrides[name]!r} from the keyword argument"
+            for name in named
+            if name in overrides
+        ]
+        return f"{message} ({', '.join(sources)}; override {' and '.join(kept)} as well)"
 
     @classmethod
     def high_traffic(cls, **overrides: Any) -> PoolConfig:
@@ -138,6 +171,18 @@ class PoolConfig:
         )
 
 
+def _with_origins(config: PoolConfig, origins: Mapping[str, str]) -> PoolConfig:
+    """``config``, noting where its values came from (see :meth:`PoolConfig.replace`)."""
+    if origins:
+        object.__setattr__(config, "_origins", dict(origins))
+    return config
+
+
+def default_config() -> PoolConfig:
+    """``PoolConfig()``, its values known as PoolConfig's defaults (``open_pool``'s)."""
+    return _with_origins(PoolConfig(), dict.fromkeys(_FIELD_NAMES, "PoolConfig's defaults"))
+
+
 def _preset(
     cls: type[PoolConfig], name: str, values: dict[str, Any], overrides: dict[str, Any]
 ) -> PoolConfig:
@@ -145,27 +190,19 @@ def _preset(
 
     A ``ValueError`` that involves a value the preset chose, not the caller (say
     ``low_latency(max_size=5)`` against the preset's ``min_size=20``), says which values
-    came from the preset, so the caller knows to override them too.
+    came from the preset and which from the keywords, so the caller knows what to
+    override too.
 
     Raises:
         TypeError: An override names no field of :class:`PoolConfig`.
         ValueError: The combined values are invalid.
     """
-    try:
-        return cls(**values).replace(**overrides)
-    except ValueError as exc:
-        message = str(exc)
-        chosen = [
-            f"{field}={value!r}"
-            for field, value in values.items()
-            if field not in overrides and re.search(rf"\b{field}\b", message)
-        ]
-        if not chosen:
-            raise
-        raise ValueError(
-            f"{message} ({', '.join(chosen)} from the PoolConfig.{name}() preset;"
-            f" override {'it' if len(chosen) == 1 else 'them'} as well)"
-        ) from exc
+    origins = dict.fromkeys(_FIELD_NAMES, "PoolConfig's defaults")
+    origins.update(dict.fromkeys(values, f"the PoolConfig.{name}() preset"))
+    return _with_origins(cls(**values), origins).replace(**overrides)
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(PoolConfig))
 
 
 def recommended_max_size(peak_rps: float, avg_response_time: float) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Final, cast
 
 import trio
 
-from ._config import PoolConfig
+from ._config import PoolConfig, default_config
 from ._connection import ConnectionState, PooledConnection, _socket_of
 from ._describe import caller_stack, describe_key
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed, PoolExhausted
@@ -1425,7 +1425,7 @@ def open_pool(
         ValueError: A field is out of range.
     """
     if config is None:
-        config = PoolConfig()
+        config = default_config()
     elif not isinstance(config, PoolConfig):
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     if overrides:

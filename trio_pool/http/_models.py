@@ -171,7 +171,11 @@ def h11_request(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]])
 
 
 def check_method(method: object) -> bytes:
-    """The method as bytes, after checking it is an HTTP token.
+    """The method as upper-case bytes, after checking it is an HTTP token.
+
+    Methods are case-sensitive on the wire (RFC 9110 §9.1) and every registered one is
+    upper case: ``"get"`` is sent as ``GET``, as httpx sends it (so it is also treated
+    as the idempotent method it is).
 
     Raises:
         TypeError: Not a str.
@@ -181,7 +185,8 @@ def check_method(method: object) -> bytes:
         raise TypeError(f"method must be a str, not {type(method).__name__}")
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"method must be an HTTP token such as 'GET', got {method!r}")
-    if method.upper() == "CONNECT":
+    method = method.upper()
+    if method == "CONNECT":
         raise ValueError("method CONNECT is not supported (tunnels are not pooled)")
     return method.encode("ascii")
 
