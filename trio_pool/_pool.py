@@ -37,6 +37,7 @@ from ._state import (
 )
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
+from ._trace import Trace, connect_trace, traced
 from ._tunnel import open_transport
 from ._util import NoPublicConstructor, check_int, check_timeout
 
@@ -693,11 +694,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
-                    tcp = await open_transport(key)
+                    trace = connect_trace.get()
+                    if trace is None:
+                        tcp = await open_transport(key)
+                    else:
+                        tcp = await self._traced_transport(trace, key, timeout)
                     stream = tcp
                     if key.tls:
                         stage = "TLS handshake"
-                        stream = await self._handshake(state, tcp)
+                        if trace is None:
+                            stream = await self._handshake(state, tcp)
+                        else:
+                            stream = await self._traced_handshake(trace, state, tcp, timeout)
                     opener = state.open_shared if key.http2 is not None else None
                     if opener is not None and (
                         key.http2 == "h2c"
@@ -737,6 +745,35 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             raise
         return self._state.connected(
             state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
+        )
+
+    @staticmethod
+    async def _traced_transport(
+        trace: Trace, key: PoolKey, timeout: float | None
+    ) -> trio.SocketStream:
+        """:func:`open_transport` reporting ``connection.connect_tcp.*`` (httpcore's
+        names; a Unix socket reports ``connection.connect_unix_socket.*``)."""
+        if key.uds is not None:
+            info: dict[str, Any] = {"path": key.uds, "timeout": timeout}
+            return await traced(
+                trace, "connection.connect_unix_socket", info, lambda: open_transport(key)
+            )
+        info = {"host": key.host, "port": key.port, "local_address": None, "timeout": timeout}
+        info["socket_options"] = None
+        return await traced(trace, "connection.connect_tcp", info, lambda: open_transport(key))
+
+    async def _traced_handshake(
+        self, trace: Trace, state: KeyState, tcp: trio.SocketStream, timeout: float | None
+    ) -> trio.SSLStream[trio.SocketStream]:
+        """:meth:`_handshake` reporting ``connection.start_tls.*``."""
+        key = state.key
+        info = {
+            "ssl_context": self._context(key),
+            "server_hostname": key.server_hostname,
+            "timeout": timeout,
+        }
+        return await traced(
+            trace, "connection.start_tls", info, lambda: self._handshake(state, tcp)
         )
 
     def _context(self, key: PoolKey) -> ssl.SSLContext:

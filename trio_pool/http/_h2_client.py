@@ -174,7 +174,7 @@ async def request_h2(
         target.host,
         target.port,
         target.tls,
-        target.host if target.tls else None,
+        (target.sni or target.host) if target.tls else None,
         client._verify_cert,
         client._ssl_context,
         target.uds,
