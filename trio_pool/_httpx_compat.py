@@ -33,8 +33,10 @@ __all__ = [
 ]
 
 _CLOSE_TIMEOUT: Final = 1.0
-#: httpx's default ``max_keepalive_connections``: accepted as "not chosen".
-_DEFAULT_KEEPALIVE: Final = httpx.Limits().max_keepalive_connections
+#: httpx's default limits (its ``DEFAULT_LIMITS``); their ``max_keepalive_connections``
+#: is accepted as "not chosen".
+DEFAULT_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+_DEFAULT_KEEPALIVE: Final = DEFAULT_LIMITS.max_keepalive_connections
 
 
 def tls_settings(
@@ -244,6 +246,8 @@ class NetworkStream:
     frees its pool slot). Errors are httpcore's (``ReadError``, ``WriteTimeout`` ...),
     as clients written for httpx's transport (httpx-ws) catch them.
     """
+
+    __slots__ = ("_buffered", "_conn", "_owned", "_pool")
 
     def __init__(self, conn: PooledConnection, pool: ConnectionPool, buffered: bytes | None):
         self._conn = conn

@@ -42,6 +42,7 @@ from ._exceptions import (
     ProxyError,
 )
 from ._httpx_compat import (
+    DEFAULT_LIMITS,
     NetworkStream,
     check_limits,
     check_retries,
@@ -286,13 +287,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(exchange, request)
             if trace is None
             else _TracedResponseStream(exchange, request, trace),
-            extensions=_NetworkExtensions(
-                http_version=b"HTTP/" + head.http_version,
-                reason_phrase=head.reason,
-                exchange=exchange,
-                pool=self._client.pool,
-                switched=head.status_code == 101
-                or (method == b"CONNECT" and 200 <= head.status_code < 300),
+            extensions=_extensions(
+                exchange,
+                self._client.pool,
+                head.status_code == 101 or (method == b"CONNECT" and 200 <= head.status_code < 300),
             ),
         )
 
@@ -339,8 +337,9 @@ def _sni(value: object) -> str | None:
 
 
 def _trace(value: object, request: httpx.Request) -> Trace | None:
-    """The ``trace`` extension, adding ``request`` to the info of the HTTP events'
-    ``.started`` as httpcore does."""
+    """The ``trace`` extension, its info dicts completed as httpcore's are: ``request``
+    in the HTTP events' ``.started`` (not ``response_closed``'s), ``return_value``
+    (``None``) in every ``.complete``."""
     if value is None:
         return None
     if not callable(value):
@@ -348,50 +347,36 @@ def _trace(value: object, request: httpx.Request) -> Trace | None:
     user: Trace = value
 
     async def trace(name: str, info: dict[str, Any]) -> None:
-        if name.startswith("http") and name.endswith(".started"):
-            info = {"request": request, **info}
+        if not name.startswith("http"):
+            pass
+        elif name.endswith(".started"):
+            if not name.endswith("response_closed.started"):
+                info = {"request": request, **info}
+        elif name.endswith(".complete") and not info:
+            info = {"return_value": None}
         await user(name, info)
 
     return trace
 
 
-class _NetworkExtensions(dict[str, Any]):
-    """A response's extensions: ``http_version``, ``reason_phrase``, and
-    ``network_stream`` made only when asked for (most responses never are)."""
-
-    def __init__(
-        self,
-        *,
-        http_version: bytes,
-        reason_phrase: bytes,
-        exchange: Exchange | H2Exchange,
-        pool: ConnectionPool,
-        switched: bool,
-    ) -> None:
-        super().__init__(http_version=http_version, reason_phrase=reason_phrase)
-        self._exchange = exchange
-        self._pool = pool
-        if switched and type(exchange) is Exchange:
-            # 101 or a 2xx to CONNECT: the connection is the caller's, never pooled.
+def _extensions(
+    exchange: Exchange | H2Exchange, pool: ConnectionPool, switched: bool
+) -> dict[str, Any]:
+    """A response's extensions: ``http_version``, ``reason_phrase`` and, over
+    HTTP/1.1, ``network_stream``. After ``101`` or a 2xx to ``CONNECT`` (``switched``)
+    the connection leaves HTTP: it is the caller's, never pooled again."""
+    head = exchange.response
+    extensions: dict[str, Any] = {
+        "http_version": b"HTTP/" + head.http_version,
+        "reason_phrase": head.reason,
+    }
+    if type(exchange) is Exchange:
+        if switched:
             conn, buffered = exchange.detach()
-            self["network_stream"] = NetworkStream(conn, pool, buffered)
-
-    def __missing__(self, key: str) -> Any:
-        if key != "network_stream" or type(self._exchange) is not Exchange:
-            raise KeyError(key)
-        stream = self["network_stream"] = NetworkStream(self._exchange._conn, self._pool, None)
-        return stream
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: object) -> bool:
-        return super().__contains__(key) or (
-            key == "network_stream" and type(self._exchange) is Exchange
-        )
+            extensions["network_stream"] = NetworkStream(conn, pool, buffered)
+        else:
+            extensions["network_stream"] = NetworkStream(exchange.connection, pool, None)
+    return extensions
 
 
 def _limits(request: httpx.Request) -> Timeout:
@@ -473,9 +458,6 @@ class _TracedResponseStream(_ResponseStream):
         await self._trace(name + ".complete", {})
 
 
-_DEFAULT_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-
-
 @asynccontextmanager
 async def open_client(
     *,
@@ -484,7 +466,7 @@ async def open_client(
     http1: bool = True,
     http2: bool = False,
     proxy: str | httpx.URL | httpx.Proxy | Proxy | None = None,
-    limits: httpx.Limits | None = _DEFAULT_LIMITS,
+    limits: httpx.Limits | None = DEFAULT_LIMITS,
     trust_env: bool = True,
     uds: str | None = None,
     retries: int = 0,

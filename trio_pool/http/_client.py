@@ -422,6 +422,11 @@ class Exchange:
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
+    @property
+    def connection(self) -> PooledConnection:
+        """The borrowed connection the exchange runs on."""
+        return self._conn
+
     def detach(self) -> tuple[PooledConnection, bytes]:
         """Take the connection out of HTTP for good (after ``101 Switching Protocols``
         or a 2xx to ``CONNECT``): it stays borrowed, never released to the pool; the
