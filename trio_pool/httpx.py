@@ -10,6 +10,9 @@
         async with httpx.AsyncClient(transport=PoolTransport(pool)) as client:
             response = await client.get("http://127.0.0.1:8080/")
 
+Or, in one line, a client on a pool of its own: ``async with
+trio_pool.httpx.open_client() as client:`` (:func:`open_client`).
+
 Needs the ``httpx`` extra (``pip install 'trio-pool[httpx]'``); ``import trio_pool``
 alone never imports httpx. Requests go through :mod:`trio_pool.http` (h11), with its
 keep-alive decisions and its safe retry of idempotent requests; response bodies are
@@ -142,6 +145,32 @@ class PoolTransport(httpx.AsyncBaseTransport):
             agrees (responses say ``http_version`` ``b"HTTP/2"``);
             ``"prior-knowledge"`` also speaks h2c to ``http://`` URLs. See
             :class:`trio_pool.http.HTTPClient`.
+        verify: httpx's form of ``verify_cert`` and ``ssl_context`` (excludes them):
+            ``True``, ``False``, a CA file or directory path, or an
+            :class:`ssl.SSLContext`.
+        cert: httpx's client certificate: a file path, ``(cert, key)`` or
+            ``(cert, key, password)`` (loaded into ``verify``'s context when that is
+            one, as httpx does). With ``trust_env``, ``SSL_CERT_FILE``,
+            ``SSL_CERT_DIR`` and ``SSLKEYLOGFILE`` apply as in httpx.
+        http1: httpx's flag: ``False`` with ``http2=True`` is HTTP/2 only (prior
+            knowledge on ``http://`` too, as httpcore).
+        limits: ``httpx.Limits``; limits are the pool's, so they must match its
+            configuration (``max_connections`` = ``max_total`` = ``max_size``,
+            ``keepalive_expiry`` = ``max_idle_time``; see :func:`open_client`, which
+            opens a pool with them).
+        retries: httpx's connect retries (an ``int``).
+        local_address: Not supported yet (``NotImplementedError`` unless ``None``).
+        socket_options: Not supported yet (``NotImplementedError`` unless ``None``).
+
+    Request extensions read: ``timeout``, ``trace`` (httpcore's event names),
+    ``sni_hostname``, ``target``. Responses carry ``http_version``,
+    ``reason_phrase`` and, over HTTP/1.1, ``network_stream``; after ``101`` or a 2xx
+    to ``CONNECT`` that stream is the caller's and never returns to the pool.
+
+    Raises:
+        TypeError: An argument of the wrong type (named), before any I/O.
+        ValueError: A bad value (named), before any I/O.
+        NotImplementedError: ``local_address`` or ``socket_options``.
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies
