@@ -446,6 +446,39 @@ async def test_upgraded_connection_leaves_the_pool(ws_port: int) -> None:
         assert stats.connections_closed == 1
 
 
+async def connect_then_echo(stream: trio.SocketStream) -> None:
+    """A CONNECT peer: answers ``200`` (with the first tunnel bytes right behind the
+    head), then echoes what comes through the tunnel."""
+    conn = h11.Connection(h11.SERVER)
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(bytes(await stream.receive_some(65536)))
+    assert isinstance(event, h11.Request)
+    assert (event.method, event.target) == (b"CONNECT", b"example.test:443")
+    head = conn.send(h11.Response(status_code=200, headers=[])) or b""
+    await stream.send_all(head + b"early:")
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+
+
+@both
+async def test_connect_hands_the_stream_over(make: Transport, nursery: trio.Nursery) -> None:
+    port = await start_server(nursery, connect_then_echo)
+    async with (
+        make() as client,
+        client.stream(
+            "CONNECT", f"http://{HOST}:{port}/", extensions={"target": b"example.test:443"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        stream = response.extensions["network_stream"]
+        await stream.write(b"ping")
+        got = b""
+        while len(got) < len(b"early:ping"):
+            got += await stream.read(100, timeout=5)
+        assert got == b"early:ping"
+        await stream.aclose()
+
+
 # -- open_client ----------------------------------------------------------------------------
 
 
