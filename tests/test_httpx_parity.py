@@ -350,6 +350,17 @@ async def test_trace_events_as_httpx(scheme: str, plain: Seen, tls: Seen, ca_fil
     assert expected[1][-1].startswith("http11.response_closed.complete")
 
 
+async def test_trace_events_when_http2_falls_back(tls: Seen, ca_file: str) -> None:
+    """http2=True to a server that answers ALPN with HTTP/1.1 only: httpcore's
+    http11 events, from the connection the HTTP/2 path opened."""
+    pytest.importorskip("h2")
+    url = f"https://{HOST}:{tls.port}/"
+    kwargs: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca_file)}
+    expected = await _trace_names(theirs, url, http2=True, **kwargs)
+    assert await _trace_names(ours, url, http2=True, **kwargs) == expected
+    assert any(name.startswith("http11.send_request_headers") for name in expected[0])
+
+
 @both
 async def test_target_extension_options_star(make: Transport, plain: Seen) -> None:
     async with make() as client:

@@ -834,7 +834,7 @@ class HTTPClient:
             and target.proxy is None
             and (target.tls or self._http2 == "prior-knowledge")
         ):
-            return await request_h2(self, target, event, content, idempotent, limits)
+            return await request_h2(self, target, event, content, idempotent, limits, trace)
         pool = self._pool
         retried = False
         replayable = type(content) is bytes
