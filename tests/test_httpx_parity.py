@@ -503,3 +503,13 @@ async def test_open_client_one_line(plain: Seen) -> None:
     with pytest.raises(TypeError, match="transport"):
         async with open_client(transport=httpx.AsyncHTTPTransport()):
             pass  # pragma: no cover
+
+
+async def test_open_client_on_a_pool_of_yours(plain: Seen) -> None:
+    async with trio_pool.open_pool(max_size=4) as pool:
+        async with open_client(pool=pool) as client:
+            assert (await client.get(f"http://{HOST}:{plain.port}/")).status_code == 200
+        assert pool.statistics().idle_connections == 1  # the pool outlives the client
+        with pytest.raises(ValueError, match="max_total=3"):
+            async with open_client(pool=pool, limits=httpx.Limits(max_connections=3)):
+                pass  # pragma: no cover

@@ -388,6 +388,18 @@ def _trace(value: object, request: httpx.Request) -> Trace | None:
     return trace
 
 
+class UseDefault:
+    """The type of :data:`USE_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "USE_DEFAULT"
+
+
+#: ``open_client``'s ``limits`` not given: httpx's defaults for a pool it opens, the
+#: pool's own configuration for one given.
+USE_DEFAULT: Final = UseDefault()
+
+
 def _extensions(
     exchange: Exchange | H2Exchange, pool: ConnectionPool, switched: bool
 ) -> dict[str, Any]:
@@ -495,7 +507,7 @@ async def open_client(
     http1: bool = True,
     http2: bool = False,
     proxy: str | httpx.URL | httpx.Proxy | Proxy | None = None,
-    limits: httpx.Limits | None = DEFAULT_LIMITS,
+    limits: httpx.Limits | UseDefault | None = USE_DEFAULT,
     trust_env: bool = True,
     uds: str | None = None,
     retries: int = 0,
@@ -524,8 +536,8 @@ async def open_client(
         http1: As httpx's.
         http2: As httpx's (needs the ``http2`` extra).
         proxy: As :class:`PoolTransport`'s.
-        limits: httpx's limits, applied to the pool this opens (see
-            :func:`limits_config`): ``max_connections`` is the pool's ``max_total``
+        limits: httpx's limits, applied to the pool this opens: ``max_connections``
+            is the pool's ``max_total``
             and ``max_size``, ``keepalive_expiry`` its ``max_idle_time``. httpx's
             default (100 connections, 5 s keep-alive) unless given; ``None`` leaves
             the pool's configuration as it is.
@@ -534,8 +546,8 @@ async def open_client(
         retries: As httpx's: connect retries.
         retry: :class:`PoolTransport`'s retry of idempotent requests on a dead reused
             connection.
-        pool: Use this pool (opened elsewhere) instead of opening one; ``limits`` must
-            then match its configuration or be ``None``.
+        pool: Use this pool (opened elsewhere) instead of opening one; ``limits``, if
+            given, must then match its configuration (see :class:`PoolTransport`).
         pool_config: The configuration of the pool this opens (``limits`` overrides
             its three fields).
         **client_args: The other arguments of :class:`httpx.AsyncClient`.
@@ -555,10 +567,14 @@ async def open_client(
             config = PoolConfig() if pool_config is None else pool_config
             if not isinstance(config, PoolConfig):
                 raise TypeError(f"pool_config must be a PoolConfig, not {type(config).__name__}")
+            if isinstance(limits, UseDefault):
+                limits = DEFAULT_LIMITS
             if limits is not None:
                 config = config.replace(**limits_config(limits))
                 limits = None  # they are the pool's now
             pool = await stack.enter_async_context(open_pool(config))
+        elif isinstance(limits, UseDefault):
+            limits = None  # the pool's own
         transport = PoolTransport(
             pool,
             verify=verify,
