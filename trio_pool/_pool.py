@@ -758,8 +758,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             return await traced(
                 trace, "connection.connect_unix_socket", info, lambda: open_transport(key)
             )
-        info = {"host": key.host, "port": key.port, "local_address": None, "timeout": timeout}
-        info["socket_options"] = None
+        info = {
+            "host": key.host,
+            "port": key.port,
+            "local_address": None,
+            "timeout": timeout,
+            "socket_options": None,
+        }
         return await traced(trace, "connection.connect_tcp", info, lambda: open_transport(key))
 
     async def _traced_handshake(
