@@ -40,6 +40,7 @@ from ._state import (
 )
 from ._stats import PoolStatistics
 from ._tls import close_tls, default_context
+from ._trace import Trace, connect_trace, traced
 from ._tunnel import Phase, open_transport, route_of
 from ._util import AsyncWithOnly, NoPublicConstructor, check_int, check_timeout
 
@@ -819,14 +820,21 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
-                    tcp = await open_transport(key, phase)
+                    trace = connect_trace.get()
+                    if trace is None:
+                        tcp = await open_transport(key, phase)
+                    else:
+                        tcp = await self._traced_transport(trace, key, phase, timeout)
                     stream = tcp
                     if key.tls:
                         tunnelled = key.proxy is not None
                         phase.name = (
                             "TLS handshake with the origin" if tunnelled else "TLS handshake"
                         )
-                        stream = await self._handshake(state, tcp)
+                        if trace is None:
+                            stream = await self._handshake(state, tcp)
+                        else:
+                            stream = await self._traced_handshake(trace, state, tcp, timeout)
                     opener = state.open_shared if key.http2 is not None else None
                     if opener is not None and (
                         key.http2 == "h2c"
@@ -866,6 +874,42 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             raise
         return self._state.connected(
             state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
+        )
+
+    @staticmethod
+    async def _traced_transport(
+        trace: Trace, key: PoolKey, phase: Phase, timeout: float | None
+    ) -> trio.SocketStream:
+        """:func:`open_transport` reporting ``connection.connect_tcp.*`` (httpcore's
+        names; a Unix socket reports ``connection.connect_unix_socket.*``)."""
+        if key.uds is not None:
+            info: dict[str, Any] = {"path": key.uds, "timeout": timeout}
+            return await traced(
+                trace, "connection.connect_unix_socket", info, lambda: open_transport(key, phase)
+            )
+        info = {
+            "host": key.host,
+            "port": key.port,
+            "local_address": None,
+            "timeout": timeout,
+            "socket_options": None,
+        }
+        return await traced(
+            trace, "connection.connect_tcp", info, lambda: open_transport(key, phase)
+        )
+
+    async def _traced_handshake(
+        self, trace: Trace, state: KeyState, tcp: trio.SocketStream, timeout: float | None
+    ) -> trio.SSLStream[trio.SocketStream]:
+        """:meth:`_handshake` reporting ``connection.start_tls.*``."""
+        key = state.key
+        info = {
+            "ssl_context": self._context(key),
+            "server_hostname": key.server_hostname,
+            "timeout": timeout,
+        }
+        return await traced(
+            trace, "connection.start_tls", info, lambda: self._handshake(state, tcp)
         )
 
     def _context(self, key: PoolKey) -> ssl.SSLContext:

@@ -10,6 +10,9 @@
         async with httpx.AsyncClient(transport=PoolTransport(pool)) as client:
             response = await client.get("http://127.0.0.1:8080/")
 
+Or, in one line, a client on a pool of its own: ``async with
+trio_pool.httpx.open_client() as client:`` (:func:`open_client`).
+
 Needs the ``httpx`` extra (``pip install 'trio-pool[httpx]'``); ``import trio_pool``
 alone never imports httpx. Requests go through :mod:`trio_pool.http` (h11), with its
 keep-alive decisions and its safe retry of idempotent requests; response bodies are
@@ -18,17 +21,21 @@ streamed; errors become httpx's exception types.
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Final
 
 try:
     import httpx
 except ImportError as _exc:  # pragma: no cover - depends on the environment
     raise ImportError("trio_pool.httpx needs httpx: pip install 'trio-pool[httpx]'") from _exc
 
+import h11
 import trio
 
+from ._config import PoolConfig
 from ._exceptions import (
     ConnectError,
     ConnectTimeout,
@@ -37,8 +44,20 @@ from ._exceptions import (
     PoolExhausted,
     ProxyError,
 )
-from ._pool import ConnectionPool
+from ._httpx_compat import (
+    DEFAULT_LIMITS,
+    NetworkStream,
+    check_limits,
+    check_retries,
+    check_unsupported,
+    http2_mode,
+    limits_config,
+    retry_delay,
+    tls_settings,
+)
+from ._pool import ConnectionPool, open_pool
 from ._proxy import Proxy
+from ._trace import Trace, connect_trace
 from .http._client import (
     IDEMPOTENT_METHODS,
     Body,
@@ -64,7 +83,7 @@ from .http._h2_client import H2Exchange
 from .http._models import Target, authority, h11_request
 from .http._timeouts import NO_LIMIT, Timeout
 
-__all__ = ["PoolTransport"]
+__all__ = ["PoolTransport", "open_client"]
 
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 
@@ -127,6 +146,32 @@ class PoolTransport(httpx.AsyncBaseTransport):
             ``"prior-knowledge"`` also speaks h2c to ``http://`` URLs. See
             :class:`trio_pool.http.HTTPClient`. Needs the ``http2`` extra (h2):
             without it the constructor raises :exc:`ImportError`.
+        verify: httpx's form of ``verify_cert`` and ``ssl_context`` (excludes them):
+            ``True``, ``False``, a CA file or directory path, or an
+            :class:`ssl.SSLContext`.
+        cert: httpx's client certificate: a file path, ``(cert, key)`` or
+            ``(cert, key, password)`` (loaded into ``verify``'s context when that is
+            one, as httpx does). With ``trust_env``, ``SSL_CERT_FILE``,
+            ``SSL_CERT_DIR`` and ``SSLKEYLOGFILE`` apply as in httpx.
+        http1: httpx's flag: ``False`` with ``http2=True`` is HTTP/2 only (prior
+            knowledge on ``http://`` too, as httpcore).
+        limits: ``httpx.Limits``; limits are the pool's, so they must match its
+            configuration (``max_connections`` = ``max_total`` = ``max_size``,
+            ``keepalive_expiry`` = ``max_idle_time``; see :func:`open_client`, which
+            opens a pool with them).
+        retries: httpx's connect retries (an ``int``).
+        local_address: Not supported yet (``NotImplementedError`` unless ``None``).
+        socket_options: Not supported yet (``NotImplementedError`` unless ``None``).
+
+    Request extensions read: ``timeout``, ``trace`` (httpcore's event names),
+    ``sni_hostname``, ``target``. Responses carry ``http_version``,
+    ``reason_phrase`` and, over HTTP/1.1, ``network_stream``; after ``101`` or a 2xx
+    to ``CONNECT`` that stream is the caller's and never returns to the pool.
+
+    Raises:
+        TypeError: An argument of the wrong type (named), before any I/O.
+        ValueError: A bad value (named), before any I/O.
+        NotImplementedError: ``local_address`` or ``socket_options``.
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies
@@ -154,7 +199,26 @@ class PoolTransport(httpx.AsyncBaseTransport):
         uds: str | None = None,
         trust_env: bool = False,
         http2: bool | str = False,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool | None = None,
+        cert: str | tuple[str, str | None] | tuple[str, str | None, str | None] | None = None,
+        http1: bool = True,
+        limits: httpx.Limits | None = None,
+        retries: int = 0,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
     ) -> None:
+        self._retries = check_retries(retries)
+        check_unsupported(local_address, socket_options)
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
+        http2 = http2_mode(http1, http2)
+        if limits is not None:
+            if not isinstance(pool, ConnectionPool):
+                raise TypeError(
+                    f"pool must be a trio_pool.ConnectionPool, not {type(pool).__name__}"
+                )
+            check_limits(limits, pool)
+        verify_cert, ssl_context = tls_settings(verify, cert, trust_env, verify_cert, ssl_context)
         self._client = HTTPClient(
             pool,
             verify_cert=verify_cert,
@@ -196,18 +260,20 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 self._targets.clear()
             self._targets[key] = route
         method = request.method.encode("ascii")
+        extensions = request.extensions
+        request_target = extensions.get("target", url.raw_path)
         target = Target(
             route.host,
             route.port,
             route.tls,
-            url.raw_path,
+            request_target,
             b"",
             proxy=route.proxy,
             uds=route.uds,
             forward=route.forward,
+            sni=_sni(extensions.get("sni_hostname")),
         )
         fields = request.headers.raw
-        request_target = url.raw_path
         if route.forward:
             # To an http:// proxy: the whole URL, and the proxy's own headers.
             names = {name.lower() for name, _ in fields}
@@ -237,8 +303,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
         limits = _limits(request)
         idempotent = method in IDEMPOTENT_METHODS
+        trace = _trace(extensions.get("trace"), request)
         try:
-            exchange = await self._client._open(target, event, body, idempotent, limits)
+            exchange = await self._open(target, event, body, idempotent, limits, trace)
         except ValueError as exc:  # pragma: no cover - checked before any I/O
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except PoolError as exc:
@@ -247,13 +314,111 @@ class PoolTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=head.status_code,
             headers=head.headers.raw_items(),
-            stream=_ResponseStream(exchange, request),
-            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+            stream=_ResponseStream(exchange, request)
+            if trace is None
+            else _TracedResponseStream(exchange, request, trace),
+            extensions=_extensions(
+                exchange,
+                self._client.pool,
+                head.status_code == 101 or (method == b"CONNECT" and 200 <= head.status_code < 300),
+            ),
         )
+
+    async def _open(
+        self,
+        target: Target,
+        event: h11.Request,
+        body: Body,
+        idempotent: bool,
+        limits: Timeout,
+        trace: Trace | None,
+    ) -> Exchange | H2Exchange:
+        """Send the request, with httpx's ``retries`` of a failed connect (as
+        httpcore: after 0, 0.5, 1, 2 ... s; a refused proxy is an answer, not retried)
+        and the ``trace`` extension reporting the connect this request starts."""
+        attempt = 0
+        while True:
+            token = connect_trace.set(trace) if trace is not None else None
+            try:
+                return await self._client._open(
+                    target, event, body, idempotent, limits, trace=trace
+                )
+            except ConnectError as exc:
+                if isinstance(exc, ProxyError) or attempt >= self._retries:
+                    raise
+            finally:
+                if token is not None:
+                    connect_trace.reset(token)
+            attempt += 1
+            await trio.sleep(retry_delay(attempt))
 
     async def aclose(self) -> None:
         """Nothing to close: the pool belongs to whoever opened it."""
         await trio.lowlevel.checkpoint()
+
+
+def _sni(value: object) -> str | None:
+    """The ``sni_hostname`` extension, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"the sni_hostname extension must be a non-empty str, got {value!r}")
+    return value
+
+
+def _trace(value: object, request: httpx.Request) -> Trace | None:
+    """The ``trace`` extension, its info dicts completed as httpcore's are: ``request``
+    in the HTTP events' ``.started`` (not ``response_closed``'s), ``return_value``
+    (``None``) in every ``.complete``."""
+    if value is None:
+        return None
+    if not callable(value):
+        raise TypeError(f"the trace extension must be an async callable, got {value!r}")
+    user: Trace = value
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if not name.startswith("http"):
+            pass
+        elif name.endswith(".started"):
+            if not name.endswith("response_closed.started"):
+                info = {"request": request, **info}
+        elif name.endswith(".complete") and not info:
+            info = {"return_value": None}
+        await user(name, info)
+
+    return trace
+
+
+class UseDefault:
+    """The type of :data:`USE_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "USE_DEFAULT"
+
+
+#: ``open_client``'s ``limits`` not given: httpx's defaults for a pool it opens, the
+#: pool's own configuration for one given.
+USE_DEFAULT: Final = UseDefault()
+
+
+def _extensions(
+    exchange: Exchange | H2Exchange, pool: ConnectionPool, switched: bool
+) -> dict[str, Any]:
+    """A response's extensions: ``http_version``, ``reason_phrase`` and, over
+    HTTP/1.1, ``network_stream``. After ``101`` or a 2xx to ``CONNECT`` (``switched``)
+    the connection leaves HTTP: it is the caller's, never pooled again."""
+    head = exchange.response
+    extensions: dict[str, Any] = {
+        "http_version": b"HTTP/" + head.http_version,
+        "reason_phrase": head.reason,
+    }
+    if type(exchange) is Exchange:
+        if switched:
+            conn, buffered = exchange.detach()
+            extensions["network_stream"] = NetworkStream(conn, pool, buffered)
+        else:
+            extensions["network_stream"] = NetworkStream(exchange.connection, pool, None)
+    return extensions
 
 
 def _limits(request: httpx.Request) -> Timeout:
@@ -297,3 +462,132 @@ class _ResponseStream(httpx.AsyncByteStream):
         """A body not read to its end costs the connection (it is discarded)."""
         self._exchange.abandon("the response was closed before the body's end")
         await trio.lowlevel.checkpoint()
+
+
+class _TracedResponseStream(_ResponseStream):
+    """The body of a request with the ``trace`` extension: reports
+    ``http11.receive_response_body.*`` (or ``http2.``) and ``.response_closed.*``."""
+
+    def __init__(
+        self, exchange: Exchange | H2Exchange, request: httpx.Request, trace: Trace
+    ) -> None:
+        super().__init__(exchange, request)
+        self._trace = trace
+        self._prefix = "http11." if type(exchange) is Exchange else "http2."
+        self._started = self._ended = False
+
+    async def __anext__(self) -> bytes:
+        name = self._prefix + "receive_response_body"
+        if not self._started:
+            self._started = True
+            await self._trace(name + ".started", {})
+        try:
+            return await super().__anext__()
+        except StopAsyncIteration:
+            if not self._ended:
+                self._ended = True
+                await self._trace(name + ".complete", {})
+            raise
+        except Exception as exc:
+            self._ended = True
+            await self._trace(name + ".failed", {"exception": exc})
+            raise
+
+    async def aclose(self) -> None:
+        name = self._prefix + "response_closed"
+        await self._trace(name + ".started", {})
+        await super().aclose()
+        await self._trace(name + ".complete", {})
+
+
+@asynccontextmanager
+async def open_client(
+    *,
+    verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+    cert: str | tuple[str, str | None] | tuple[str, str | None, str | None] | None = None,
+    http1: bool = True,
+    http2: bool = False,
+    proxy: str | httpx.URL | httpx.Proxy | Proxy | None = None,
+    limits: httpx.Limits | UseDefault | None = USE_DEFAULT,
+    trust_env: bool = True,
+    uds: str | None = None,
+    retries: int = 0,
+    retry: bool = True,
+    pool: ConnectionPool | None = None,
+    pool_config: PoolConfig | None = None,
+    **client_args: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An :class:`httpx.AsyncClient` on a trio_pool, in one line.
+
+    .. code-block:: python
+
+        async with trio_pool.httpx.open_client(timeout=10) as client:
+            response = await client.get("https://example.org/")
+
+    Takes ``httpx.AsyncClient``'s arguments with their meaning and defaults
+    (``trust_env=True`` included: ``SSL_CERT_FILE``, ``SSL_CERT_DIR``,
+    ``SSLKEYLOGFILE`` and the proxy variables are read, as httpx does); the
+    transport's go to a :class:`PoolTransport`, the others (``headers``,
+    ``timeout``, ``base_url``, ``follow_redirects``, ``mounts``, ...) to the client.
+
+    Args:
+        verify: As httpx's (a bool, a CA file or directory, or an SSLContext).
+        cert: As httpx's: a client certificate path, ``(cert, key)`` or
+            ``(cert, key, password)``.
+        http1: As httpx's.
+        http2: As httpx's (needs the ``http2`` extra).
+        proxy: As :class:`PoolTransport`'s.
+        limits: httpx's limits, applied to the pool this opens: ``max_connections``
+            is the pool's ``max_total``
+            and ``max_size``, ``keepalive_expiry`` its ``max_idle_time``. httpx's
+            default (100 connections, 5 s keep-alive) unless given; ``None`` leaves
+            the pool's configuration as it is.
+        trust_env: As httpx's (both the client's and the transport's side).
+        uds: As httpx's.
+        retries: As httpx's: connect retries.
+        retry: :class:`PoolTransport`'s retry of idempotent requests on a dead reused
+            connection.
+        pool: Use this pool (opened elsewhere) instead of opening one; ``limits``, if
+            given, must then match its configuration (see :class:`PoolTransport`).
+        pool_config: The configuration of the pool this opens (``limits`` overrides
+            its three fields).
+        **client_args: The other arguments of :class:`httpx.AsyncClient`.
+
+    Yields:
+        The client; the pool (unless given) lives as long as the block.
+
+    Raises:
+        TypeError: ``transport`` among the client's arguments (this makes it), or an
+            argument of the wrong type.
+        ValueError: A bad argument (see :class:`PoolTransport`).
+    """
+    if "transport" in client_args:
+        raise TypeError("open_client makes its own transport: pass no transport=")
+    async with AsyncExitStack() as stack:
+        if pool is None:
+            config = PoolConfig() if pool_config is None else pool_config
+            if not isinstance(config, PoolConfig):
+                raise TypeError(f"pool_config must be a PoolConfig, not {type(config).__name__}")
+            if isinstance(limits, UseDefault):
+                limits = DEFAULT_LIMITS
+            if limits is not None:
+                config = config.replace(**limits_config(limits))
+                limits = None  # they are the pool's now
+            pool = await stack.enter_async_context(open_pool(config))
+        elif isinstance(limits, UseDefault):
+            limits = None  # the pool's own
+        transport = PoolTransport(
+            pool,
+            verify=verify,
+            cert=cert,
+            http1=http1,
+            http2=http2,
+            proxy=proxy,
+            limits=limits,
+            trust_env=trust_env,
+            uds=uds,
+            retries=retries,
+            retry=retry,
+        )
+        client = httpx.AsyncClient(transport=transport, trust_env=trust_env, **client_args)
+        yield await stack.enter_async_context(client)

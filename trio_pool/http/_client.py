@@ -25,6 +25,7 @@ from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
 from .._redact import shape_of
+from .._trace import Trace
 from ._exceptions import (
     HTTPError,
     LocalProtocolError,
@@ -422,6 +423,21 @@ class Exchange:
             self._client._forget(self._conn)
             self._client._pool.discard(self._conn)
 
+    @property
+    def connection(self) -> PooledConnection:
+        """The borrowed connection the exchange runs on."""
+        return self._conn
+
+    def detach(self) -> tuple[PooledConnection, bytes]:
+        """Take the connection out of HTTP for good (after ``101 Switching Protocols``
+        or a 2xx to ``CONNECT``): it stays borrowed, never released to the pool; the
+        caller closes it (``aclose()`` discards it). Returns it with the bytes the
+        server sent after the head, already read."""
+        self.done = self.complete = True  # the HTTP body is empty
+        self.closed_because = "the connection was taken over (protocol switched)"
+        self._client._forget(self._conn)
+        return self._conn, bytes(self._h11.trailing_data[0])
+
     def abandon(self, because: str = "it was abandoned") -> None:
         """Give up on the exchange: the connection is discarded (no-op once done).
 
@@ -762,7 +778,7 @@ class HTTPClient:
                 target.host,
                 target.port,
                 True,
-                target.host,
+                target.sni or target.host,
                 self._verify_cert,
                 self._ssl_context,
                 proxy,
@@ -784,6 +800,7 @@ class HTTPClient:
         limits: Timeout,
         *,
         first: PooledConnection | None = None,
+        trace: Trace | None = None,
     ) -> Exchange | H2Exchange:
         """Borrow a connection, send the request, read the response head.
 
@@ -798,7 +815,7 @@ class HTTPClient:
             and target.proxy is None
             and (target.tls or self._http2 == "prior-knowledge")
         ):
-            return await request_h2(self, target, event, content, idempotent, limits)
+            return await request_h2(self, target, event, content, idempotent, limits, trace)
         pool = self._pool
         retried = False
         replayable = type(content) is bytes
@@ -819,6 +836,7 @@ class HTTPClient:
                             event,
                             content,  # type: ignore[arg-type]
                             timer,
+                            trace,
                         )
                     if timer.scope.cancelled_caught:
                         raise timer.error(target)
@@ -833,13 +851,13 @@ class HTTPClient:
                 except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
                     raise ValueError(f"cannot send this request: {exc}") from exc
                 if limits.write is None and limits.read is None:
-                    response = await self._send(conn, protocol, target, data, None)
+                    response = await self._send(conn, protocol, target, data, None, trace)
                 else:
                     # One cancel scope for the write and the head, its deadline moved
                     # per phase: a scope per read would cost more than the rest.
                     timer = _Timer(limits.write, limits.read)
                     with timer.scope:
-                        response = await self._send(conn, protocol, target, data, timer)
+                        response = await self._send(conn, protocol, target, data, timer, trace)
                     if timer.scope.cancelled_caught:
                         raise timer.error(target)
             except _ConnectionLost as lost:
@@ -866,12 +884,23 @@ class HTTPClient:
         target: Target,
         data: bytes,
         timer: _Timer | None,
+        trace: Trace | None = None,
     ) -> h11.Response:
-        """Send the request and read the response head."""
+        """Send the request and read the response head.
+
+        With a ``trace``, the head and the body (sent in one write) report
+        httpcore's ``http11.send_request_headers.*`` then ``.send_request_body.*``.
+        """
         try:
+            if trace is not None:
+                await trace("http11.send_request_headers.started", {})
             if timer is not None:
                 timer.writing()
             await conn.send_all(data)
+            if trace is not None:
+                await trace("http11.send_request_headers.complete", {})
+                await trace("http11.send_request_body.started", {})
+                await trace("http11.send_request_body.complete", {})
         except trio.BrokenResourceError as exc:
             error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
             # The server may have answered before it stopped reading (a 413 to an
@@ -883,7 +912,7 @@ class HTTPClient:
                 return await cls._receive_head(conn, protocol, target, timer)
             except (_ConnectionLost, HTTPError):
                 raise _ConnectionLost(error) from exc
-        return await cls._receive_head(conn, protocol, target, timer)
+        return await cls._receive_head(conn, protocol, target, timer, trace)
 
     @classmethod
     async def _send_stream(
@@ -894,6 +923,7 @@ class HTTPClient:
         event: h11.Request,
         body: AsyncIterable[object],
         timer: _Timer,
+        trace: Trace | None = None,
     ) -> h11.Response:
         """Send the head, then each piece of ``body`` as it is produced (h11 frames
         them, chunked or held to the ``Content-Length``), then read the response head.
@@ -905,11 +935,16 @@ class HTTPClient:
         sending = False
         iterator: AsyncIterator[object] | None = None
         try:
+            if trace is not None:
+                await trace("http11.send_request_headers.started", {})
             data = protocol.send(event) or b""
             timer.writing_piece()
             sending = True
             await conn.send_all(data)
             sending = False
+            if trace is not None:
+                await trace("http11.send_request_headers.complete", {})
+                await trace("http11.send_request_body.started", {})
             iterator = aiter(body)
             while True:
                 timer.producing()
@@ -942,6 +977,8 @@ class HTTPClient:
                 sending = True
                 await conn.send_all(data)
                 sending = False
+            if trace is not None:
+                await trace("http11.send_request_body.complete", {})
         except trio.BrokenResourceError as exc:
             if not sending:  # raised by the iterable itself: its own error
                 raise
@@ -954,7 +991,7 @@ class HTTPClient:
         finally:
             if iterator is not None:
                 await _close_iterator(iterator)
-        return await cls._receive_head(conn, protocol, target, timer)
+        return await cls._receive_head(conn, protocol, target, timer, trace)
 
     @staticmethod
     async def _receive_head(
@@ -962,7 +999,10 @@ class HTTPClient:
         protocol: h11.Connection,
         target: Target,
         timer: _Timer | None,
+        trace: Trace | None = None,
     ) -> h11.Response:
+        if trace is not None:
+            await trace("http11.receive_response_headers.started", {})
         got_bytes = False
         try:
             while True:
@@ -991,11 +1031,24 @@ class HTTPClient:
                     continue
                 kind = type(event)
                 if kind is h11.Response:
+                    if trace is not None:
+                        await _trace_head(trace, event)  # type: ignore[arg-type]
+                    return event  # type: ignore[return-value]
+                if event.status_code == 101:  # type: ignore[union-attr]
+                    # Switching protocols: the head is all; the stream is the caller's.
+                    if trace is not None:
+                        await _trace_head(trace, event)  # type: ignore[arg-type]
                     return event  # type: ignore[return-value]
                 if kind is not h11.InformationalResponse:  # pragma: no cover - h11 forbids
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+async def _trace_head(trace: Trace, event: h11.Response) -> None:
+    """``http11.receive_response_headers.complete``, with httpcore's return value."""
+    value = (event.http_version, event.status_code, event.reason, list(event.headers))
+    await trace("http11.receive_response_headers.complete", {"return_value": value})
 
 
 async def _close_iterator(iterator: AsyncIterator[object]) -> None:

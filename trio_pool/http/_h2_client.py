@@ -17,6 +17,7 @@ import trio
 from .._connection import PooledConnection
 from .._exceptions import PoolExhausted
 from .._shared import Multiplexer
+from .._trace import Trace
 from ._exceptions import HTTPError, ReadTimeout, StreamClosed
 from ._models import Response, Target
 from ._timeouts import Timeout
@@ -159,6 +160,7 @@ async def request_h2(
     content: Body,
     idempotent: bool,
     limits: Timeout,
+    trace: Trace | None = None,
 ) -> Exchange | H2Exchange:
     """Send a request on a stream of a shared HTTP/2 connection of its key.
 
@@ -174,7 +176,7 @@ async def request_h2(
         target.host,
         target.port,
         target.tls,
-        target.host if target.tls else None,
+        (target.sni or target.host) if target.tls else None,
         client._verify_cert,
         client._ssl_context,
         target.uds,
@@ -195,7 +197,9 @@ async def request_h2(
 
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
         if isinstance(lease, PooledConnection):  # ALPN: the server speaks HTTP/1.1
-            return await client._open(target, event, content, idempotent, limits, first=lease)
+            return await client._open(
+                target, event, content, idempotent, limits, first=lease, trace=trace
+            )
         slot: H2StreamSlot = lease  # type: ignore[assignment]
         head_limit = _head_limit(limits)
         try:

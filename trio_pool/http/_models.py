@@ -59,7 +59,7 @@ class Target:
     Unix socket) and send the request as without one.
     """
 
-    __slots__ = ("forward", "host", "host_header", "port", "proxy", "target", "tls", "uds")
+    __slots__ = ("forward", "host", "host_header", "port", "proxy", "sni", "target", "tls", "uds")
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class Target:
         proxy: Proxy | None = None,
         uds: str | None = None,
         forward: bool = False,
+        sni: str | None = None,
     ) -> None:
         self.host: str = host
         self.port: int = port
@@ -81,6 +82,8 @@ class Target:
         self.proxy: Proxy | None = proxy
         self.uds: str | None = uds
         self.forward: bool = forward
+        #: The TLS server name when not ``host`` (httpx's ``sni_hostname`` extension).
+        self.sni: str | None = sni
 
 
 def authority(host: str, port: int, tls: bool) -> bytes:
