@@ -212,7 +212,10 @@ async def test_no_window_is_a_write_timeout_and_resets_only_the_stream(
         content = pieces(body[: MiB // 2], body[MiB // 2 :]) if streamed else body
         with trio.fail_after(10), pytest.raises(WriteTimeout, match="write timeout"):
             await client.request(
-                "POST", f"http://{HOST}:{port}/upload", content=content, timeout=Timeout(None, write=0.3)
+                "POST",
+                f"http://{HOST}:{port}/upload",
+                content=content,
+                timeout=Timeout(None, write=0.3),
             )
         await wait_until(lambda: server.resets == [ErrorCodes.CANCEL], "the stream reset")
         assert server.received == 65535  # one window, then the wait that timed out
@@ -249,7 +252,10 @@ async def test_a_server_that_stops_reading_is_a_write_timeout(nursery: trio.Nurs
         client = HTTPClient(pool, http2="prior-knowledge")
         with trio.fail_after(20), pytest.raises(WriteTimeout, match="write timeout"):
             await client.request(
-                "POST", f"http://{HOST}:{port}/", content=endless(), timeout=Timeout(None, write=0.5)
+                "POST",
+                f"http://{HOST}:{port}/",
+                content=endless(),
+                timeout=Timeout(None, write=0.5),
             )
         assert pool.statistics().http2_streams == 0
 
@@ -369,7 +375,6 @@ async def test_the_read_limit_is_per_wait_for_the_head(late_head_url: tuple[str,
         async with httpx.AsyncClient(transport=PoolTransport(pool, http2=http2)) as hc:
             with trio.fail_after(10), pytest.raises(httpx.ReadTimeout):
                 await hc.get(url, timeout=httpx.Timeout(5, read=0.3))
-        await trio.sleep(0)
 
 
 # -- item 11: refused on every try ---------------------------------------------------------

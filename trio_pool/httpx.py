@@ -62,6 +62,7 @@ from .http._exceptions import (
     WriteTimeout,
 )
 from .http._h2_client import H2Exchange
+from .http._h2_exceptions import RequestNotProcessed
 from .http._models import Target, authority
 from .http._timeouts import NO_LIMIT, Timeout
 
@@ -82,6 +83,8 @@ _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
     (WriteError, httpx.WriteError),
     (ReadError, httpx.ReadError),
     (RemoteProtocolError, httpx.RemoteProtocolError),
+    # Refused (REFUSED_STREAM, GOAWAY) on every try: httpcore's type for it.
+    (RequestNotProcessed, httpx.RemoteProtocolError),
     (PoolClosed, httpx.TransportError),
     (PoolError, httpx.TransportError),
 )

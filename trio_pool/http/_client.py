@@ -24,6 +24,7 @@ from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
+from ._body import chunk_bytes, close_iterator
 from ._exceptions import (
     HTTPError,
     LocalProtocolError,
@@ -46,7 +47,6 @@ __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _RECEIVE_SIZE: Final = 65536
-_CLOSE_TIMEOUT: Final = 1.0
 _CACHE_SIZE: Final = 1024
 _NEED_DATA: Final = h11.NEED_DATA
 _IDLE: Final = h11.IDLE
@@ -137,24 +137,6 @@ def body_stream(content: object) -> AsyncIterable[object] | None:
     if hasattr(type(content), "__aiter__"):
         return content  # type: ignore[return-value]
     return None
-
-
-def chunk_bytes(chunk: object) -> bytes:
-    """One piece of a streamed body as bytes (a buffer is sent as its bytes).
-
-    Raises:
-        TypeError: Not bytes, bytearray or memoryview (the message names ``content``).
-    """
-    if type(chunk) is bytes:
-        return chunk
-    if isinstance(chunk, (bytes, bytearray, memoryview)):
-        try:
-            return bytes(chunk)
-        except ValueError as exc:
-            raise ValueError(f"content yielded a buffer that cannot be read: {exc}") from None
-    raise TypeError(
-        f"content must yield bytes, bytearray or memoryview, not {type(chunk).__name__}"
-    )
 
 
 def check_framing(event: h11.Request, body: bytes | None) -> None:
@@ -972,7 +954,7 @@ class HTTPClient:
                 raise _ConnectionLost(error) from exc
         finally:
             if iterator is not None:
-                await _close_iterator(iterator)
+                await close_iterator(iterator)
         return await cls._receive_head(conn, protocol, target, timer)
 
     @staticmethod
@@ -1015,21 +997,6 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
-
-
-async def _close_iterator(iterator: AsyncIterator[object]) -> None:
-    """Close a body's iterator left before its end (an async generator would otherwise
-    be finalized whenever it is collected), shielded, for a second at most. Its own
-    errors are dropped: the request's error (or its early answer) is what counts."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is None:
-        return
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-        try:
-            await aclose()
-        except Exception:  # secondary to the error being raised
-            pass
 
 
 class _Timer:
