@@ -342,6 +342,47 @@ async def test_a_steady_upload_is_never_cut_off(nursery: trio.Nursery) -> None:
         assert_settled(pool)
 
 
+async def read_slowly(stream: trio.SocketStream) -> None:
+    """An HTTP/1.1 server that reads at most 1 MiB every 0.05 s, then answers with the
+    body's size: a slow, steady reader."""
+    import h11
+
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+    size = 0
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                await trio.sleep(0.05)
+                conn.receive_data(await stream.receive_some(MiB))
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                await send_response(stream, conn, b"%d" % size)
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        pass
+
+
+async def test_a_large_bytes_body_to_a_steady_reader_is_never_cut_off_over_http11(
+    nursery: trio.Nursery,
+) -> None:
+    """HTTP/1.1 keeps the same rule: the write limit is per wait for the socket to take
+    the next piece, not for the whole body (24 MiB at 20 MiB/s: over a second)."""
+    port = await start_server(nursery, read_slowly)
+    body = bytes(24 * MiB)
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool)
+        with trio.fail_after(30):
+            r = await client.request(
+                "POST", f"http://{HOST}:{port}/", content=body, timeout=Timeout(10, write=0.6)
+            )
+        assert r.content == b"%d" % len(body)
+        assert_settled(pool)
+
+
 @pytest.fixture(params=["HTTP/1.1", "HTTP/2"])
 async def late_head_url(request: pytest.FixtureRequest, nursery: trio.Nursery) -> tuple[str, str]:
     """A server that answers 1 s after the request arrived: its URL and ``http2``."""

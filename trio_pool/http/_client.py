@@ -47,6 +47,8 @@ __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _RECEIVE_SIZE: Final = 65536
+#: The most one write sends under a write limit (which restarts for each write).
+_WRITE_PIECE: Final = 65536
 _CACHE_SIZE: Final = 1024
 _NEED_DATA: Final = h11.NEED_DATA
 _IDLE: Final = h11.IDLE
@@ -868,11 +870,20 @@ class HTTPClient:
         data: bytes,
         timer: _Timer | None,
     ) -> h11.Response:
-        """Send the request and read the response head."""
+        """Send the request and read the response head.
+
+        With a write limit, a request larger than :data:`_WRITE_PIECE` goes out in
+        writes of that size, the limit restarting for each: it limits each wait for
+        the server to take more, as on HTTP/2, not the whole of a large body.
+        """
         try:
-            if timer is not None:
+            if timer is None:
+                await conn.send_all(data)
+            elif len(data) <= _WRITE_PIECE or timer.write is None:
                 timer.writing()
-            await conn.send_all(data)
+                await conn.send_all(data)
+            else:
+                await _write(conn, data, timer)
         except trio.BrokenResourceError as exc:
             error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
             # The server may have answered before it stopped reading (a 413 to an
@@ -899,17 +910,17 @@ class HTTPClient:
         """Send the head, then each piece of ``body`` as it is produced (h11 frames
         them, chunked or held to the ``Content-Length``), then read the response head.
 
-        The write limit runs per write; the iterable's own time is not limited. An
-        iterator left before its end (a failure, an early answer) is closed.
+        The write limit runs per write (see :func:`_write`); the iterable's own time
+        is not limited. An iterator left before its end (a failure, an early answer)
+        is closed.
         """
         where = f"{target.host}:{target.port}"
         sending = False
         iterator: AsyncIterator[object] | None = None
         try:
             data = protocol.send(event) or b""
-            timer.writing_piece()
             sending = True
-            await conn.send_all(data)
+            await _write(conn, data, timer)
             sending = False
             iterator = aiter(body)
             while True:
@@ -928,9 +939,8 @@ class HTTPClient:
                     raise LocalProtocolError(
                         f"{where}: content produced more bytes than its Content-Length ({exc})"
                     ) from exc
-                timer.writing_piece()
                 sending = True
-                await conn.send_all(data)
+                await _write(conn, data, timer)
                 sending = False
             try:
                 data = protocol.send(_END) or b""
@@ -939,9 +949,8 @@ class HTTPClient:
                     f"{where}: content produced fewer bytes than its Content-Length ({exc})"
                 ) from exc
             if data:
-                timer.writing_piece()
                 sending = True
-                await conn.send_all(data)
+                await _write(conn, data, timer)
                 sending = False
         except trio.BrokenResourceError as exc:
             if not sending:  # raised by the iterable itself: its own error
@@ -997,6 +1006,20 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+async def _write(conn: PooledConnection, data: bytes, timer: _Timer) -> None:
+    """Send ``data`` in writes of at most :data:`_WRITE_PIECE` bytes, the write limit
+    restarting for each: it limits each wait for the server to take more (as on
+    HTTP/2, where it limits each wait for window), never a steady upload as a whole."""
+    if len(data) <= _WRITE_PIECE or timer.write is None:
+        timer.writing_piece()
+        await conn.send_all(data)
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), _WRITE_PIECE):
+        timer.writing_piece()
+        await conn.send_all(view[start : start + _WRITE_PIECE])
 
 
 class _Timer:
