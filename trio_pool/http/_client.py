@@ -463,8 +463,9 @@ class HTTPClient:
             are full, within ``max_size``). ``"prior-knowledge"``: plain ``http://``
             URLs speak HTTP/2 at once too (h2c, no upgrade), https as with ``True``.
             Needs the ``h2`` extra (``trio-pool[http2]``). Not through proxies (those
-            requests stay HTTP/1.1). A streamed request body is gathered before it is
-            sent over HTTP/2; the write and read limits of a request's head add up.
+            requests stay HTTP/1.1). A streamed request body is streamed over HTTP/2
+            too, as DATA frames as it is produced, within flow control, and touched
+            only once a connection is chosen (and its protocol known).
 
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
@@ -548,13 +549,17 @@ class HTTPClient:
                 of bytes, streamed as it produces them: chunked, unless the headers
                 give a ``Content-Length`` (then it must produce exactly that many
                 bytes, else :class:`LocalProtocolError`). The write limit applies to
-                each piece; the time the iterable takes to produce one is not limited.
-                A streamed request is never retried.
+                each wait to send; the time the iterable takes to produce a piece is
+                not limited. The iterable is first asked for a piece once a connection
+                is chosen. A streamed request is never retried (over HTTP/2, unless
+                the server refused it before a piece was asked for).
             timeout: The limits of each phase, as for the client (a :class:`Timeout`,
                 a number of seconds for every phase, or ``None`` for none); defaults to
-                the client's. A limit is per phase, and for reads per read, as httpx's:
-                a server that keeps sending is never cut off. ``0`` means no waiting,
-                as ``acquire(timeout=0)`` (see :class:`Timeout`).
+                the client's. A limit is per phase, and for writes and reads per wait,
+                as httpx's: a server that keeps sending, or keeps taking an upload, is
+                never cut off; the wait for the response head counts from when the
+                request is sent. ``0`` means no waiting, as ``acquire(timeout=0)`` (see
+                :class:`Timeout`).
 
         Returns:
             The complete :class:`Response`; its connection is already back in the pool
@@ -567,14 +572,17 @@ class HTTPClient:
                 streamed ``content`` that is not bytes (when met: the connection is
                 discarded).
             LocalProtocolError: A streamed ``content`` produced more or fewer bytes
-                than its ``Content-Length`` (the connection is discarded).
+                than its ``Content-Length`` (over HTTP/1.1 the connection is
+                discarded; over HTTP/2 the stream is reset).
             trio_pool.ProxyError: The proxy refused the tunnel (``status`` says how)
                 or failed (a :class:`~trio_pool.ConnectError`).
             PoolTimeout: No connection became free within the pool limit (it is a
                 :class:`~trio_pool.PoolExhausted` too; the pool counts it in
                 ``acquire_timeouts``).
             trio_pool.ConnectTimeout: Connecting took longer than the connect limit.
-            WriteTimeout: Sending took longer than the write limit.
+            WriteTimeout: A wait to send (over HTTP/2 also for flow-control window)
+                took longer than the write limit (over HTTP/2 the stream is reset,
+                the connection carries on).
             ReadTimeout: A read took longer than the read limit.
             WriteError: The connection failed while sending.
             ReadError: The connection failed while reading.

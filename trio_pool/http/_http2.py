@@ -22,8 +22,13 @@ one window and then the peer must stop. The connection window is
 ``max_concurrent_streams * stream_window``, so open streams together can never use it
 up and a stalled stream cannot starve the others; when a stream ends or is reset,
 its unread bytes are handed back to the connection window at once. Sending waits for
-the peer's ``WINDOW_UPDATE`` and for the writer to drain, so the outbound buffer
-stays small.
+the peer's ``WINDOW_UPDATE`` and for the writer to take what is queued, so the
+outbound buffer stays small; each such wait has the request's write limit.
+
+A request goes out in steps (:meth:`H2Connection.start_request`, then
+:class:`H2RequestStream`'s ``send_data`` and ``receive_response``), so a body can be
+streamed as it is produced; :meth:`H2Connection.request` does all three for a body
+in bytes.
 
 h2 is imported here only; :mod:`trio_pool.http` does not import this module.
 """
