@@ -34,7 +34,7 @@ from trio_pool.http import (
 from trio_pool.httpx import PoolTransport
 
 from .checks import assert_settled
-from .h2servers import H2Server, ServerStream
+from .h2servers import H2Server, ServerStream, connect_h2
 from .servers import HOST, refused_port, start_server
 from .test_http import send_response, start_h11
 from .test_http_upload import BodyServer, Pieces
@@ -115,6 +115,25 @@ async def test_streamed_body_not_matching_content_length_resets_only_its_stream(
         assert len(server.connections) == 1  # only the streams were reset
         assert (await client.request("GET", f"{base}/")).content == b"ok"
         assert_settled(pool)
+
+
+@pytest.mark.parametrize("body", [b"hello", b"hello world"], ids=["shorter", "longer"])
+async def test_the_connection_holds_every_body_to_its_content_length(
+    counting: tuple[H2Server, Recorder, str], nursery: trio.Nursery, body: bytes
+) -> None:
+    """The HTTP/2 connection itself counts every body, bytes ones too: whoever calls
+    it, a mis-framed request never goes out."""
+    server, recorder, base = counting
+    conn = await connect_h2(int(base.rsplit(":", 1)[1]), nursery)
+    with pytest.raises(LocalProtocolError, match="Content-Length"):
+        await conn.request("POST", "/count", HOST, "http", [("content-length", "10")], body)
+    await wait_until(lambda: server.resets == [ErrorCodes.CANCEL], "the stream reset")
+    assert [(s.ended.is_set(), s.size) for s in recorder.streams] == [(False, 0)]
+    with pytest.raises(ValueError, match="no body"):
+        await conn.request("POST", "/count", HOST, "http", [("content-length", "10")])
+    response = await conn.request("POST", "/count", HOST, "http", [("content-length", "2")], b"ok")
+    assert (response.status, await response.read_all()) == (200, b"2")
+    await conn.aclose()
 
 
 # -- item 6: streamed as produced, touched only once a connection is chosen ------------

@@ -192,8 +192,7 @@ async def request_h2(
     fields = [(name, value) for name, value in event.headers if name != b"transfer-encoding"]
     authority = next((value for name, value in fields if name == b"host"), target.host_header)
     scheme = b"https" if target.tls else b"http"
-    length = next((int(value) for name, value in fields if name == b"content-length"), None)
-    body = _Upload(content, length, f"{target.host}:{target.port}")
+    body = _Upload(content, f"{target.host}:{target.port}")
     for attempt in range(_ATTEMPTS):
         try:
             lease = await pool._acquire_lease(state, limits.pool, limits.connect)
@@ -220,7 +219,8 @@ async def request_h2(
             if attempt + 1 < _ATTEMPTS and body.replayable:
                 continue
             raise
-        except RequestTimeout as exc:  # the stream was reset; the connection carries on
+        except (RequestTimeout, LocalProtocolError) as exc:
+            # The stream was reset; the connection carries on.
             raise type(exc)(f"{body.where}: {exc}") from exc
         return H2Exchange(response, target, limits.read)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -228,14 +228,13 @@ async def request_h2(
 
 class _Upload:
     """The body of one HTTP/2 request: bytes (sent again on a retry), or an async
-    iterable sent once, piece by piece as it is produced, held to the request's
-    ``Content-Length``."""
+    iterable sent once, piece by piece as it is produced (the connection holds both
+    to the request's ``Content-Length``)."""
 
-    __slots__ = ("content", "length", "started", "where")
+    __slots__ = ("content", "started", "where")
 
-    def __init__(self, content: Body, length: int | None, where: str) -> None:
+    def __init__(self, content: Body, where: str) -> None:
         self.content = content
-        self.length = length
         self.where = where
         self.started = False
 
@@ -269,8 +268,6 @@ class _Upload:
         self.started = True
         pieces: AsyncIterator[object] = aiter(content)
         iterator: AsyncIterator[object] | None = pieces
-        length = self.length
-        sent = 0
         try:
             while True:
                 try:
@@ -279,21 +276,8 @@ class _Upload:
                     iterator = None
                     break
                 data = chunk_bytes(piece)
-                if not data:
-                    continue
-                sent += len(data)
-                if length is not None and sent > length:
-                    raise LocalProtocolError(
-                        f"{self.where}: content produced more bytes than its Content-Length"
-                        f" ({sent} > {length}); the HTTP/2 stream was reset"
-                    )
-                if not await request.send_data(data, timeout=limit):
+                if data and not await request.send_data(data, timeout=limit):
                     return  # answered early
-            if length is not None and sent != length:
-                raise LocalProtocolError(
-                    f"{self.where}: content produced fewer bytes than its Content-Length"
-                    f" ({sent} < {length}); the HTTP/2 stream was reset"
-                )
             await request.send_data(b"", end_stream=True, timeout=limit)
         except BaseException:
             request.reset()

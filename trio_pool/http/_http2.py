@@ -54,6 +54,7 @@ from hpack import NeverIndexedHeaderTuple
 from .._exceptions import ConnectTimeout
 from ._exceptions import (
     HTTPError,
+    LocalProtocolError,
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
@@ -195,11 +196,13 @@ class _Stream:
         "error",
         "headers",
         "id",
+        "length",
         "local_ended",
         "registered",
         "remote_ended",
         "reset",
         "send_stopped",
+        "sent",
         "trailers",
         "unacked",
         "waiter",
@@ -218,6 +221,8 @@ class _Stream:
         # The server answered before the body was sent: no more DATA; RST_STREAM(NO_ERROR)
         # once its response ends (RFC 9113, 8.1).
         self.send_stopped: bool = False
+        self.length: int | None = None  # the request's Content-Length, held to
+        self.sent: int = 0  # request body bytes queued
         self.registered: bool = True  # counted in the connection's open streams
         self.error: HTTPError | None = None
         self.waiter: trio.Event | None = None
@@ -878,6 +883,9 @@ class H2Connection:
             raise ValueError("slot must be an H2StreamSlot of this connection")
         try:
             block = _request_headers(method, target, authority, scheme, headers)
+            length = _content_length(block)
+            if end_stream and length:
+                raise ValueError(f"headers say Content-Length: {length}, but there is no body")
         except BaseException:
             if slot is not None:
                 slot.release()
@@ -901,7 +909,9 @@ class H2Connection:
         except BaseException:
             slot.release()
             raise
-        return H2RequestStream(self, self._send_headers(slot, block, end_stream=end_stream))
+        stream = self._send_headers(slot, block, end_stream=end_stream)
+        stream.length = length
+        return H2RequestStream(self, stream)
 
     def _make_response(self, stream: _Stream) -> H2Response:
         assert stream.headers is not None
@@ -952,6 +962,17 @@ class H2Connection:
         connection's windows allow, each wait (for window, or for the writer to take
         what is queued) limited to ``timeout`` seconds without progress."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        length = stream.length
+        if length is not None and not stream.send_stopped:
+            total = stream.sent + len(data)
+            if total > length or (end_stream and total < length):
+                # Never a mis-framed request on the wire (an HTTP/2-to-HTTP/1.1 proxy
+                # would forward it as such): not a byte of it, no END_STREAM.
+                longer = "longer" if total > length else "shorter"
+                raise LocalProtocolError(
+                    f"the request body is {longer} than its Content-Length ({total} bytes,"
+                    f" Content-Length: {length}); HTTP/2 stream {stream.id} was reset"
+                )
         view = memoryview(data)
         offset = 0
         deadline: float | None = None  # of the current wait; None while progressing
@@ -979,10 +1000,10 @@ class H2Connection:
                 if window > 0:
                     size = min(window, self._h2.max_outbound_frame_size, remaining)
                     end = end_stream and size == remaining
-                    self._h2.send_data(
-                        stream.id, bytes(view[offset : offset + size]), end_stream=end
-                    )
+                    piece = data if size == len(data) else bytes(view[offset : offset + size])
+                    self._h2.send_data(stream.id, piece, end_stream=end)
                     offset += size
+                    stream.sent += size
                     self._queued += size
                     self._kick()
                     deadline = None
@@ -1339,6 +1360,23 @@ class _StateMachine(h2.connection.H2ConnectionStateMachine):
         ):
             return []
         return super().process_input(input_)
+
+
+def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
+    """The ``content-length`` of a request's header block, or ``None``.
+
+    Raises:
+        ValueError: Not a number, or two different values.
+    """
+    length: int | None = None
+    for name, value in block:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise ValueError(f"Content-Length must be a number, got {value!r}")
+            if length is not None and int(value) != length:
+                raise ValueError("headers must not have two different Content-Length values")
+            length = int(value)
+    return length
 
 
 def _answered(stream: _Stream) -> bool:
