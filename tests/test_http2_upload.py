@@ -181,6 +181,38 @@ async def test_a_failed_connect_leaves_a_one_shot_body_untouched(scheme: str) ->
         assert_settled(pool)
 
 
+async def test_a_failing_or_bad_piece_resets_the_stream_and_closes_the_iterator(
+    counting: tuple[H2Server, Recorder, str],
+) -> None:
+    server, recorder, base = counting
+    closed: list[str] = []
+
+    async def failing(last: object) -> AsyncIterator[object]:
+        try:
+            yield b"first"
+            await trio.sleep(0.05)
+            if isinstance(last, Exception):
+                raise last
+            yield last
+            yield b"never"
+        finally:
+            closed.append("closed")
+
+    async with trio_pool.open_pool() as pool:
+        client = HTTPClient(pool, http2="prior-knowledge")
+        with pytest.raises(KeyError, match="mine"):
+            await client.request("POST", f"{base}/count", content=failing(KeyError("mine")))
+        with pytest.raises(TypeError, match="content"):
+            await client.request("POST", f"{base}/count", content=failing("text"))
+        assert closed == ["closed", "closed"]
+        await wait_until(lambda: len(server.resets) == 2, "both streams reset")
+        assert server.resets == [ErrorCodes.CANCEL] * 2
+        assert [(s.ended.is_set(), s.size) for s in recorder.streams] == [(False, 5)] * 2
+        assert (await client.request("GET", f"{base}/")).content == b"ok"
+        assert len(server.connections) == 1
+        assert_settled(pool)
+
+
 async def test_alpn_http11_streams_the_body_as_http11(
     nursery: trio.Nursery, ca: trustme.CA, client_ctx: ssl.SSLContext
 ) -> None:
