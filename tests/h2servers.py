@@ -255,7 +255,8 @@ class ServerStream:
         self.conn = conn
         self.id = stream_id
         self.path = path
-        self.body = bytearray()
+        self.body = bytearray()  # the request body (kept unless the server's keep_bodies is off)
+        self.size = 0  # request body bytes received
         self.ended = trio.Event()  # the request body is complete
         self.reset = trio.Event()  # the client reset the stream
         self.window = trio.Event()
@@ -386,7 +387,9 @@ class ServerConnection:
             server.received += len(event.data or b"")
             found = self.streams.get(event.stream_id or 0)
             if found is not None and event.data:
-                found.body += event.data
+                found.size += len(event.data)
+                if server.keep_bodies:
+                    found.body += event.data
                 if server.window_updates:
                     self.h2.acknowledge_received_data(event.flow_controlled_length or 0, found.id)
         elif isinstance(event, h2.events.StreamEnded):
@@ -427,6 +430,8 @@ class H2Server:
         resets: Error codes of the RST_STREAMs received. ``goaways`` those of GOAWAYs.
         silent: Accept and never send a byte (not even SETTINGS).
         window_updates: Hand flow-control credit back for request bodies.
+        keep_bodies: Keep each request body in :attr:`ServerStream.body` (off: only
+            counted in :attr:`ServerStream.size`, for memory tests).
     """
 
     def __init__(
@@ -435,11 +440,13 @@ class H2Server:
         max_concurrent_streams: int | None = None,
         silent: bool = False,
         window_updates: bool = True,
+        keep_bodies: bool = True,
         routes: dict[str, Route] | None = None,
     ) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.silent = silent
         self.window_updates = window_updates
+        self.keep_bodies = keep_bodies
         self.routes: dict[str, Route] = routes or {}
         self.default_route: Route = answer_ok
         self.open = 0

@@ -80,6 +80,7 @@ from .http._exceptions import (
     WriteTimeout,
 )
 from .http._h2_client import H2Exchange
+from .http._h2_exceptions import RequestNotProcessed
 from .http._models import Target, authority, h11_request
 from .http._timeouts import NO_LIMIT, Timeout
 
@@ -100,6 +101,8 @@ _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...
     (WriteError, httpx.WriteError),
     (ReadError, httpx.ReadError),
     (RemoteProtocolError, httpx.RemoteProtocolError),
+    # Refused (REFUSED_STREAM, GOAWAY) on every try: httpcore's type for it.
+    (RequestNotProcessed, httpx.RemoteProtocolError),
     (PoolClosed, httpx.TransportError),
     (PoolError, httpx.TransportError),
 )
@@ -175,17 +178,21 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies
-    that httpx streams (``content=`` an async iterator) are streamed, not buffered:
-    chunked unless ``Content-Length`` is set, and then held to it
-    (``httpx.LocalProtocolError``).
+    that httpx streams (``content=`` an async iterator) are streamed, not buffered,
+    over HTTP/1.1 and HTTP/2 alike: chunked (HTTP/1.1) unless ``Content-Length`` is
+    set, and then held to it (``httpx.LocalProtocolError``). A request the server
+    refused (``REFUSED_STREAM``, GOAWAY) on every try is an
+    ``httpx.RemoteProtocolError``, as with httpcore.
 
     httpx's four timeouts apply separately, as in httpx's own transport: ``pool`` to
     the wait for a connection from the pool (``httpx.PoolTimeout``), ``connect`` to
-    TCP connect plus TLS handshake (``httpx.ConnectTimeout``), ``write`` to sending
-    the request (``httpx.WriteTimeout``), ``read`` to each read of the response head
-    and body (``httpx.ReadTimeout``); each error names the limit that fired. A
-    ``None`` pool or connect limit leaves the pool's ``acquire_timeout`` or
-    ``connection_timeout`` in force (httpx: no limit).
+    TCP connect plus TLS handshake (``httpx.ConnectTimeout``), ``write`` to each wait
+    while sending the request, over HTTP/2 for flow-control window too
+    (``httpx.WriteTimeout``), ``read`` to each read of the response head (counted
+    from when the request is sent) and body (``httpx.ReadTimeout``); each error names
+    the limit that fired. A ``None`` pool or connect limit leaves the pool's
+    ``acquire_timeout`` or ``connection_timeout`` in force (httpx: no limit). See
+    :class:`trio_pool.http.Timeout`.
     """
 
     def __init__(

@@ -26,6 +26,7 @@ from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
 from .._redact import shape_of
 from .._trace import Trace
+from ._body import chunk_bytes, close_iterator
 from ._exceptions import (
     HTTPError,
     LocalProtocolError,
@@ -48,7 +49,8 @@ __all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _RECEIVE_SIZE: Final = 65536
-_CLOSE_TIMEOUT: Final = 1.0
+#: The most one write sends under a write limit (which restarts for each write).
+_WRITE_PIECE: Final = 65536
 _CACHE_SIZE: Final = 1024
 _NEED_DATA: Final = h11.NEED_DATA
 _IDLE: Final = h11.IDLE
@@ -139,24 +141,6 @@ def body_stream(content: object) -> AsyncIterable[object] | None:
     if hasattr(type(content), "__aiter__"):
         return content  # type: ignore[return-value]
     return None
-
-
-def chunk_bytes(chunk: object) -> bytes:
-    """One piece of a streamed body as bytes (a buffer is sent as its bytes).
-
-    Raises:
-        TypeError: Not bytes, bytearray or memoryview (the message names ``content``).
-    """
-    if type(chunk) is bytes:
-        return chunk
-    if isinstance(chunk, (bytes, bytearray, memoryview)):
-        try:
-            return bytes(chunk)
-        except ValueError as exc:
-            raise ValueError(f"content yielded a buffer that cannot be read: {exc}") from None
-    raise TypeError(
-        f"content must yield bytes, bytearray or memoryview, not {type(chunk).__name__}"
-    )
 
 
 def check_framing(event: h11.Request, body: bytes | None) -> None:
@@ -508,9 +492,10 @@ class HTTPClient:
             are full, within ``max_size``). ``"prior-knowledge"``: plain ``http://``
             URLs speak HTTP/2 at once too (h2c, no upgrade), https as with ``True``.
             Needs the ``h2`` extra (``trio-pool[http2]``; without it the constructor
-            raises :exc:`ImportError`). Not through proxies (those
-            requests stay HTTP/1.1). A streamed request body is gathered before it is
-            sent over HTTP/2; the write and read limits of a request's head add up.
+            raises :exc:`ImportError`). Not through proxies (those requests stay
+            HTTP/1.1). A streamed request body is streamed over HTTP/2 too, as DATA
+            frames as it is produced, within flow control, and touched only once a
+            connection is chosen (and its protocol known).
 
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
@@ -597,13 +582,17 @@ class HTTPClient:
                 of bytes, streamed as it produces them: chunked, unless the headers
                 give a ``Content-Length`` (then it must produce exactly that many
                 bytes, else :class:`LocalProtocolError`). The write limit applies to
-                each piece; the time the iterable takes to produce one is not limited.
-                A streamed request is never retried.
+                each wait to send; the time the iterable takes to produce a piece is
+                not limited. The iterable is first asked for a piece once a connection
+                is chosen. A streamed request is never retried (over HTTP/2, unless
+                the server refused it before a piece was asked for).
             timeout: The limits of each phase, as for the client (a :class:`Timeout`,
                 a number of seconds for every phase, or ``None`` for none); defaults to
-                the client's. A limit is per phase, and for reads per read, as httpx's:
-                a server that keeps sending is never cut off. ``0`` means no waiting,
-                as ``acquire(timeout=0)`` (see :class:`Timeout`).
+                the client's. A limit is per phase, and for writes and reads per wait,
+                as httpx's: a server that keeps sending, or keeps taking an upload, is
+                never cut off; the wait for the response head counts from when the
+                request is sent. ``0`` means no waiting, as ``acquire(timeout=0)`` (see
+                :class:`Timeout`).
 
         Returns:
             The complete :class:`Response`; its connection is already back in the pool
@@ -616,14 +605,17 @@ class HTTPClient:
                 streamed ``content`` that is not bytes (when met: the connection is
                 discarded).
             LocalProtocolError: A streamed ``content`` produced more or fewer bytes
-                than its ``Content-Length`` (the connection is discarded).
+                than its ``Content-Length`` (over HTTP/1.1 the connection is
+                discarded; over HTTP/2 the stream is reset).
             trio_pool.ProxyError: The proxy refused the tunnel (``status`` says how)
                 or failed (a :class:`~trio_pool.ConnectError`).
             PoolTimeout: No connection became free within the pool limit (it is a
                 :class:`~trio_pool.PoolExhausted` too; the pool counts it in
                 ``acquire_timeouts``).
             trio_pool.ConnectTimeout: Connecting took longer than the connect limit.
-            WriteTimeout: Sending took longer than the write limit.
+            WriteTimeout: A wait to send (over HTTP/2 also for flow-control window)
+                took longer than the write limit (over HTTP/2 the stream is reset,
+                the connection carries on).
             ReadTimeout: A read took longer than the read limit.
             WriteError: The connection failed while sending.
             ReadError: The connection failed while reading.
@@ -888,15 +880,22 @@ class HTTPClient:
     ) -> h11.Response:
         """Send the request and read the response head.
 
-        With a ``trace``, the head and the body (sent in one write) report
-        httpcore's ``http11.send_request_headers.*`` then ``.send_request_body.*``.
+        With a write limit, a request larger than :data:`_WRITE_PIECE` goes out in
+        writes of that size, the limit restarting for each: it limits each wait for
+        the server to take more, as on HTTP/2, not the whole of a large body. With a
+        ``trace``, the head and the body (sent in one write) report httpcore's
+        ``http11.send_request_headers.*`` then ``.send_request_body.*``.
         """
         try:
             if trace is not None:
                 await trace("http11.send_request_headers.started", {})
-            if timer is not None:
+            if timer is None:
+                await conn.send_all(data)
+            elif len(data) <= _WRITE_PIECE or timer.write is None:
                 timer.writing()
-            await conn.send_all(data)
+                await conn.send_all(data)
+            else:
+                await _write(conn, data, timer)
             if trace is not None:
                 await trace("http11.send_request_headers.complete", {})
                 await trace("http11.send_request_body.started", {})
@@ -928,8 +927,9 @@ class HTTPClient:
         """Send the head, then each piece of ``body`` as it is produced (h11 frames
         them, chunked or held to the ``Content-Length``), then read the response head.
 
-        The write limit runs per write; the iterable's own time is not limited. An
-        iterator left before its end (a failure, an early answer) is closed.
+        The write limit runs per write (see :func:`_write`); the iterable's own time
+        is not limited. An iterator left before its end (a failure, an early answer)
+        is closed.
         """
         where = f"{target.host}:{target.port}"
         sending = False
@@ -938,9 +938,8 @@ class HTTPClient:
             if trace is not None:
                 await trace("http11.send_request_headers.started", {})
             data = protocol.send(event) or b""
-            timer.writing_piece()
             sending = True
-            await conn.send_all(data)
+            await _write(conn, data, timer)
             sending = False
             if trace is not None:
                 await trace("http11.send_request_headers.complete", {})
@@ -962,9 +961,8 @@ class HTTPClient:
                     raise LocalProtocolError(
                         f"{where}: content produced more bytes than its Content-Length ({exc})"
                     ) from exc
-                timer.writing_piece()
                 sending = True
-                await conn.send_all(data)
+                await _write(conn, data, timer)
                 sending = False
             try:
                 data = protocol.send(_END) or b""
@@ -973,9 +971,8 @@ class HTTPClient:
                     f"{where}: content produced fewer bytes than its Content-Length ({exc})"
                 ) from exc
             if data:
-                timer.writing_piece()
                 sending = True
-                await conn.send_all(data)
+                await _write(conn, data, timer)
                 sending = False
             if trace is not None:
                 await trace("http11.send_request_body.complete", {})
@@ -990,7 +987,7 @@ class HTTPClient:
                 raise _ConnectionLost(error) from exc
         finally:
             if iterator is not None:
-                await _close_iterator(iterator)
+                await close_iterator(iterator)
         return await cls._receive_head(conn, protocol, target, timer, trace)
 
     @staticmethod
@@ -1051,19 +1048,18 @@ async def _trace_head(trace: Trace, event: h11.Response) -> None:
     await trace("http11.receive_response_headers.complete", {"return_value": value})
 
 
-async def _close_iterator(iterator: AsyncIterator[object]) -> None:
-    """Close a body's iterator left before its end (an async generator would otherwise
-    be finalized whenever it is collected), shielded, for a second at most. Its own
-    errors are dropped: the request's error (or its early answer) is what counts."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is None:
+async def _write(conn: PooledConnection, data: bytes, timer: _Timer) -> None:
+    """Send ``data`` in writes of at most :data:`_WRITE_PIECE` bytes, the write limit
+    restarting for each: it limits each wait for the server to take more (as on
+    HTTP/2, where it limits each wait for window), never a steady upload as a whole."""
+    if len(data) <= _WRITE_PIECE or timer.write is None:
+        timer.writing_piece()
+        await conn.send_all(data)
         return
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-        try:
-            await aclose()
-        except Exception:  # secondary to the error being raised
-            pass
+    view = memoryview(data)
+    for start in range(0, len(data), _WRITE_PIECE):
+        timer.writing_piece()
+        await conn.send_all(view[start : start + _WRITE_PIECE])
 
 
 class _Timer:

@@ -50,12 +50,14 @@ class RemoteProtocolError(HTTPError):
 
 
 class LocalProtocolError(HTTPError):
-    """The request broke HTTP/1.1 while it was being sent: a streamed body that came
-    out longer or shorter than its ``Content-Length``. The connection is discarded (what
-    was sent cannot be framed any more), and the request is not retried (httpx:
-    ``httpx.LocalProtocolError``).
+    """The request broke HTTP while it was being sent: a streamed body that came out
+    longer or shorter than its ``Content-Length``. What was sent is never a complete
+    request: over HTTP/1.1 the connection is discarded (what was sent cannot be framed
+    any more); over HTTP/2 the excess is not sent, nor END_STREAM, and the stream is
+    reset (``RST_STREAM(CANCEL)``), the connection carrying on. The request is not
+    retried (httpx: ``httpx.LocalProtocolError``).
 
-    The :class:`h11.LocalProtocolError` is chained as the cause.
+    Over HTTP/1.1 the :class:`h11.LocalProtocolError` is chained as the cause.
     """
 
 

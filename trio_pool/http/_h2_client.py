@@ -8,7 +8,7 @@ the same :class:`~trio_pool.http.Response`. The protocol itself is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -18,13 +18,19 @@ from .._connection import PooledConnection
 from .._exceptions import PoolExhausted
 from .._shared import Multiplexer
 from .._trace import Trace
-from ._exceptions import HTTPError, ReadTimeout, StreamClosed
+from ._exceptions import (
+    HTTPError,
+    LocalProtocolError,
+    ReadTimeout,
+    RequestTimeout,
+    StreamClosed,
+)
 from ._models import Response, Target
 from ._timeouts import Timeout
 
 if TYPE_CHECKING:
     from ._client import Body, Exchange, HTTPClient
-    from ._http2 import H2Response, H2StreamSlot
+    from ._http2 import H2RequestStream, H2Response, H2StreamSlot
 
 __all__ = ["H2Exchange", "open_multiplexed", "request_h2"]
 
@@ -164,9 +170,11 @@ async def request_h2(
 ) -> Exchange | H2Exchange:
     """Send a request on a stream of a shared HTTP/2 connection of its key.
 
-    A request the server did not process (``GOAWAY`` above its stream, or
-    ``REFUSED_STREAM``) is sent again on another stream, any method, at most twice.
-    When the server chose HTTP/1.1 (ALPN), the connection is used as HTTP/1.1.
+    The body is touched only once a connection is chosen: when the server chose
+    HTTP/1.1 (ALPN), the connection is used as HTTP/1.1, the body untouched. A request
+    the server did not process (``GOAWAY`` above its stream, or ``REFUSED_STREAM``) is
+    sent again on another stream, any method, at most twice, unless its streamed body
+    was started (it cannot be produced again).
     """
     from ._h2_exceptions import RequestNotProcessed
 
@@ -183,12 +191,10 @@ async def request_h2(
         mode,
         open_multiplexed,
     )
-    if not isinstance(content, bytes):
-        # HTTP/2 sends a body as bytes: a streamed one is gathered first.
-        content = await _gather(content)
     fields = [(name, value) for name, value in event.headers if name != b"transfer-encoding"]
     authority = next((value for name, value in fields if name == b"host"), target.host_header)
     scheme = b"https" if target.tls else b"http"
+    body = _Upload(content, f"{target.host}:{target.port}")
     for attempt in range(_ATTEMPTS):
         try:
             lease = await pool._acquire_lease(state, limits.pool, limits.connect)
@@ -201,37 +207,85 @@ async def request_h2(
                 target, event, content, idempotent, limits, first=lease, trace=trace
             )
         slot: H2StreamSlot = lease  # type: ignore[assignment]
-        head_limit = _head_limit(limits)
         try:
-            with trio.CancelScope() as scope:
-                if head_limit is not None:
-                    scope.deadline = trio.current_time() + head_limit
-                response = await slot.connection.request(
-                    event.method, event.target, authority, scheme, fields, content, slot=slot
-                )
+            request = await slot.connection.start_request(
+                event.method,
+                event.target,
+                authority,
+                scheme,
+                fields,
+                end_stream=body.empty,
+                slot=slot,
+            )
+            await body.send(request, limits.write)
+            response = await request.receive_response(timeout=limits.read)
         except RequestNotProcessed:
-            if attempt + 1 < _ATTEMPTS:
+            if attempt + 1 < _ATTEMPTS and body.replayable:
                 continue
             raise
-        if scope.cancelled_caught:  # the stream was reset; the connection carries on
-            raise ReadTimeout(
-                f"sending the request to {target.host}:{target.port} and receiving its"
-                f" response head took longer than {head_limit} s (write + read timeout)"
-            )
+        except (RequestTimeout, LocalProtocolError) as exc:
+            # The stream was reset; the connection carries on.
+            raise type(exc)(f"{body.where}: {exc}") from exc
         return H2Exchange(response, target, limits.read)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _head_limit(limits: Timeout) -> float | None:
-    """HTTP/2 sends and waits for the head in one call: the write and read limits add
-    (no read limit: none at all)."""
-    if limits.read is None:
-        return None
-    return limits.read + (limits.write or 0.0)
+class _Upload:
+    """The body of one HTTP/2 request: bytes (sent again on a retry), or an async
+    iterable sent once, piece by piece as it is produced (the connection holds both
+    to the request's ``Content-Length``)."""
 
+    __slots__ = ("content", "started", "where")
 
-async def _gather(body: AsyncIterable[object]) -> bytes:
-    from ._client import chunk_bytes
+    def __init__(self, content: Body, where: str) -> None:
+        self.content = content
+        self.where = where
+        self.started = False
 
-    parts = [chunk_bytes(piece) async for piece in body]
-    return b"".join(parts)
+    @property
+    def empty(self) -> bool:
+        """No body at all: END_STREAM goes with the HEADERS."""
+        return type(self.content) is bytes and not self.content
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the body can be sent again: bytes, or an iterable never started."""
+        return type(self.content) is bytes or not self.started
+
+    async def send(self, request: H2RequestStream, limit: float | None) -> None:
+        """Send the body on ``request``, each wait for window or writer limited to
+        ``limit``; stop when the server answers early.
+
+        Raises:
+            LocalProtocolError: A streamed body longer or shorter than its
+                ``Content-Length``: the excess is never sent, nor END_STREAM, and the
+                stream is reset (the connection carries on).
+        """
+        content = self.content
+        if type(content) is bytes:
+            if content:
+                await request.send_data(content, end_stream=True, timeout=limit)
+            return
+        from ._body import chunk_bytes, close_iterator
+
+        assert not isinstance(content, bytes)
+        self.started = True
+        pieces: AsyncIterator[object] = aiter(content)
+        iterator: AsyncIterator[object] | None = pieces
+        try:
+            while True:
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    iterator = None
+                    break
+                data = chunk_bytes(piece)
+                if data and not await request.send_data(data, timeout=limit):
+                    return  # answered early
+            await request.send_data(b"", end_stream=True, timeout=limit)
+        except BaseException:
+            request.reset()
+            raise
+        finally:
+            if iterator is not None:
+                await close_iterator(iterator)

@@ -22,8 +22,13 @@ one window and then the peer must stop. The connection window is
 ``max_concurrent_streams * stream_window``, so open streams together can never use it
 up and a stalled stream cannot starve the others; when a stream ends or is reset,
 its unread bytes are handed back to the connection window at once. Sending waits for
-the peer's ``WINDOW_UPDATE`` and for the writer to drain, so the outbound buffer
-stays small.
+the peer's ``WINDOW_UPDATE`` and for the writer to take what is queued, so the
+outbound buffer stays small; each such wait has the request's write limit.
+
+A request goes out in steps (:meth:`H2Connection.start_request`, then
+:class:`H2RequestStream`'s ``send_data`` and ``receive_response``), so a body can be
+streamed as it is produced; :meth:`H2Connection.request` does all three for a body
+in bytes.
 
 h2 is imported here only; :mod:`trio_pool.http` does not import this module.
 """
@@ -48,7 +53,15 @@ from hpack import NeverIndexedHeaderTuple
 
 from .._exceptions import ConnectTimeout
 from .._redact import shape_of
-from ._exceptions import HTTPError, ReadError, RemoteProtocolError, WriteError
+from ._exceptions import (
+    HTTPError,
+    LocalProtocolError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    WriteError,
+    WriteTimeout,
+)
 from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
 
 __all__ = [
@@ -56,6 +69,7 @@ __all__ = [
     "DEFAULT_STREAM_WINDOW",
     "H2Connection",
     "H2ConnectionStatistics",
+    "H2RequestStream",
     "H2Response",
     "H2StreamSlot",
 ]
@@ -184,10 +198,13 @@ class _Stream:
         "error",
         "headers",
         "id",
+        "length",
         "local_ended",
         "registered",
         "remote_ended",
         "reset",
+        "send_stopped",
+        "sent",
         "trailers",
         "unacked",
         "waiter",
@@ -203,6 +220,11 @@ class _Stream:
         self.local_ended: bool = False
         self.remote_ended: bool = False
         self.reset: bool = False
+        # The server answered before the body was sent: no more DATA; RST_STREAM(NO_ERROR)
+        # once its response ends (RFC 9113, 8.1).
+        self.send_stopped: bool = False
+        self.length: int | None = None  # the request's Content-Length, held to
+        self.sent: int = 0  # request body bytes queued
         self.registered: bool = True  # counted in the connection's open streams
         self.error: HTTPError | None = None
         self.waiter: trio.Event | None = None
@@ -420,6 +442,91 @@ class H2Response:
         await trio.lowlevel.checkpoint()
 
 
+class H2RequestStream:
+    """A request on its stream, being sent: its body, then the response head.
+
+    Made by :meth:`H2Connection.start_request` once the HEADERS are queued. Send the
+    body with :meth:`send_data` (the last piece, or an empty one, with
+    ``end_stream=True``), then wait for the head with :meth:`receive_response`. Any
+    failure, timeout or cancellation of either resets the stream
+    (``RST_STREAM(CANCEL)``); the other streams and the connection carry on.
+
+    Each wait has its own limit: ``timeout`` of :meth:`send_data` limits each wait for
+    the server's flow-control window or for the connection's writer (a steady upload is
+    never cut off, a stalled one is), ``timeout`` of :meth:`receive_response` the wait
+    for the head, counted from when the request was sent.
+    """
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: H2Connection, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def __repr__(self) -> str:
+        return f"<H2RequestStream stream {self._stream.id}>"
+
+    @property
+    def stream_id(self) -> int:
+        """The HTTP/2 stream id."""
+        return self._stream.id
+
+    @property
+    def answered_early(self) -> bool:
+        """Whether the server answered before the body was sent, so sending stopped."""
+        return self._stream.send_stopped
+
+    async def send_data(
+        self, data: bytes, *, end_stream: bool = False, timeout: float | None = None
+    ) -> bool:
+        """Send ``data`` as DATA frames, as the flow-control windows allow, and with
+        END_STREAM on the last frame if ``end_stream``. Returns once every frame is in
+        the connection's outbound buffer (at most about 64 KiB waits there).
+
+        Returns ``False``, having stopped sending, when the server has answered before
+        the body was sent (RFC 9113, 8.1): a complete response, or a final status of
+        300 or more (the server does not want the rest; Go's transport decides the
+        same). The stream is then reset with ``NO_ERROR`` once the response has ended,
+        and :meth:`receive_response` returns it.
+
+        Args:
+            data: The bytes to send (may be empty, to send END_STREAM alone).
+            end_stream: Whether this ends the request body.
+            timeout: Seconds each wait (for window, or for the writer) may last;
+                ``None``: no limit, ``0``: fail as soon as sending would wait.
+
+        Raises:
+            WriteTimeout: A wait took longer than ``timeout``.
+            StreamReset: The server reset the stream.
+            RequestNotProcessed: GOAWAY or ``REFUSED_STREAM``: not processed.
+            ReadError, WriteError, RemoteProtocolError: The connection failed.
+        """
+        try:
+            return await self._conn._send_data(self._stream, data, end_stream, timeout)
+        except BaseException:
+            self._conn._cancel_stream(self._stream)
+            raise
+
+    async def receive_response(self, *, timeout: float | None = None) -> H2Response:
+        """Wait for the response head (at most ``timeout`` seconds, ``None``: no limit).
+
+        Raises:
+            ReadTimeout: No head within ``timeout``.
+            StreamReset, RequestNotProcessed, ReadError, WriteError,
+                RemoteProtocolError: As for :meth:`send_data`.
+        """
+        try:
+            return await self._conn._receive_head(self._stream, timeout)
+        except BaseException:
+            self._conn._cancel_stream(self._stream)
+            raise
+
+    def reset(self) -> None:
+        """Reset the stream (``RST_STREAM(CANCEL)``) unless it is closed already: a
+        request given up while it was sent. Synchronous and idempotent."""
+        self._conn._cancel_stream(self._stream)
+
+
 class H2Connection:
     """A client HTTP/2 connection that multiplexes requests over one stream.
 
@@ -493,7 +600,8 @@ class H2Connection:
         self._closed: bool = False
         self._error: ErrorFactory | None = None
         self._outbox = bytearray()  # h2's output, kept safe from h2 clearing it on GOAWAY
-        self._queued = 0
+        self._queued = 0  # body bytes in h2's buffer that the writer has not taken yet
+        self._send_waiters: set[_Stream] = set()  # senders waiting for the writer
         self._write_failed = False
         self._running = False
         self._write_wanted = trio.Event()
@@ -704,8 +812,11 @@ class H2Connection:
         body: bytes = b"",
         *,
         slot: H2StreamSlot | None = None,
+        write_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> H2Response:
-        """Send a request on a new stream and wait for the response head.
+        """Send a request on a new stream and wait for the response head:
+        :meth:`start_request`, then the body and the head of :class:`H2RequestStream`.
 
         Args:
             method: E.g. ``b"GET"``.
@@ -714,9 +825,13 @@ class H2Connection:
             scheme: ``b"https"`` or ``b"http"``.
             headers: ``(name, value)`` pairs; names are lowercased, and HTTP/1.1
                 connection-specific headers (``Connection``, ``Host``, ...) dropped.
-            body: The request body, sent as flow control allows.
+            body: The request body, sent as flow control allows. When the server
+                answers before all of it is sent, the rest is not sent (see
+                :meth:`H2RequestStream.send_data`).
             slot: A stream reserved with :meth:`reserve_stream_nowait`; without one,
                 the request waits for a free stream (:meth:`reserve_stream`).
+            write_timeout: The limit of each wait for window or writer.
+            read_timeout: The limit of the wait for the head, once the body is sent.
 
         Returns:
             The response head; read its body with :meth:`H2Response.receive_data`.
@@ -727,6 +842,7 @@ class H2Connection:
                 process it; retrying elsewhere is safe for any method.
             ConnectionUnavailable: No slot given, and the connection is closed or
                 going away.
+            WriteTimeout, ReadTimeout: A wait took longer than its limit.
             StreamReset: The server reset the stream.
             ReadError, WriteError, RemoteProtocolError: The connection failed.
 
@@ -735,10 +851,43 @@ class H2Connection:
         """
         if not isinstance(body, bytes):
             raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        request = await self.start_request(
+            method, target, authority, scheme, headers, end_stream=not body, slot=slot
+        )
+        if body:
+            await request.send_data(body, end_stream=True, timeout=write_timeout)
+        return await request.receive_response(timeout=read_timeout)
+
+    async def start_request(
+        self,
+        method: bytes | str,
+        target: bytes | str,
+        authority: bytes | str,
+        scheme: bytes | str = b"https",
+        headers: Sequence[tuple[bytes | str, bytes | str]] = (),
+        *,
+        end_stream: bool = False,
+        slot: H2StreamSlot | None = None,
+    ) -> H2RequestStream:
+        """Open a stream and queue the request's HEADERS (with END_STREAM if
+        ``end_stream``: a request without a body). Arguments as for :meth:`request`.
+
+        Returns:
+            The request, to send its body and receive its response head.
+
+        Raises:
+            TypeError, ValueError: A bad argument, before any I/O (``slot`` is then
+                released).
+            RequestNotProcessed: The connection stopped taking streams.
+            ConnectionUnavailable: As for :meth:`request`.
+        """
         if slot is not None and (not isinstance(slot, H2StreamSlot) or slot._conn is not self):
             raise ValueError("slot must be an H2StreamSlot of this connection")
         try:
             block = _request_headers(method, target, authority, scheme, headers)
+            length = _content_length(block)
+            if end_stream and length:
+                raise ValueError(f"headers say Content-Length: {length}, but there is no body")
         except BaseException:
             if slot is not None:
                 slot.release()
@@ -762,19 +911,9 @@ class H2Connection:
         except BaseException:
             slot.release()
             raise
-        stream = self._send_headers(slot, block, end_stream=not body)
-        try:
-            if body:
-                await self._send_body(stream, body)
-            while stream.headers is None and stream.error is None:
-                await stream.wait()
-            if stream.headers is None:
-                assert stream.error is not None
-                raise stream.error
-            return self._make_response(stream)
-        except BaseException:
-            self._cancel_stream(stream)
-            raise
+        stream = self._send_headers(slot, block, end_stream=end_stream)
+        stream.length = length
+        return H2RequestStream(self, stream)
 
     def _make_response(self, stream: _Stream) -> H2Response:
         assert stream.headers is not None
@@ -818,32 +957,119 @@ class H2Connection:
         self._kick()
         return stream
 
-    async def _send_body(self, stream: _Stream, body: bytes) -> None:
-        view = memoryview(body)
+    async def _send_data(
+        self, stream: _Stream, data: bytes, end_stream: bool, timeout: float | None
+    ) -> bool:
+        """:meth:`H2RequestStream.send_data`: frames as the stream's and the
+        connection's windows allow, each wait (for window, or for the writer to take
+        what is queued) limited to ``timeout`` seconds without progress."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        length = stream.length
+        if length is not None and not stream.send_stopped:
+            total = stream.sent + len(data)
+            if total > length or (end_stream and total < length):
+                # Never a mis-framed request on the wire (an HTTP/2-to-HTTP/1.1 proxy
+                # would forward it as such): not a byte of it, no END_STREAM.
+                longer = "longer" if total > length else "shorter"
+                raise LocalProtocolError(
+                    f"the request body is {longer} than its Content-Length ({total} bytes,"
+                    f" Content-Length: {length}); HTTP/2 stream {stream.id} was reset"
+                )
+        view = memoryview(data)
         offset = 0
+        deadline: float | None = None  # of the current wait; None while progressing
+        waited = False
         while True:
             if stream.error is not None:
                 raise stream.error
             if self._error is not None:
                 raise self._error()
-            if stream.reset:  # reset with NO_ERROR after a complete response: stop sending
-                return
-            window = self._h2.local_flow_control_window(stream.id)
-            if window <= 0:
-                await stream.wait()
-                continue
-            size = min(window, self._h2.max_outbound_frame_size, len(body) - offset)
-            end = offset + size >= len(body)
-            self._h2.send_data(stream.id, bytes(view[offset : offset + size]), end_stream=end)
-            offset += size
-            self._queued += size
-            self._kick()
-            if end:
-                stream.local_ended = True
-                self._maybe_closed(stream)
-                return
+            if stream.local_ended:
+                raise RuntimeError(f"the request on stream {stream.id} was already sent")
+            if stream.send_stopped or stream.reset or _answered(stream):
+                self._stop_sending(stream)
+                break
             if self._queued >= _HIGH_WATER:
-                await self._drained_wait()
+                waiting_for = "the connection's writer (the server is not reading)"
+            else:
+                remaining = len(data) - offset
+                if not remaining:
+                    if end_stream:
+                        self._h2.end_stream(stream.id)
+                        self._ended(stream)
+                    break
+                window = self._h2.local_flow_control_window(stream.id)
+                if window > 0:
+                    size = min(window, self._h2.max_outbound_frame_size, remaining)
+                    end = end_stream and size == remaining
+                    piece = data if size == len(data) else bytes(view[offset : offset + size])
+                    self._h2.send_data(stream.id, piece, end_stream=end)
+                    offset += size
+                    stream.sent += size
+                    self._queued += size
+                    self._kick()
+                    deadline = None
+                    if end:
+                        self._ended(stream)
+                        break
+                    continue
+                waiting_for = "the server's flow-control window"
+            if deadline is None:
+                deadline = math.inf if timeout is None else trio.current_time() + timeout
+            await self._send_wait(stream, deadline, waiting_for, timeout)
+            waited = True
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return not stream.send_stopped
+
+    def _ended(self, stream: _Stream) -> None:
+        stream.local_ended = True
+        self._kick()
+        self._maybe_closed(stream)
+
+    def _stop_sending(self, stream: _Stream) -> None:
+        """The server answered before the body was sent: send no more, and close our
+        side with ``RST_STREAM(NO_ERROR)`` once the response has ended."""
+        stream.send_stopped = True
+        self._maybe_closed(stream)
+
+    async def _send_wait(
+        self, stream: _Stream, deadline: float, waiting_for: str, timeout: float | None
+    ) -> None:
+        """Sleep until something changes on ``stream`` or the writer takes what is
+        queued; :class:`WriteTimeout` at ``deadline``."""
+        self._send_waiters.add(stream)
+        try:
+            with trio.CancelScope(deadline=deadline) as scope:
+                await stream.wait()
+        finally:
+            self._send_waiters.discard(stream)
+        if scope.cancelled_caught:
+            raise WriteTimeout(
+                f"sending on HTTP/2 stream {stream.id} waited longer than {timeout} s for"
+                f" {waiting_for} (write timeout)"
+            )
+
+    async def _receive_head(self, stream: _Stream, timeout: float | None) -> H2Response:
+        """:meth:`H2RequestStream.receive_response`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if stream.headers is None and stream.error is None and stream.registered:
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
+            with trio.CancelScope(deadline=deadline) as scope:
+                while stream.headers is None and stream.error is None and stream.registered:
+                    await stream.wait()
+            if scope.cancelled_caught:
+                raise ReadTimeout(
+                    f"no response head on HTTP/2 stream {stream.id} within {timeout} s"
+                    " (read timeout, waiting for the response head)"
+                )
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if stream.headers is None:
+            if stream.error is not None:
+                raise stream.error
+            raise trio.ClosedResourceError(f"stream {stream.id} was reset (abandoned)")
+        return self._make_response(stream)
 
     # -- stream bookkeeping (synchronous) -----------------------------------------
 
@@ -869,8 +1095,11 @@ class H2Connection:
         self._unregister(stream)
 
     def _maybe_closed(self, stream: _Stream) -> None:
-        if stream.registered and stream.local_ended and stream.remote_ended:
-            self._unregister(stream)
+        if stream.registered and stream.remote_ended:
+            if stream.local_ended:
+                self._unregister(stream)
+            elif stream.send_stopped:  # answered early: close our side (RFC 9113, 8.1)
+                self._cancel_stream(stream, ErrorCodes.NO_ERROR)
 
     def _unregister(self, stream: _Stream) -> None:
         """``stream`` is closed: stop counting it, give its unread bytes' credit back to
@@ -920,6 +1149,13 @@ class H2Connection:
     def _kick(self) -> None:
         self._write_wanted.set()
 
+    def _writer_took(self) -> None:
+        """The writer took everything queued: wake the senders waiting for it."""
+        self._queued = 0
+        if self._send_waiters:
+            for stream in self._send_waiters:
+                stream.wake()
+
     async def _drained_wait(self) -> None:
         while not self._drained.is_set():
             await self._drained.wait()
@@ -956,12 +1192,12 @@ class H2Connection:
             else:
                 data = self._h2.data_to_send()
             if not data:
-                self._queued = 0
+                self._writer_took()
                 self._drained.set()
                 self._write_wanted = trio.Event()
                 await self._write_wanted.wait()
                 continue
-            self._queued = 0
+            self._writer_took()
             if self._drained.is_set():
                 self._drained = trio.Event()
             try:
@@ -1126,6 +1362,38 @@ class _StateMachine(h2.connection.H2ConnectionStateMachine):
         ):
             return []
         return super().process_input(input_)
+
+
+def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
+    """The ``content-length`` of a request's header block, or ``None``.
+
+    Raises:
+        ValueError: Not a number, or two different values.
+    """
+    length: int | None = None
+    for name, value in block:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise ValueError(f"Content-Length must be a number, got {value!r}")
+            if length is not None and int(value) != length:
+                raise ValueError("headers must not have two different Content-Length values")
+            length = int(value)
+    return length
+
+
+def _answered(stream: _Stream) -> bool:
+    """Whether the server answered ``stream`` before its body was sent: a complete
+    response, or a final status of 300 or more (then the server does not want the
+    rest; a 1xx or 2xx server may still read it, full-duplex)."""
+    if stream.remote_ended:
+        return True
+    headers = stream.headers
+    if headers is None:
+        return False
+    for name, value in headers:
+        if name == b":status":
+            return not value.startswith((b"1", b"2"))
+    return False
 
 
 def _code_name(code: int) -> str:

@@ -44,16 +44,22 @@ def _check(name: str, value: object) -> float | None:
 class Timeout:
     """How long each phase of a request may take, in seconds.
 
-    The phases are httpx's and httpcore's, each limited on its own:
+    The phases are httpx's and httpcore's, each limited on its own, and the limits
+    of writes and reads are per operation, the same on HTTP/1.1 and HTTP/2:
 
     - ``pool``: waiting for a connection from the pool when its key (or the pool) is
       full. ``None``: the pool's ``acquire_timeout`` applies.
     - ``connect``: opening a new connection, TCP connect plus TLS handshake.
       ``None``: the pool's ``connection_timeout`` applies.
-    - ``write``: sending the request (one write: head and body together).
-      ``None``: no limit.
-    - ``read``: each read from the connection, for the response head and then for
-      every piece of the body. ``None``: no limit.
+    - ``write``: each wait while sending the request: for the socket to take the next
+      write (at most 64 KiB: the head, a piece of the body) and, over HTTP/2, for the
+      server's flow-control window. A steady upload, however long, is never cut
+      off; one the server stops taking is (:class:`WriteTimeout`). The time a
+      streamed body's iterable takes to produce a piece is not limited. ``None``: no
+      limit.
+    - ``read``: each read from the connection: the wait for the response head,
+      counted from when the request is sent (never the write limit added), then
+      each wait for a piece of the body. ``None``: no limit.
 
     ``0`` means "no waiting" in every phase, as ``ConnectionPool.acquire(timeout=0)``
     has it for the pool: ``pool=0`` fails at once when no connection is free,
