@@ -52,9 +52,7 @@ class RawPeer:
             self._buffer += data
         return True
 
-    async def handshake(
-        self, settings: dict[int, int] | None = None, *then: Frame | bytes
-    ) -> None:
+    async def handshake(self, settings: dict[int, int] | None = None, *then: Frame | bytes) -> None:
         """Read the client's preface; send our SETTINGS, and ``then`` in the same write
         (not waiting for the client's ACK)."""
         assert await self._fill(len(PREFACE)), "the client sent no preface"
@@ -91,6 +89,7 @@ class RawPeer:
         frame = await self.read_until(HeadersFrame)
         assert frame is not None, "the client closed before sending a request"
         assert "END_HEADERS" in frame.flags
+        assert isinstance(frame, HeadersFrame)
         headers = dict(self.decoder.decode(bytes(frame.data), raw=True))
         return int(frame.stream_id), bytes(headers[b":path"]).decode()
 
@@ -98,6 +97,7 @@ class RawPeer:
         """Read to the client's GOAWAY: its error code, or ``None`` if it closed without
         one (a bare close)."""
         frame = await self.read_until(GoAwayFrame)
+        assert frame is None or isinstance(frame, GoAwayFrame)
         return None if frame is None else int(frame.error_code)
 
     async def send(self, *frames: Frame | bytes) -> None:

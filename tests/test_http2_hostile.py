@@ -13,16 +13,17 @@ import pytest
 import trio
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame, RstStreamFrame, WindowUpdateFrame
 
 import trio_pool
 from trio_pool.http import HTTPClient, RemoteProtocolError
-from trio_pool.http._http2 import H2Connection
+from trio_pool.http._http2 import H2Connection, H2Response
 
 from .h2raw import RawPeer, Script, start_raw_server
 from .servers import HOST
 
 OK = [(b":status", b"200")]
+FrameMaker = Callable[[RawPeer, int], Frame]
 
 
 @asynccontextmanager
@@ -64,7 +65,7 @@ def traced() -> Iterator[Callable[[], tuple[int, int]]]:
         tracemalloc.stop()
 
 
-async def get(conn: H2Connection, path: str = "/", method: str = "GET") -> object:
+async def get(conn: H2Connection, path: str = "/", method: str = "GET") -> H2Response:
     return await conn.request(method, path, HOST, "http")
 
 
@@ -125,7 +126,7 @@ async def test_tiny_data_frames_cost_one_window_of_bytes() -> None:
             assert held < 4 * window  # one window of bytes (and a bytearray's slack)
             # h2's events for one read (64 KiB of 10-byte frames) come and go.
             assert peak < 4 * 1024 * 1024
-        body = await response.read_all()  # type: ignore[attr-defined]
+        body = await response.read_all()
     assert body == b"x" * window
 
 
@@ -147,9 +148,7 @@ async def test_huge_header_table_size_from_the_server_is_capped() -> None:
         with traced() as memory:
             for n in range(300):
                 value = f"{n:04d}".encode() * 1000  # 4000 bytes, a new value each time
-                response = await conn.request(
-                    "GET", "/", HOST, "http", [(b"x-unique", value)]
-                )
+                response = await conn.request("GET", "/", HOST, "http", [(b"x-unique", value)])
                 await response.read_all()
             assert memory()[1] < 400 * 1024
 
@@ -157,25 +156,25 @@ async def test_huge_header_table_size_from_the_server_is_capped() -> None:
 # -- item 7: bodies shorter (or longer) than their content-length -----------------------
 
 
-def answering(*frames: Callable[[RawPeer, int], object]) -> Script:
+def answering(*frames: FrameMaker) -> Script:
     """A script answering the first request with ``frames`` (each built from the peer
     and the stream id), then holding the connection open."""
 
     async def script(peer: RawPeer) -> None:
         await peer.handshake()
         stream_id = await peer.request_stream()
-        await peer.send(*(make(peer, stream_id) for make in frames))  # type: ignore[misc]
+        await peer.send(*(make(peer, stream_id) for make in frames))
         while await peer.read_frame() is not None:
             pass
 
     return script
 
 
-def head(*headers: tuple[bytes, bytes], end: bool = False) -> Callable[[RawPeer, int], object]:
+def head(*headers: tuple[bytes, bytes], end: bool = False) -> FrameMaker:
     return lambda peer, sid: peer.headers(sid, list(headers), end_stream=end)
 
 
-def data(payload: bytes, end: bool = False) -> Callable[[RawPeer, int], object]:
+def data(payload: bytes, end: bool = False) -> FrameMaker:
     return lambda peer, sid: peer.data(sid, payload, end_stream=end)
 
 
@@ -195,23 +194,20 @@ CL = b"content-length"
     ],
 )
 async def test_body_not_matching_content_length_is_a_protocol_error(
-    frames: list[Callable[[RawPeer, int], object]],
+    frames: list[FrameMaker],
 ) -> None:
     async with raw_h2(answering(*frames)) as (conn, _):
         with trio.fail_after(10), pytest.raises(RemoteProtocolError, match="content-length"):
-            response = await get(conn)
-            await response.read_all()  # type: ignore[attr-defined]
+            await (await get(conn)).read_all()
 
 
-@pytest.mark.parametrize(
-    ("method", "status"), [("HEAD", b"200"), ("GET", b"204"), ("GET", b"304")]
-)
+@pytest.mark.parametrize(("method", "status"), [("HEAD", b"200"), ("GET", b"204"), ("GET", b"304")])
 async def test_content_length_without_a_body_where_none_is_due(method: str, status: bytes) -> None:
     frames = [head((b":status", status), (CL, b"1000"), end=True)]
     async with raw_h2(answering(*frames)) as (conn, _):
         with trio.fail_after(10):
             response = await get(conn, method=method)
-            assert await response.read_all() == b""  # type: ignore[attr-defined]
+            assert await response.read_all() == b""
 
 
 # -- item 8: GOAWAY with the server's SETTINGS --------------------------------------------
@@ -224,7 +220,9 @@ async def test_goaway_in_the_same_read_as_settings_is_retried(nursery: trio.Nurs
         else:
             await peer.handshake()
             stream_id = await peer.request_stream()
-            await peer.send(peer.headers(stream_id, OK), peer.data(stream_id, b"ok", end_stream=True))
+            await peer.send(
+                peer.headers(stream_id, OK), peer.data(stream_id, b"ok", end_stream=True)
+            )
         while await peer.read_frame() is not None:
             pass
 
@@ -262,7 +260,8 @@ async def test_malformed_response_fails_only_its_stream(
         by_path = {path: sid for sid, path in streams.items()}
         await peer.send(peer.headers(by_path["/bad"], bad))
         await peer.send(
-            peer.headers(by_path["/good"], OK), peer.data(by_path["/good"], b"fine", end_stream=True)
+            peer.headers(by_path["/good"], OK),
+            peer.data(by_path["/good"], b"fine", end_stream=True),
         )
         while (frame := await peer.read_frame()) is not None:
             if isinstance(frame, RstStreamFrame) and frame.stream_id == by_path["/bad"]:
@@ -273,7 +272,7 @@ async def test_malformed_response_fails_only_its_stream(
 
         async def fetch(path: str) -> None:
             try:
-                outcome[path] = await (await get(conn, path)).read_all()  # type: ignore[attr-defined]
+                outcome[path] = await (await get(conn, path)).read_all()
             except RemoteProtocolError as exc:
                 outcome[path] = exc
 
@@ -295,7 +294,12 @@ async def test_malformed_response_fails_only_its_stream(
 
 
 def frame_bytes(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + payload
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
 
 
 ConnectionFault = Callable[[RawPeer, int], Awaitable[None]]
@@ -350,7 +354,7 @@ async def test_connection_error_sends_goaway_with_its_code(
     async with raw_h2(script) as (conn, _):
         with trio.move_on_after(10):
             try:
-                await (await get(conn)).read_all()  # type: ignore[attr-defined]
+                await (await get(conn)).read_all()
             except RemoteProtocolError:
                 pass
             while not received:  # noqa: ASYNC110 - the server's reader
@@ -378,8 +382,8 @@ async def test_data_on_a_stream_we_reset_is_not_a_connection_error() -> None:
     async with raw_h2(script) as (conn, _):
         with trio.fail_after(10):
             response = await get(conn)
-            response.abandon()  # type: ignore[attr-defined]
+            response.abandon()
             await reset.wait()
             await trio.sleep(0.05)
-            assert await (await get(conn)).read_all() == b"ok"  # type: ignore[attr-defined]
+            assert await (await get(conn)).read_all() == b"ok"
         assert not conn.is_closed

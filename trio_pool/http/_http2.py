@@ -258,7 +258,7 @@ class _FrameWatch:
     ) -> tuple[ErrorCodes, str] | None:
         if kind == _FRAME_RST_STREAM and (stream_id % 2 == 0 or stream_id > highest_stream_id):
             return ErrorCodes.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}"
-        if kind == _FRAME_DATA or kind == _FRAME_HEADERS:  # noqa: PLR1714 - ints
+        if kind in (_FRAME_DATA, _FRAME_HEADERS):
             ended = self._ended
             if stream_id in ended:
                 return ErrorCodes.STREAM_CLOSED, f"a frame on stream {stream_id} after its end"
@@ -1008,7 +1008,9 @@ class H2Connection:
     def _stream_error(self, stream: _Stream, problem: str) -> None:
         """The peer broke HTTP/2 on ``stream`` only (RFC 9113, 8.1.1): fail it, reset it
         with PROTOCOL_ERROR; the other streams carry on."""
-        stream.error = RemoteProtocolError(f"the server broke HTTP/2 on stream {stream.id}: {problem}")
+        stream.error = RemoteProtocolError(
+            f"the server broke HTTP/2 on stream {stream.id}: {problem}"
+        )
         stream.buffer.clear()
         self._cancel_stream(stream, ErrorCodes.PROTOCOL_ERROR)
 
@@ -1140,7 +1142,7 @@ class H2Connection:
             if not data:
                 self._die(lambda: ReadError("the server closed the HTTP/2 connection"))
                 return
-            if not self._receive(data):
+            if not self._receive(bytes(data)):
                 return
 
     def _receive(self, data: bytes) -> bool:
