@@ -666,6 +666,8 @@ class H2Connection:
                 open).
             ConnectTimeout: The peer sent no SETTINGS within ``settings_timeout``.
             ReadError, WriteError, RemoteProtocolError: The connection failed first.
+            GoAwayOnOpen: The peer sent GOAWAY with its SETTINGS: no stream was sent,
+                so another connection may be tried.
         """
         if (
             not isinstance(settings_timeout, int | float)
