@@ -202,6 +202,10 @@ async def request_h2(
             from ._exceptions import PoolTimeout
 
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
+        except RequestNotProcessed:  # GOAWAY as the connection opened: nothing was sent
+            if attempt + 1 < _ATTEMPTS:
+                continue
+            raise
         if isinstance(lease, PooledConnection):  # ALPN: the server speaks HTTP/1.1
             return await client._open(
                 target, event, content, idempotent, limits, first=lease, trace=trace

@@ -10,9 +10,10 @@ This module does not import h2.
 
 from __future__ import annotations
 
+from .._exceptions import ConnectError
 from ._exceptions import HTTPError, RemoteProtocolError
 
-__all__ = ["ConnectionUnavailable", "RequestNotProcessed", "StreamReset"]
+__all__ = ["ConnectionUnavailable", "GoAwayOnOpen", "RequestNotProcessed", "StreamReset"]
 
 
 class RequestNotProcessed(HTTPError):
@@ -26,6 +27,15 @@ class RequestNotProcessed(HTTPError):
     """
 
     retry_safe: bool = True
+
+
+class GoAwayOnOpen(RequestNotProcessed, ConnectError):
+    """The server sent GOAWAY as the HTTP/2 connection opened, with its SETTINGS.
+
+    The connection never took a stream, so nothing was sent: a connect error (the pool
+    hands it to whoever waited for that connection) that is safe to retry on another
+    connection, as :class:`RequestNotProcessed` is.
+    """
 
 
 class StreamReset(RemoteProtocolError):

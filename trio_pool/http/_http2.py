@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -62,7 +61,7 @@ from ._exceptions import (
     WriteError,
     WriteTimeout,
 )
-from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed, StreamReset
+from ._h2_exceptions import ConnectionUnavailable, GoAwayOnOpen, RequestNotProcessed, StreamReset
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -85,6 +84,17 @@ _RECEIVE_SIZE: Final = 65536
 # writer: one socket write's worth.
 _HIGH_WATER: Final = 65536
 _MAX_WINDOW: Final = 2**31 - 1
+# The most bytes of h2's automatic answers (PING and SETTINGS ACKs, RST_STREAMs) the
+# peer may make us queue while our writer is stuck (the peer does not read): beyond,
+# it is a flood, a connection error (ENHANCE_YOUR_CALM). Go caps queued control
+# frames the same way.
+_MAX_UNSENT_REPLIES: Final = 256 * 1024
+# Our HPACK encoder's dynamic table at most, whatever the peer's
+# SETTINGS_HEADER_TABLE_SIZE (Go and nghttp2 cap it at 4096 too).
+_MAX_ENCODER_TABLE: Final = 4096
+# How many streams the peer ended (END_STREAM) are remembered, to tell a frame on a
+# closed stream (a connection error) from one in flight on a stream we reset (ignored).
+_ENDED_REMEMBERED: Final = 256
 _DEFAULT_WINDOW: Final = 65535
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
@@ -93,8 +103,19 @@ _HOP_BY_HOP: Final = frozenset(
 _SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
+# RFC 9113, 8.2.1: what a received field name or value must not contain.
+_BAD_FIELD_NAME: Final = re.compile(rb"[\x00-\x20:A-Z\x7f-\xff]")
+_BAD_FIELD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_CONNECTION_SPECIFIC: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_FRAME_DATA: Final = 0x0
+_FRAME_HEADERS: Final = 0x1
+_FRAME_RST_STREAM: Final = 0x3
+_FLAG_END_STREAM: Final = 0x1
+# A GOAWAY frame without debug data, as h2 queues it on a protocol error: its header.
+_GOAWAY_HEADER: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 _IGNORED_EVENTS: Final = (
-    h2.events.InformationalResponseReceived,
     h2.events.SettingsAcknowledged,
     h2.events.PingReceived,
     h2.events.PingAckReceived,
@@ -171,6 +192,99 @@ def _request_headers(
     return block
 
 
+def _header_problem(headers: Sequence[tuple[bytes, bytes]], *, trailers: bool) -> str | None:
+    """What makes a received header block malformed (RFC 9113, 8.1.1, 8.2, 8.3.2), or
+    ``None``: a response head has one ``:status`` of three digits, first; trailers have
+    no pseudo-header; no name holds an uppercase letter, a space, a colon or a control
+    character; no value holds CR, LF or NUL or starts or ends with white space; no
+    connection-specific field.
+
+    h2's own inbound validation is off (:class:`H2Connection`'s configuration): it
+    raises for the whole connection, where a malformed response is an error of its
+    stream only."""
+    status = False
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if trailers or regular or status or name != b":status":
+                return f"unexpected pseudo-header {name!r}"
+            if not (len(value) == 3 and value.isdigit()):
+                return f"bad :status {value!r}"
+            status = True
+            continue
+        regular = True
+        if not name or _BAD_FIELD_NAME.search(name):
+            return f"invalid header name {name!r}"
+        if value and _BAD_FIELD_VALUE.search(value):
+            return f"invalid value of header {name!r}"
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            return f"connection-specific header {name!r}"
+    if not trailers and not status:
+        return "no :status"
+    return None
+
+
+class _FrameWatch:
+    """Reads the header of every frame the peer sends, before h2 does, for the stream
+    state errors RFC 9113 (5.1) makes connection errors and h2 lets pass: RST_STREAM
+    on an idle stream (PROTOCOL_ERROR), and DATA or HEADERS on a stream the peer has
+    already ended (STREAM_CLOSED; h2 answers those with a stream error only).
+
+    A stream *we* reset is not "ended by the peer" until its END_STREAM arrives, so
+    what the peer had in flight when our RST_STREAM crossed it stays harmless.
+    """
+
+    __slots__ = ("_ended", "_partial", "_skip")
+
+    def __init__(self) -> None:
+        self._skip = 0  # bytes of the current frame's payload still to come
+        self._partial = b""  # the start of a frame header split across reads
+        self._ended: dict[int, None] = {}  # streams the peer ended, oldest first
+
+    def feed(self, data: bytes, highest_stream_id: int) -> tuple[ErrorCodes, str] | None:
+        """Look at ``data``, the next bytes from the peer; the first fault found, if any.
+
+        Args:
+            data: What was just received.
+            highest_stream_id: The highest stream id we opened so far.
+        """
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        pos = self._skip
+        end = len(data)
+        while pos + 9 <= end:
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            kind = data[pos + 3]
+            stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            if stream_id:
+                fault = self._check(kind, data[pos + 4], stream_id, highest_stream_id)
+                if fault is not None:
+                    return fault
+            pos += 9 + length
+        if pos >= end:
+            self._skip = pos - end
+        else:
+            self._skip = 0
+            self._partial = data[pos:]
+        return None
+
+    def _check(
+        self, kind: int, flags: int, stream_id: int, highest_stream_id: int
+    ) -> tuple[ErrorCodes, str] | None:
+        if kind == _FRAME_RST_STREAM and (stream_id % 2 == 0 or stream_id > highest_stream_id):
+            return ErrorCodes.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}"
+        if kind in (_FRAME_DATA, _FRAME_HEADERS):
+            ended = self._ended
+            if stream_id in ended:
+                return ErrorCodes.STREAM_CLOSED, f"a frame on stream {stream_id} after its end"
+            if flags & _FLAG_END_STREAM:
+                ended[stream_id] = None
+                if len(ended) > _ENDED_REMEMBERED:
+                    del ended[next(iter(ended))]
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class H2ConnectionStatistics:
     """A snapshot of one HTTP/2 connection (from :meth:`H2Connection.statistics`).
@@ -194,12 +308,15 @@ class _Stream:
     """What the reader knows about one stream, and the one task waiting on it."""
 
     __slots__ = (
-        "chunks",
+        "buffer",
         "error",
+        "expected",
+        "head",
         "headers",
         "id",
         "length",
         "local_ended",
+        "received",
         "registered",
         "remote_ended",
         "reset",
@@ -210,13 +327,20 @@ class _Stream:
         "waiter",
     )
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, *, head: bool = False) -> None:
         self.id: int = stream_id
+        self.head = head  # a HEAD request: its response has no body
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.chunks: deque[tuple[bytes, int]] = deque()
-        # Flow-controlled bytes received and not yet handed back to the peer.
+        # The body received and not read yet: bytes, whatever the framing (one window
+        # at most, padding excluded: its credit goes back at once).
+        self.buffer = bytearray()
+        # Body bytes received and not yet handed back to the peer.
         self.unacked: int = 0
+        # The response's content-length (None: none, or no body is due), and the body
+        # bytes received so far.
+        self.expected: int | None = None
+        self.received: int = 0
         self.local_ended: bool = False
         self.remote_ended: bool = False
         self.reset: bool = False
@@ -347,7 +471,7 @@ class H2Response:
         stream = self._stream
         if (
             stream.registered
-            and not stream.chunks
+            and not stream.buffer
             and stream.error is None
             and not stream.remote_ended
         ):
@@ -355,7 +479,7 @@ class H2Response:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 while (
                     stream.registered
-                    and not stream.chunks
+                    and not stream.buffer
                     and stream.error is None
                     and not stream.remote_ended
                 ):
@@ -370,9 +494,10 @@ class H2Response:
                 self.abandon()
                 raise
             await trio.lowlevel.cancel_shielded_checkpoint()
-        if stream.chunks:
-            data, flow_controlled = stream.chunks.popleft()
-            self._conn._acknowledge(stream, flow_controlled)
+        if stream.buffer:
+            data = bytes(stream.buffer)
+            stream.buffer.clear()
+            self._conn._acknowledge(stream, len(data))
             self.started = True
             return data
         if stream.remote_ended and stream.error is None:
@@ -404,18 +529,14 @@ class H2Response:
     def _take_buffered(self) -> list[bytes]:
         """Every piece of the body received so far, taken at once, its credit handed
         back in one go (the fast path of reading a body that is already here)."""
-        chunks = self._stream.chunks
-        if not chunks:
+        buffer = self._stream.buffer
+        if not buffer:
             return []
-        parts = []
-        credit = 0
-        for data, flow_controlled in chunks:
-            parts.append(data)
-            credit += flow_controlled
-        chunks.clear()
-        self._conn._acknowledge(self._stream, credit)
+        data = bytes(buffer)
+        buffer.clear()
+        self._conn._acknowledge(self._stream, len(data))
         self.started = True
-        return parts
+        return [data]
 
     def _complete_nowait(self) -> bool:
         """Whether the whole body is here, unread (ended, without error)."""
@@ -425,7 +546,7 @@ class H2Response:
     def _ended_cleanly(self) -> bool:
         """Whether the body has nothing more to give (read to its end): then ``done``."""
         stream = self._stream
-        if stream.remote_ended and stream.error is None and not stream.chunks:
+        if stream.remote_ended and stream.error is None and not stream.buffer:
             self.done = True
         return self.done
 
@@ -433,7 +554,7 @@ class H2Response:
         """Give up the rest of the body: reset the stream if it is still open.
         Synchronous and idempotent; the connection carries on."""
         stream = self._stream
-        stream.chunks.clear()
+        stream.buffer.clear()
         self._conn._cancel_stream(stream)
 
     async def aclose(self) -> None:
@@ -575,11 +696,14 @@ class H2Connection:
         self._stream_window = stream_window
         self.on_capacity_change: Callable[[], None] | None = on_capacity_change
         # _request_headers builds every block valid and normalized: h2 needn't redo it.
+        # Received blocks are checked by _header_problem instead of h2, which would fail
+        # the whole connection for one malformed response.
         config = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         self._h2 = _H2(config=config)
         self._h2.state_machine = _StateMachine()
@@ -602,7 +726,12 @@ class H2Connection:
         self._outbox = bytearray()  # h2's output, kept safe from h2 clearing it on GOAWAY
         self._queued = 0  # body bytes in h2's buffer that the writer has not taken yet
         self._send_waiters: set[_Stream] = set()  # senders waiting for the writer
+        # Bytes of h2's automatic answers to the peer queued since the writer last took
+        # the queue (bounded by _MAX_UNSENT_REPLIES).
+        self._unsent_replies = 0
+        self._watch = _FrameWatch()
         self._write_failed = False
+        self._sending = False  # the writer is inside send_all
         self._running = False
         self._write_wanted = trio.Event()
         self._drained = trio.Event()
@@ -647,6 +776,8 @@ class H2Connection:
                 open).
             ConnectTimeout: The peer sent no SETTINGS within ``settings_timeout``.
             ReadError, WriteError, RemoteProtocolError: The connection failed first.
+            GoAwayOnOpen: The peer sent GOAWAY with its SETTINGS: no stream was sent,
+                so another connection may be tried.
         """
         if (
             not isinstance(settings_timeout, int | float)
@@ -684,12 +815,22 @@ class H2Connection:
             raise
         if self._error is not None:
             exc = self._error()
-            await self._wait_finished()
+            # The task ends by itself (the writer sending our GOAWAY first, if any).
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()
             raise exc
         if not self._ready.is_set():
             self._die(lambda: ReadError("the server sent no HTTP/2 SETTINGS"))
             await self._wait_finished()
             raise ConnectTimeout(f"the server sent no HTTP/2 SETTINGS within {settings_timeout} s")
+        if self._goaway is not None:
+            # GOAWAY came with the SETTINGS: the connection never takes a stream, and no
+            # request was sent on it, so the caller may try another connection.
+            self._die(lambda: ReadError("the server sent GOAWAY as the connection opened"))
+            await self._wait_finished()
+            raise GoAwayOnOpen(
+                "the server sent GOAWAY as the HTTP/2 connection opened: nothing was sent"
+            )
         self.idle_since = trio.current_time()
 
     async def aclose(self) -> None:
@@ -945,7 +1086,7 @@ class H2Connection:
             self._goaway = 0  # out of ids: behave as after GOAWAY
             self._capacity_changed()
             raise RequestNotProcessed("this HTTP/2 connection ran out of stream ids") from None
-        stream = _Stream(stream_id)
+        stream = _Stream(stream_id, head=block[0][1] == b"HEAD")
         try:
             self._h2.send_headers(stream_id, block, end_stream=end_stream)
         except h2.exceptions.ProtocolError as exc:  # pragma: no cover - checked before
@@ -1086,13 +1227,22 @@ class H2Connection:
         if not stream.registered:
             return
         stream.reset = True
-        if not self._closed:
+        if not self._closed and not (stream.local_ended and stream.remote_ended):
             try:
                 self._h2.reset_stream(stream.id, code)
             except h2.exceptions.ProtocolError:  # pragma: no cover - h2 says closed already
                 pass
             self._kick()
         self._unregister(stream)
+
+    def _stream_error(self, stream: _Stream, problem: str) -> None:
+        """The peer broke HTTP/2 on ``stream`` only (RFC 9113, 8.1.1): fail it, reset it
+        with PROTOCOL_ERROR; the other streams carry on."""
+        stream.error = RemoteProtocolError(
+            f"the server broke HTTP/2 on stream {stream.id}: {problem}"
+        )
+        stream.buffer.clear()
+        self._cancel_stream(stream, ErrorCodes.PROTOCOL_ERROR)
 
     def _maybe_closed(self, stream: _Stream) -> None:
         if stream.registered and stream.remote_ended:
@@ -1126,8 +1276,10 @@ class H2Connection:
         if hook is not None:
             hook()
 
-    def _die(self, error: ErrorFactory) -> None:
-        """The connection is over: fail every open stream with a fresh ``error()``."""
+    def _die(self, error: ErrorFactory, *, cancel: bool = True) -> None:
+        """The connection is over: fail every open stream with a fresh ``error()``, and
+        stop the connection's task (unless ``cancel`` is false: then the reader returns
+        and the writer sends what is queued, our GOAWAY, first)."""
         if self._closed:
             return
         self._closed = True
@@ -1141,7 +1293,8 @@ class H2Connection:
         self._streams.clear()
         self._ready.set()
         self._drained.set()
-        self._cancel_scope.cancel()
+        if cancel:
+            self._cancel_scope.cancel()
         self._capacity_changed()
 
     # -- the connection's task -----------------------------------------------------
@@ -1168,14 +1321,19 @@ class H2Connection:
                     nursery.start_soon(self._write_loop)
                     task_status.started()
                     await self._read_loop()
-                    nursery.cancel_scope.cancel()
+                    # The reader stopped on a connection error (the socket is fine): the
+                    # writer sends what is queued, our GOAWAY last, and stops; a writer
+                    # the peer does not let write is given a short deadline.
+                    nursery.cancel_scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+                    self._kick()
         finally:
             self._die(lambda: ReadError("the HTTP/2 connection was closed"))
             with trio.CancelScope(shield=True):
                 leftover = bytes(self._outbox) + self._h2.data_to_send()
                 self._outbox.clear()
-                if leftover and not self._write_failed:
-                    # A GOAWAY of ours (after a protocol error), RST_STREAMs: best effort.
+                # Nothing more goes out after a failed write or one cut off half way.
+                if leftover and not self._write_failed and not self._sending:
+                    # A GOAWAY of ours (after aclose), RST_STREAMs: best effort.
                     with trio.move_on_after(_CLOSE_TIMEOUT):
                         try:
                             await self._stream.send_all(leftover)
@@ -1191,23 +1349,30 @@ class H2Connection:
                 self._outbox.clear()
             else:
                 data = self._h2.data_to_send()
+            self._unsent_replies = 0
             if not data:
                 self._writer_took()
                 self._drained.set()
+                if self._closed:  # everything queued went out (a GOAWAY of ours last)
+                    return
                 self._write_wanted = trio.Event()
                 await self._write_wanted.wait()
                 continue
             self._writer_took()
-            if self._drained.is_set():
+            if self._drained.is_set() and not self._closed:
                 self._drained = trio.Event()
+            self._sending = True
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._write_failed = True
                 self._die(_chained(WriteError, "sending on the HTTP/2 connection failed", exc))
                 return
+            self._sending = False
 
     async def _read_loop(self) -> None:
+        """Receive, feed h2, dispatch its events; return (without cancelling the writer)
+        on a connection error of the peer's, once our GOAWAY is queued."""
         while True:
             try:
                 data = await self._stream.receive_some(_RECEIVE_SIZE)
@@ -1217,18 +1382,73 @@ class H2Connection:
             if not data:
                 self._die(lambda: ReadError("the server closed the HTTP/2 connection"))
                 return
-            # h2 clears its outbound buffer when a GOAWAY arrives: keep what is queued.
-            self._outbox += self._h2.data_to_send()
-            try:
-                events = self._h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                # h2 queued a GOAWAY: _run sends it on the way out.
-                message = f"the server broke HTTP/2: {exc}"
-                self._die(_chained(RemoteProtocolError, message, exc))
+            if not self._receive(bytes(data)):
                 return
-            for event in events:
-                self._dispatch(event)
-            self._kick()
+
+    def _receive(self, data: bytes) -> bool:
+        """Feed ``data`` to h2 and dispatch its events (which are gone on return: a
+        read of many tiny frames leaves nothing behind). False after a connection
+        error of the peer's, once our GOAWAY is queued."""
+        fault = self._watch.feed(data, self._h2.highest_outbound_stream_id)
+        if fault is not None:
+            self._connection_error(fault[0], fault[1])
+            return False
+        # h2 clears its outbound buffer when a GOAWAY arrives: keep what is queued.
+        self._outbox += self._h2.data_to_send()
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._protocol_error(exc)
+            return False
+        # What h2 answered by itself (PING and SETTINGS ACKs, RST_STREAMs): a peer
+        # that makes us queue too much of it without reading is flooding us.
+        replies = self._h2.data_to_send()
+        if replies:
+            self._outbox += replies
+            self._unsent_replies += len(replies)
+            if self._unsent_replies > _MAX_UNSENT_REPLIES:
+                self._connection_error(
+                    ErrorCodes.ENHANCE_YOUR_CALM,
+                    f"it made us queue over {_MAX_UNSENT_REPLIES} bytes of answers"
+                    " (PING or SETTINGS acknowledgements) without reading them",
+                )
+                return False
+        for event in events:
+            self._dispatch(event)
+        self._kick()
+        return True
+
+    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
+        """h2 found the peer breaking HTTP/2. h2 queues a GOAWAY with the error's code
+        for most errors; not for those of the framing layer, so we do then."""
+        pending = self._h2.data_to_send()
+        if pending[-17:-8] != _GOAWAY_HEADER:
+            try:
+                self._h2.close_connection(error_code=exc.error_code)
+            except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
+                pass
+            pending += self._h2.data_to_send()
+        self._outbox += pending
+        if isinstance(exc, h2.exceptions.InvalidBodyLengthError):
+            message = f"the server sent a body that does not match its content-length: {exc}"
+        else:
+            message = f"the server broke HTTP/2: {type(exc).__name__}: {exc}"
+        self._fail_after_goaway(_chained(RemoteProtocolError, message, exc))
+
+    def _connection_error(self, code: ErrorCodes, problem: str) -> None:
+        """A connection error h2 does not detect: GOAWAY with ``code``, then close."""
+        self._outbox += self._h2.data_to_send()
+        try:
+            self._h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
+            pass
+        message = f"the server broke HTTP/2 ({code.name}): {problem}"
+        self._fail_after_goaway(lambda: RemoteProtocolError(message))
+
+    def _fail_after_goaway(self, error: ErrorFactory) -> None:
+        """Fail every stream with ``error()``; the writer sends our GOAWAY, then stops."""
+        self._die(error, cancel=False)
+        self._kick()
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
@@ -1236,30 +1456,25 @@ class H2Connection:
             assert event.data is not None
             flow_controlled = event.flow_controlled_length or 0
             stream = self._streams.get(event.stream_id)
-            if stream is None:  # a stream we dropped after GOAWAY that h2 still has open
-                if flow_controlled:
-                    self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
+            size = len(event.data)
+            # Padding (and the DATA of a stream we dropped) is handed back at once.
+            credit = flow_controlled - size if stream is not None else flow_controlled
+            if credit > 0:
+                self._h2.acknowledge_received_data(credit, event.stream_id)
+            if stream is None or not size:
                 return
-            if not event.data:  # padding only: nothing to read, hand the credit back now
-                if flow_controlled:
-                    self._h2.acknowledge_received_data(flow_controlled, event.stream_id)
-                return
-            stream.chunks.append((event.data, flow_controlled))
-            stream.unacked += flow_controlled
+            stream.buffer += event.data
+            stream.unacked += size
+            stream.received += size
             stream.wake()
         elif isinstance(event, h2.events.ResponseReceived):
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
-                stream.headers = list(event.headers or ())
-                stream.wake()
+                self._on_head(stream, list(event.headers or ()))
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
-                stream.remote_ended = True
-                if stream.headers is None:  # pragma: no cover - h2 rejects this itself
-                    stream.error = RemoteProtocolError("the stream ended without a response")
-                stream.wake()
-                self._maybe_closed(stream)
+                self._on_end(stream)
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event)
         elif isinstance(event, h2.events.WindowUpdated):
@@ -1273,10 +1488,26 @@ class H2Connection:
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self._streams.get(event.stream_id or 0)
             if stream is not None:
-                stream.trailers = list(event.headers or ())
+                trailers = list(event.headers or ())
+                problem = _header_problem(trailers, trailers=True)
+                if problem is not None:
+                    self._stream_error(stream, f"malformed trailers: {problem}")
+                else:
+                    stream.trailers = trailers
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                problem = _header_problem(list(event.headers or ()), trailers=False)
+                if problem is not None:
+                    self._stream_error(stream, f"malformed informational response: {problem}")
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._ready.set()
             changed = event.changed_settings
+            if h2.settings.SettingCodes.HEADER_TABLE_SIZE in changed:
+                # h2 sized our encoder's table to the peer's setting: cap it.
+                encoder = self._h2.encoder
+                if encoder.header_table_size > _MAX_ENCODER_TABLE:
+                    encoder.header_table_size = _MAX_ENCODER_TABLE
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
                 for stream in self._streams.values():
                     stream.wake()
@@ -1286,6 +1517,41 @@ class H2Connection:
             self._on_goaway(event)
         elif isinstance(event, _IGNORED_EVENTS):
             pass
+
+    def _on_head(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> None:
+        """A final response head arrived on ``stream``."""
+        problem = _header_problem(headers, trailers=False)
+        if problem is not None:
+            self._stream_error(stream, f"malformed response: {problem}")
+            return
+        stream.headers = headers
+        if not stream.head:
+            status = b""
+            length = None
+            for name, value in headers:
+                if name == b":status":
+                    status = value
+                elif name == b"content-length":
+                    length = value  # h2 checked it: digits, and all copies equal
+            if length is not None and status not in (b"204", b"304"):
+                stream.expected = int(length)
+        stream.wake()
+
+    def _on_end(self, stream: _Stream) -> None:
+        """The peer ended ``stream`` (END_STREAM on DATA, the head, or trailers)."""
+        stream.remote_ended = True
+        if stream.headers is None:  # pragma: no cover - h2 rejects this itself
+            self._stream_error(stream, "the stream ended without a response")
+            return
+        if stream.expected is not None and stream.received != stream.expected:
+            self._stream_error(
+                stream,
+                f"the body ended after {stream.received} bytes of the {stream.expected}"
+                " its content-length announced",
+            )
+            return
+        stream.wake()
+        self._maybe_closed(stream)
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         stream = self._streams.get(event.stream_id or 0)
@@ -1304,7 +1570,7 @@ class H2Connection:
             )
         stream.reset = True
         if stream.error is not None:
-            stream.chunks.clear()
+            stream.buffer.clear()
         self._unregister(stream)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
@@ -1317,7 +1583,7 @@ class H2Connection:
                 f"before processing stream {stream.id}"
             )
             stream.reset = True
-            stream.chunks.clear()
+            stream.buffer.clear()
             self._unregister(stream)
         self._capacity_changed()
 
