@@ -151,24 +151,26 @@ class Line(Ledger):
         connection. ``fresh``: it was just opened by a hand-off connect (a miss for
         whoever gets it, ``acquire_new`` waiters included).
         """
-        waiter_of_cap = self._next_global_waiter() if self.global_waiters else None
-        if state.waiters:
-            waiter = _first(state.waiters)
-            if fresh:
-                self._serve_fresh(waiter, conn, now)
-            elif waiter.new:
-                # acquire_new wants a fresh connection: this one makes room for it.
-                self._close(conn)
-                self._grant(waiter, now)
-            else:
-                self._hand_over(waiter, conn, now)
-            return
-        if waiter_of_cap is not None and waiter_of_cap.key is state and not waiter_of_cap.new:
-            if fresh:
-                self._serve_fresh(waiter_of_cap, conn, now)
-            else:
-                self._hand_over(waiter_of_cap, conn, now)
-            return
+        waiter_of_cap = None
+        if state.waiters or self.global_waiters:  # else (most releases) straight to idle
+            waiter_of_cap = self._next_global_waiter() if self.global_waiters else None
+            if state.waiters:
+                waiter = _first(state.waiters)
+                if fresh:
+                    self._serve_fresh(waiter, conn, now)
+                elif waiter.new:
+                    # acquire_new wants a fresh connection: this one makes room for it.
+                    self._close(conn)
+                    self._grant(waiter, now)
+                else:
+                    self._hand_over(waiter, conn, now)
+                return
+            if waiter_of_cap is not None and waiter_of_cap.key is state and not waiter_of_cap.new:
+                if fresh:
+                    self._serve_fresh(waiter_of_cap, conn, now)
+                else:
+                    self._hand_over(waiter_of_cap, conn, now)
+                return
         conn._state = IDLE
         state.idle[conn] = None
         self.idle_lru[conn] = None
