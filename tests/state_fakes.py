@@ -131,6 +131,8 @@ class World:
     woken: list[tuple[str, outcome.Outcome[Grant]]] = field(default_factory=list)
     closed: list[PooledConnection] = field(default_factory=list)
     connects: list[PendingConnect] = field(default_factory=list)
+    #: The key state of every hand-off connect started.
+    connect_keys: dict[PendingConnect, KeyState] = field(default_factory=dict)
     wake_by: list[float] = field(default_factory=list)
     pool: FakePool = field(default_factory=FakePool)
     #: Called with the hook's name at every hook call (to observe from inside).
@@ -154,6 +156,7 @@ class World:
         def start_connect(state: KeyState, pending: PendingConnect) -> None:
             self.observe("start_connect")
             self.connects.append(pending)
+            self.connect_keys[pending] = state
 
         return PoolState(
             self.pool,
