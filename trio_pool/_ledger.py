@@ -147,9 +147,7 @@ class Ledger:
         state.connecting += 1
         self.total += 1
 
-    def _hand_out(
-        self, state: KeyState, conn: PooledConnection, now: float, *, reused: bool
-    ) -> None:
+    def _hand_out(self, state: KeyState, conn: PooledConnection, now: float, reused: bool) -> None:
         """Lend ``conn`` out; ``reused`` (it was pooled, not just connected) is a hit."""
         conn._state = IN_USE
         conn._lease += 1

@@ -131,7 +131,7 @@ class PoolState(Streams):
                         (conn is fresh and now - conn.last_used_at < FRESH_FOR) or conn._reusable()
                     )
                 ):
-                    self._hand_out(state, conn, now, reused=True)
+                    self._hand_out(state, conn, now, True)  # reused: a hit
                     return conn
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
                 self._close(conn, evicted=True)
