@@ -1,6 +1,13 @@
-"""Model-based fuzzing of the pool (issue 7) with hypothesis stateful testing.
+"""Model-based fuzzing of the pool (issues 7 and 21) with hypothesis stateful testing.
 
-A :class:`~hypothesis.stateful.RuleBasedStateMachine` drives one real pool against real
+Two models. :class:`StateModel` drives the state machine itself
+(:class:`~trio_pool._state.PoolState`) directly, with no sockets, threads or trio run:
+fake connections, a float clock, and connects that finish (or fail) whenever a rule
+says so, in any order; it checks the counts, the caps, FIFO and that no slot leaks.
+:class:`PoolMachine` drives the whole pool through real sockets (what the state machine
+cannot see: the I/O layer, cancellation inside ``acquire``, file descriptors).
+
+:class:`PoolMachine` drives one real pool against real
 loopback servers: two plain echo servers (two keys) and a server that accepts and never
 answers, used with TLS so that a connect (the handshake) stays in flight. The pool is
 small (``max_size=2`` per key, ``max_total=3``), so callers wait in line per key and on
@@ -29,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -43,8 +51,11 @@ from hypothesis.stateful import (
 )
 
 import trio_pool
+from trio_pool._connection import PooledConnection
+from trio_pool._state import CONNECT, HANDOFF, KeyState, PendingConnect, PoolState, Waiter
 
 from .servers import HOST, open_fds, start_server
+from .state_fakes import World, fake_stream, make_key
 
 T = TypeVar("T")
 
@@ -555,3 +566,246 @@ async def test_fifo_when_a_key_fills_while_its_waiters_wait_on_the_global_cap(
         assert served == ["first", "second", "third"]
         for conn in [*conns[1:], held_b]:
             pool.release(conn)
+
+
+# -- the state machine alone --------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Task:
+    """One acquire, as the state machine's caller sees it."""
+
+    number: int
+    state: KeyState
+    waiter: Waiter | None = None  # while it waits in line
+    connecting: bool = False  # while it connects in its own task (granted CONNECT)
+    conn: PooledConnection | None = None
+    failed: bool = False
+
+
+class StateModel(RuleBasedStateMachine):
+    """:class:`PoolState` driven directly: two keys, ``max_size=2``, ``max_total=3``."""
+
+    max_connecting: int | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World()
+        self.pool: PoolState = self.world.state(
+            max_size=MAX_SIZE,
+            max_total=MAX_TOTAL,
+            max_idle_time=MAX_IDLE,
+            max_connecting=self.max_connecting,
+        )
+        self.keys = [self.pool.key_state(make_key(name), 0.0) for name in PLAIN_KEYS]
+        self.tasks: list[Task] = []
+        self.by_name: dict[str, Task] = {}
+        self.held: dict[PooledConnection, Task] = {}
+        self.dead: set[PooledConnection] = set()
+        self.closed = False
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _serve(self, task: Task, grant: object) -> None:
+        """A task got what it waited for (or what ``take`` returned)."""
+        task.waiter = None
+        if grant is CONNECT:
+            task.connecting = True
+        else:
+            assert isinstance(grant, PooledConnection)
+            assert grant not in self.held, "handed out twice"
+            assert grant not in self.dead, "handed out a connection found dead"
+            assert grant.state is trio_pool.ConnectionState.IN_USE
+            assert grant._key is task.state
+            task.conn = grant
+            self.held[grant] = task
+        if self.max_connecting is None:  # FIFO per key (hand-off connects end in any order)
+            earlier = [t for t in self.tasks[: task.number] if t.state is task.state and t.waiter]
+            assert not earlier, f"#{task.number} served before {earlier}"
+
+    def _harvest(self) -> None:
+        for name, result in self.world.woken:
+            task = self.by_name[name]
+            if isinstance(result, outcome.Value):
+                self._serve(task, result.value)
+            else:
+                assert isinstance(result.error, trio_pool.PoolError), result.error
+                task.waiter = None
+                task.failed = True
+        self.world.woken.clear()
+
+    def waiting(self) -> list[Task]:
+        return [t for t in self.tasks if t.waiter is not None]
+
+    def self_connecting(self) -> list[Task]:
+        return [t for t in self.tasks if t.connecting]
+
+    def held_in_order(self) -> list[PooledConnection]:
+        return sorted(self.held, key=lambda conn: self.held[conn].number)
+
+    def idle(self) -> list[PooledConnection]:
+        return [c for c in self.pool.idle_lru if c not in self.dead]
+
+    # -- rules -------------------------------------------------------------------------
+
+    @precondition(lambda self: not self.closed and len(self.waiting()) < MAX_PENDING)
+    @rule(key=st.sampled_from([0, 1]), new=st.booleans())
+    def acquire(self, key: int, new: bool) -> None:
+        state = self.keys[key]
+        task = Task(len(self.tasks), state)
+        self.tasks.append(task)
+        self.by_name[str(task.number)] = task
+        taken = self.pool.take(state, self.world.clock, new=new)
+        if taken is None or taken is HANDOFF:
+            task.waiter = self.world.wait(
+                self.pool, state, str(task.number), handoff=taken is HANDOFF, new=new
+            )
+        else:
+            assert not isinstance(taken, trio_pool.ConnectionState)
+            self._serve(task, taken)
+        self._harvest()
+
+    @precondition(lambda self: self.self_connecting() or self.world.connects)
+    @rule(data=st.data(), ok=st.booleans())
+    def finish_connect(self, data: st.DataObject, ok: bool) -> None:
+        """A connect ends, in any order: its own task's, or a hand-off connect."""
+        choices: list[Task | PendingConnect] = [*self.self_connecting(), *self.world.connects]
+        chosen = data.draw(st.sampled_from(choices))
+        if isinstance(chosen, Task):
+            chosen.connecting = False
+            if ok:
+                conn = self.pool.connected(chosen.state, fake_stream(), self.world.clock)
+                self._serve(chosen, conn)
+            else:
+                self.pool.connect_failed(chosen.state, failed=True)
+                chosen.failed = True
+        else:
+            self.world.connects.remove(chosen)
+            state = self.world.connect_keys.pop(chosen)
+            if ok:
+                self.pool.connected(state, fake_stream(), self.world.clock, pending=chosen)
+            else:
+                error = trio_pool.ConnectError("refused")
+                self.pool.connect_failed(state, failed=True, error=error, pending=chosen)
+        self._harvest()
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), discard=st.booleans())
+    def give_back(self, data: st.DataObject, discard: bool) -> None:
+        conn = data.draw(st.sampled_from(self.held_in_order()))
+        del self.held[conn]
+        if discard:
+            self.pool.discard(conn, self.world.clock)
+            assert conn.is_closed
+            with pytest.raises(RuntimeError):
+                self.pool.release(conn, self.world.clock)  # twice: refused, nothing changes
+        else:
+            self.pool.release(conn, self.world.clock)
+        self._harvest()
+
+    @precondition(lambda self: self.waiting())
+    @rule(data=st.data(), timed_out=st.booleans())
+    def cancel(self, data: st.DataObject, timed_out: bool) -> None:
+        task = data.draw(st.sampled_from(self.waiting()))
+        assert task.waiter is not None
+        self.pool.cancel_wait(task.waiter, timed_out=timed_out)
+        task.waiter = None
+        self._harvest()
+
+    @precondition(lambda self: self.idle())
+    @rule(data=st.data())
+    def peer_closes_idle(self, data: st.DataObject) -> None:
+        conn = data.draw(st.sampled_from(self.idle()))
+        conn._broken = True  # the probe will find it dead
+        self.dead.add(conn)
+
+    @rule(seconds=st.sampled_from([0.5, MAX_IDLE, 100.0]), probe=st.booleans())
+    def sweep(self, seconds: float, probe: bool) -> None:
+        self.world.clock += seconds
+        self.pool.sweep(self.world.clock, probe=probe)
+        self._harvest()
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def close(self) -> None:
+        self.pool.close()
+        self.closed = True
+        self._harvest()
+        assert not self.waiting()
+
+    # -- checks ------------------------------------------------------------------------
+
+    @invariant()
+    def counts(self) -> None:
+        pool = self.pool
+        totals = 0
+        for state in self.keys:
+            assert state.total == len(state.idle) + state.in_use + state.connecting
+            assert state.total <= MAX_SIZE, state.total
+            assert state.waiting == sum(1 for t in self.waiting() if t.state is state)
+            totals += state.total
+        assert pool.total == totals <= MAX_TOTAL
+        assert len(pool.idle_lru) == sum(len(state.idle) for state in self.keys)
+        stats = pool.statistics()
+        assert stats.connections_created - stats.connections_closed == (
+            stats.idle_connections + stats.active_connections
+        ), stats
+        assert stats.active_connections == len(self.held), stats
+        assert stats.connecting == len(self.self_connecting()) + len(self.world.connects)
+        for state in self.keys:  # nobody waits while the pool could serve them
+            if not state.waiting:
+                continue
+            assert not state.idle, "waits beside an idle connection"
+            assert (
+                state.total == MAX_SIZE
+                or (pool.total == MAX_TOTAL and not pool.idle_lru)
+                or (self.max_connecting is not None and state.connecting > 0)
+                or any(t.waiter is not None and t.waiter.new for t in self.waiting())
+            ), f"waits with room to connect ({state.total}, {pool.total})"
+        if self.closed:
+            assert not pool.idle_lru
+
+    def teardown(self) -> None:
+        """Close, let every connect end and give everything back: no slot is left."""
+        if not self.closed:
+            self.close()
+        while self.self_connecting() or self.world.connects:
+            self.finish_connect_all()
+        for conn in self.held_in_order():
+            self.pool.release(conn, self.world.clock)
+        self.held.clear()
+        self._harvest()
+        assert self.pool.total == 0
+        assert self.pool.live == {}
+        stats = self.pool.statistics()
+        assert stats.connections_created == stats.connections_closed, stats
+
+    def finish_connect_all(self) -> None:
+        for task in self.self_connecting():
+            task.connecting = False
+            conn = self.pool.connected(task.state, fake_stream(), self.world.clock)
+            self._serve(task, conn)
+        for pending in list(self.world.connects):
+            self.world.connects.remove(pending)
+            state = self.world.connect_keys.pop(pending)
+            self.pool.connected(state, fake_stream(), self.world.clock, pending=pending)
+        self._harvest()
+
+
+class HandoffStateModel(StateModel):
+    """Hand-off connects, at most one per key in flight: waiters wait beside a connect
+    that is not theirs, and cancelled owners leave orphans."""
+
+    max_connecting = 1
+
+
+class DefaultHandoffStateModel(StateModel):
+    max_connecting = trio_pool.PoolConfig().max_connecting
+
+
+@pytest.mark.parametrize("model", [StateModel, HandoffStateModel, DefaultHandoffStateModel])
+def test_state_model(model: type[StateModel]) -> None:
+    run_state_machine_as_test(
+        model,
+        settings=settings(max_examples=300, stateful_step_count=40, deadline=None, database=None),
+    )

@@ -277,6 +277,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             self,
             config,
             self._close_stream,
+            now=self._now,
+            current_task=_current_task,
+            wake=trio.lowlevel.reschedule,
             wake_by=self._wake_by,
             start_connect=self._start_connect,
         )
