@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from trio_pool._route import Route
+
 import trio
 
 import trio_pool
@@ -69,7 +71,7 @@ def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Me
     async def sync_bookkeeping() -> float:
         # PoolState.take + release alone: no checkpoint, no argument lookup.
         state = pool._state
-        key = pool._lookup(HOST, port, False, None, True, None)
+        key = pool.lookup(Route(HOST, port))
         take, release = state.take, state.release
         now = trio.current_time()
         start = time.process_time()

@@ -24,6 +24,7 @@ from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
+from .._route import Route
 from .._redact import shape_of
 from .._trace import Trace
 from ._body import chunk_bytes, close_iterator
@@ -764,9 +765,9 @@ class HTTPClient:
         proxy = target.proxy
         if target.forward:
             assert proxy is not None
-            state = pool._lookup_http(proxy.host, proxy.port, proxy=proxy, forward=True)
+            route = Route(proxy.host, proxy.port, proxy=proxy, forward=True, http=True)
         elif target.tls:
-            state = pool._lookup_http(
+            route = Route(
                 target.host,
                 target.port,
                 True,
@@ -775,13 +776,16 @@ class HTTPClient:
                 self._ssl_context,
                 proxy,
                 target.uds,
+                http=True,
             )
         else:
-            state = pool._lookup_http(target.host, target.port, proxy=proxy, uds=target.uds)
+            route = Route(target.host, target.port, proxy=proxy, uds=target.uds, http=True)
         try:
-            return await pool._acquire(state, limits.pool, new, limits.connect)
+            conn = await pool.acquire_on(pool.lookup(route), limits.pool, limits.connect, new=new)
         except PoolExhausted as exc:
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
+        assert type(conn) is PooledConnection  # an HTTP/1.1 key never multiplexes
+        return conn
 
     async def _open(
         self,
