@@ -19,11 +19,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from trio_pool._route import Route
-
 import trio
 
 import trio_pool
+from trio_pool._route import Route
 
 from ._common import HOST, echo_server, fmt_us, median, print_table, rounds_of
 

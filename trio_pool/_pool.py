@@ -40,10 +40,27 @@ CLOSED: Final = ConnectionState.CLOSED
 # The two halves of a checkpoint, bound once for the hot path (see ConnectionPool.acquire_on).
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
+_current_task: Final = trio.lowlevel.current_task
 _current_trio_token: Final = trio.lowlevel.current_trio_token
 _enable_ki_protection: Final = trio.lowlevel.enable_ki_protection
 _get_ident: Final = threading.get_ident
 _new_context: Final = object.__new__
+
+
+def _vouch(conn: PooledConnection) -> None:
+    """After a release: if it pooled ``conn``, let its probe stand for a hand-out to the
+    same task before that task yields to the scheduler (see ``ConnectionPool.acquire_on``).
+
+    The mark is the task's :attr:`trio.lowlevel.Task.custom_sleep_data`, which trio
+    documents as set to ``None`` whenever it reschedules a task: so it survives exactly
+    until the task's next schedule point, and no other task can match it. Nothing else
+    uses it while the task runs; whoever puts the task to sleep next may overwrite it.
+    """
+    if conn._state is IDLE:
+        try:
+            _current_task().custom_sleep_data = conn
+        except RuntimeError:  # released outside any task: nothing to vouch for
+            pass
 
 
 class ConnectionPool(metaclass=NoPublicConstructor):
@@ -328,7 +345,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             self._check_run()
         await _checkpoint_if_cancelled()
         now = self._now()
-        taken = self._state.take(key, now, new=new)
+        # The connection this task released and pooled, with no schedule point since
+        # (see _vouch): its release's probe stands, within FRESH_FOR.
+        taken = self._state.take(key, now, _current_task().custom_sleep_data, new=new)
         conn: PooledConnection | StreamLease
         if taken is None or taken is HANDOFF or taken is CONNECT:
             conn = await self._acquire_miss(key, taken, now, timeout, new, connect_timeout)
@@ -438,6 +457,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if conn._closed_by_user and conn._state is CLOSED:
             return
         self._state.release(conn, self._now())
+        _vouch(conn)
 
     @trio.lowlevel.enable_ki_protection
     def discard(self, conn: PooledConnection) -> None:
@@ -644,6 +664,7 @@ class ConnectionContext(AsyncWithOnly):
             pool = self._pool
             if exc_type is None:
                 pool._state.release(conn, pool._now())
+                _vouch(conn)
             else:
                 pool._state.discard(conn, pool._now())
 

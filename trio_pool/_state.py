@@ -57,6 +57,10 @@ class _Handoff:
 #: Hand-off connects a key may always have in flight, however few connections it has.
 MIN_CONNECTING: Final = 4
 
+#: Longest a release's probe stands for the hand-out that takes the connection back in
+#: the same task step (see ``take``'s ``fresh``), in seconds of the pool's clock.
+FRESH_FOR: Final = 0.001
+
 #: Most TLS sessions a pool keeps (one per TLS key, least recently used out first).
 SESSION_CAPACITY: Final = 1024
 
@@ -454,13 +458,17 @@ class PoolState:
         self,
         state: KeyState,
         now: float,
+        fresh: PooledConnection | None = None,
         *,
         new: bool = False,
     ) -> Taken | None:
         """Serve an acquire at once if possible.
 
-        An idle connection is probed before it is handed out, however recently a
-        release probed it (see "The probes" in ``docs/design.rst``).
+        Args:
+            fresh: A connection the caller vouches for: released and probed in the
+                calling task's current step. If it is the one taken, within
+                :data:`FRESH_FOR` of its release, it is handed out without a second
+                probe.
 
         Returns:
             A healthy idle connection (a hit, now in use); :data:`CONNECT` with a slot
@@ -485,7 +493,9 @@ class PoolState:
                 if (
                     (now < conn.last_used_at + max_idle or state.total <= self.min_size)
                     and now < conn._expires_at
-                    and conn._reusable()
+                    and (
+                        (conn is fresh and now - conn.last_used_at < FRESH_FOR) or conn._reusable()
+                    )
                 ):
                     # _hand_out(state, conn, now, reused=True), inline: every hit.
                     conn._state = IN_USE

@@ -24,8 +24,8 @@ from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
-from .._route import Route
 from .._redact import shape_of
+from .._route import Route
 from .._trace import Trace
 from ._body import chunk_bytes, close_iterator
 from ._exceptions import (
