@@ -19,7 +19,7 @@ import trio
 from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
 from ._exceptions import ConnectError, ConnectTimeout
-from ._shared import Multiplexer, SharedConnection
+from ._shared import Multiplexer, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
 from ._tls import close_tls, default_context
 from ._trace import Trace, connect_trace, traced
@@ -112,6 +112,46 @@ class Connector:
             # The maintenance task failed for good and took its nursery with it; the
             # pool's own nursery outlives it until open_pool closes the pool.
             self._nursery.start_soon(self._handoff_connect, state, pending)
+
+    async def connect_to_lend(
+        self, state: KeyState, timeout: float | None
+    ) -> PooledConnection | StreamLease:
+        """Connect for the calling acquire: the connection, or on a multiplexed one
+        its first stream."""
+        conn = await self.connect(state, timeout=timeout)
+        if type(conn) is SharedConnection:
+            lease = conn.first
+            if lease is None:  # it closed at once, or its peer allows no stream
+                raise ConnectError(
+                    f"the new connection to {state.key.host}:{state.key.port} has no"
+                    " stream to lend (it closed, or the peer allows none)"
+                )
+            conn.first = None
+            return lease
+        return conn
+
+    async def fill(self, state: KeyState, count: int) -> None:
+        """Open up to ``count`` idle connections of ``state``'s key concurrently, as room
+        allows (``prewarm``).
+
+        Raises:
+            ConnectError: The first connect that failed (the others still complete).
+        """
+        errors: list[ConnectError] = []
+
+        async def one() -> None:
+            if not self.state.reserve(state):
+                return
+            try:
+                await self.connect(state, to_idle=True)
+            except ConnectError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+        if errors:
+            raise errors[0]
 
     async def _handoff_connect(self, state: KeyState, pending: PendingConnect) -> None:
         """A hand-off connect: it outlives the task it was started for, and the state

@@ -9,7 +9,6 @@ and the maintenance task (:mod:`trio_pool._maintenance`).
 
 from __future__ import annotations
 
-import math
 import ssl
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -23,12 +22,13 @@ from ._config import PoolConfig, default_config
 from ._connection import ConnectionState, PooledConnection
 from ._connector import Connector
 from ._describe import caller_stack
-from ._exceptions import ConnectError, PoolClosed, PoolExhausted
+from ._exceptions import PoolClosed
+from ._line import wait_in_line
 from ._maintenance import Maintenance
 from ._proxy import Proxy
 from ._route import KeyTable, Route, make_key
-from ._shared import OpenMultiplexer, SharedConnection, StreamLease
-from ._state import CONNECT, HANDOFF, Grant, KeyState, PoolState, Taken, Waiter
+from ._shared import OpenMultiplexer, StreamLease
+from ._state import CONNECT, HANDOFF, Grant, KeyState, PoolState, Taken
 from ._stats import PoolStatistics
 from ._util import AsyncWithOnly, NoPublicConstructor, check_int, check_timeout
 
@@ -367,73 +367,18 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         new: bool,
         connect_timeout: float | None,
     ) -> PooledConnection | StreamLease:
-        """The rest of :meth:`acquire_on` when ``take`` had no idle connection for it."""
+        """The rest of :meth:`acquire_on` when ``take`` had no idle connection for it:
+        wait in line (see :func:`~trio_pool._line.wait_in_line`), connect, or both."""
         grant: Grant = CONNECT
         if taken is not CONNECT:
-            grant = await self._wait(key, now, timeout, new, connect_timeout, taken is HANDOFF)
+            if timeout is None:
+                timeout = self._config.acquire_timeout
+            grant = await wait_in_line(
+                self._state, key, now, timeout, new, connect_timeout, handoff=taken is HANDOFF
+            )
         if grant is not CONNECT:
             return cast("PooledConnection | StreamLease", grant)
-        conn = await self._connector.connect(key, timeout=connect_timeout)
-        if type(conn) is SharedConnection:
-            lease = conn.first
-            if lease is None:  # it closed at once, or its peer allows no stream
-                raise ConnectError(
-                    f"the new connection to {key.key.host}:{key.key.port} has no"
-                    " stream to lend (it closed, or the peer allows none)"
-                )
-            conn.first = None
-            return lease
-        return conn
-
-    async def _wait(
-        self,
-        state: KeyState,
-        now: float,
-        timeout: float | None,
-        new: bool,
-        connect_timeout: float | None,
-        handoff: bool,
-    ) -> Grant:
-        """Wait in line: for a free slot or connection (the key or pool is full), or as
-        a hand-off waiter for whichever comes first, a released connection of the key
-        or a connect started for it."""
-        if timeout is None:
-            timeout = self._config.acquire_timeout
-        if handoff:
-            if timeout is not None and timeout <= 0:
-                # Fail-fast callers keep the plain miss: they connect themselves.
-                self._state.connect_now(state)
-                return CONNECT
-        else:
-            max_waiters = self._config.max_waiters
-            if max_waiters is not None and state.line >= max_waiters:
-                self._state.reject(state)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                raise PoolExhausted(
-                    f"the line for {state.key.host}:{state.key.port} is full:"
-                    f" {state.line} tasks wait already (max_waiters={max_waiters})"
-                )
-            if timeout is not None and timeout <= 0:
-                state.acquire_timeouts += 1
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
-        scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
-        waiter = Waiter(
-            state, now, new, handoff=handoff, connect_timeout=connect_timeout, scope=scope
-        )
-        self._state.enqueue(waiter, now)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._state.cancel_wait(waiter, timed_out=False)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        with scope:
-            grant: Grant = await trio.lowlevel.wait_task_rescheduled(abort)
-            return grant
-        state.acquire_timeouts += 1
-        raise PoolExhausted(
-            f"no connection to {state.key.host}:{state.key.port} became free within {timeout} s"
-        )
+        return await self._connector.connect_to_lend(key, connect_timeout)
 
     # -- give back -------------------------------------------------------------------
 
@@ -557,21 +502,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         )
         state.last_active = trio.current_time()  # not forgotten before its connects start
         await trio.lowlevel.checkpoint_if_cancelled()
-        errors: list[ConnectError] = []
-
-        async def one() -> None:
-            if not self._state.reserve(state):
-                return
-            try:
-                await self._connector.connect(state, to_idle=True)
-            except ConnectError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(count - len(state.idle) - state.connecting):
-                nursery.start_soon(one)
-        if errors:
-            raise errors[0]
+        await self._connector.fill(state, count - len(state.idle) - state.connecting)
         return len(state.idle)
 
     # -- statistics -------------------------------------------------------------------
