@@ -178,3 +178,12 @@ async def test_the_clock_moving_on_brings_the_probe_back(
         server.sockets[0].send(b"JUNK")
         mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
         await replaced_at_hand_out(pool, port, conn)
+
+
+async def test_trio_resets_the_mark_at_every_schedule_point() -> None:
+    """The contract the skip rests on (trio's docs of ``Task.custom_sleep_data``)."""
+    task = trio.lowlevel.current_task()
+    task.custom_sleep_data = mark = object()
+    assert task.custom_sleep_data is mark
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    assert task.custom_sleep_data is None
