@@ -617,7 +617,7 @@ def open_pool(
 
     An exception raised in the body propagates as itself, not wrapped in an
     :class:`ExceptionGroup`; failures of the pool's background work (see
-    :meth:`ConnectionPool._maintain`) arrive in a group.
+    ``Maintenance.run`` in ``_maintenance.py``) arrive in a group.
 
     Raises:
         TypeError: An override names no :class:`~trio_pool.PoolConfig` field.
