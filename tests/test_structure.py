@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "trio_pool"
-CORE = ("_connection", "_pool", "_state", "_tls", "_probe")
+CORE = (
+    "_connection",
+    "_pool",
+    "_state",
+    "_tls",
+    "_probe",
+    "_route",
+    "_line",
+    "_run",
+    "_connector",
+    "_maintenance",
+)
 
 
 def internal_imports(module: str) -> set[str]:

@@ -27,6 +27,7 @@ from ._line import wait_in_line
 from ._maintenance import Maintenance
 from ._proxy import Proxy
 from ._route import KeyTable, Route, make_key
+from ._run import check_run
 from ._shared import OpenMultiplexer, StreamLease
 from ._state import CONNECT, HANDOFF, Grant, KeyState, PoolState, Taken
 from ._stats import PoolStatistics
@@ -41,7 +42,6 @@ CLOSED: Final = ConnectionState.CLOSED
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
 _current_task: Final = trio.lowlevel.current_task
-_current_trio_token: Final = trio.lowlevel.current_trio_token
 _enable_ki_protection: Final = trio.lowlevel.enable_ki_protection
 _get_ident: Final = threading.get_ident
 _new_context: Final = object.__new__
@@ -110,41 +110,9 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         """Whether :meth:`aclose` has been called (or :func:`open_pool` exited)."""
         return self._state.closed
 
-    # -- the run the pool belongs to ---------------------------------------------
-
-    def _foreign(self, token: trio.lowlevel.TrioToken | None) -> RuntimeError:
-        """The error for a call from outside the pool's run: ``token`` is the caller's
-        run's (``None``: no trio run at all, asyncio say)."""
-        if token is None:
-            return RuntimeError(
-                "trio_pool needs trio: this pool was used outside trio.run() (from"
-                " asyncio, or anyio's asyncio backend?). Run it under trio: trio.run(),"
-                " or anyio.run(..., backend='trio')"
-            )
-        return RuntimeError(
-            "this pool belongs to the trio.run() (and thread) that opened it, and was"
-            " used from another trio.run() or thread: open a pool in each trio.run()"
-        )
-
     def _check_run(self) -> None:
-        """Raise :meth:`_foreign`'s error unless called from the pool's own run.
-
-        :func:`trio.lowlevel.current_trio_token` costs ~0.15 µs, 2% of a pooled
-        acquire and release (~8 µs), so the acquire paths only compare the thread
-        (``if _get_ident() != pool._thread: pool._check_run()``, ~0.05 µs) and come
-        here when it differs: another thread (another run, asyncio, no loop), or the
-        pool's block has ended (then another run of this thread, or none). Another
-        run in the same thread while the pool's block is open cannot exist: trio runs
-        do not nest. Key lookups (new keys) and the slower entry points call it
-        directly. ``release`` and ``discard`` do not check: a connection comes only
-        from a checked acquire.
-        """
-        try:
-            token: trio.lowlevel.TrioToken | None = _current_trio_token()
-        except RuntimeError:
-            token = None
-        if token is not self._token:
-            raise self._foreign(token)
+        """Raise unless called from the pool's own trio run (see :func:`check_run`)."""
+        check_run(self._token)
 
     # -- acquire -------------------------------------------------------------------
 
