@@ -553,6 +553,7 @@ class HTTPClient:
         self._prune_at = 256
         self._targets: dict[str, Target] = {}
         self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, Body]] = {}
+        self._routes: dict[tuple[object, ...], Route] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -757,13 +758,18 @@ class HTTPClient:
             protocols[conn] = protocol
         return protocol
 
-    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
-        """Borrow a connection for ``target`` from the pool's HTTP keys (raw
-        borrowers' connections are never shared with HTTP clients), directly or
-        through the proxy or Unix socket (the pool opens the tunnel)."""
-        pool = self._pool
-        proxy = target.proxy
-        if target.forward:
+    def _route_for(self, target: Target, http2: str | None = None) -> Route:
+        """The pool route of ``target``'s connections: under the HTTP/1.1 clients' keys
+        (raw borrowers' connections are never shared with HTTP clients), or with
+        ``http2`` a key that may multiplex (``"h2"``, ``"h2c"``; never proxied). Made
+        (and checked) once per distinct target."""
+        where: tuple[object, ...] = (http2, target.host, target.port, target.tls, target.sni)
+        where += (target.proxy, target.uds, target.forward)
+        route = self._routes.get(where)
+        if route is not None:
+            return route
+        proxy = None if http2 is not None else target.proxy
+        if target.forward and http2 is None:
             assert proxy is not None
             route = Route(proxy.host, proxy.port, proxy=proxy, forward=True, http=True)
         elif target.tls:
@@ -776,12 +782,31 @@ class HTTPClient:
                 self._ssl_context,
                 proxy,
                 target.uds,
-                http=True,
+                http2=http2,
+                http=http2 is None,
             )
-        else:
-            route = Route(target.host, target.port, proxy=proxy, uds=target.uds, http=True)
+        else:  # (h2c: the client's TLS settings are for its https requests)
+            route = Route(
+                target.host,
+                target.port,
+                proxy=proxy,
+                uds=target.uds,
+                http2=http2,
+                http=http2 is None,
+            )
+        if len(self._routes) >= _CACHE_SIZE:
+            self._routes.clear()
+        self._routes[where] = route
+        return route
+
+    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
+        """Borrow a connection for ``target`` from the pool's HTTP keys, directly or
+        through the proxy or Unix socket (the pool opens the tunnel)."""
+        pool = self._pool
         try:
-            conn = await pool.acquire_on(pool.lookup(route), limits.pool, limits.connect, new=new)
+            conn = await pool.acquire_on(
+                pool.lookup(self._route_for(target)), limits.pool, limits.connect, new=new
+            )
         except PoolExhausted as exc:
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
         assert type(conn) is PooledConnection  # an HTTP/1.1 key never multiplexes

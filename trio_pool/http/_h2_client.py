@@ -16,7 +16,6 @@ import trio
 
 from .._connection import PooledConnection
 from .._exceptions import PoolExhausted
-from .._route import Route
 from .._shared import Multiplexer
 from .._trace import Trace
 from ._exceptions import (
@@ -181,20 +180,7 @@ async def request_h2(
 
     pool = client._pool
     mode = MODES[client._http2]
-    if target.tls:
-        route = Route(
-            target.host,
-            target.port,
-            True,
-            target.sni or target.host,
-            client._verify_cert,
-            client._ssl_context,
-            uds=target.uds,
-            http2=mode,
-        )
-    else:  # h2c: the client's TLS settings are for its https requests
-        route = Route(target.host, target.port, uds=target.uds, http2=mode)
-    state = pool.lookup(route, open_multiplexed)
+    state = pool.lookup(client._route_for(target, mode), open_multiplexed)
     fields = [(name, value) for name, value in event.headers if name != b"transfer-encoding"]
     authority = next((value for name, value in fields if name == b"host"), target.host_header)
     scheme = b"https" if target.tls else b"http"
