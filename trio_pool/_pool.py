@@ -42,7 +42,6 @@ CLOSED: Final = ConnectionState.CLOSED
 _checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
 _current_task: Final = trio.lowlevel.current_task
-_enable_ki_protection: Final = trio.lowlevel.enable_ki_protection
 _get_ident: Final = threading.get_ident
 _new_context: Final = object.__new__
 
