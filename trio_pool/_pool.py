@@ -202,7 +202,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward
         )
         # A key of acquire's arguments never multiplexes: acquire_on lends a connection.
-        return cast(PooledConnection, await self.acquire_on(key, timeout, connect_timeout))
+        return await self.acquire_on(key, timeout, connect_timeout)  # type: ignore[return-value]
 
     async def acquire_tls(
         self,
@@ -320,7 +320,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             conn = await self._acquire_miss(key, taken, now, timeout, new, connect_timeout)
         else:  # a hit
             await _cancel_shielded_checkpoint()
-            conn = cast("PooledConnection | StreamLease", taken)
+            conn = taken  # type: ignore[assignment]  # neither None, CONNECT nor HANDOFF
         if self._state.borrowed is not None and isinstance(conn, PooledConnection):
             conn.acquired_by = caller_stack()
         return conn
