@@ -44,7 +44,14 @@ from ._h2_client import H2Exchange, request_h2
 from ._models import Response, Target, check_method, h11_request, parse_url
 from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
-__all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Exchange",
+    "HTTPClient",
+    "StreamContext",
+    "open_exchange",
+    "route_target",
+]
 
 #: Methods retried once on a new connection when a reused one turned out dead.
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
@@ -1069,6 +1076,31 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+# -- the internal interface of trio_pool's adapters (PoolTransport) -------------------
+
+
+def route_target(client: HTTPClient, target: Target) -> Target:
+    """Set how ``target`` is reached by ``client``'s requests: its Unix socket or
+    proxy, or the environment's proxy (``trust_env``). Internal: for
+    :class:`trio_pool.httpx.PoolTransport`, which builds its own targets."""
+    return client._route(target)
+
+
+async def open_exchange(
+    client: HTTPClient,
+    target: Target,
+    event: h11.Request,
+    content: Body,
+    idempotent: bool,
+    limits: Timeout,
+    trace: Trace | None = None,
+) -> Exchange | H2Exchange:
+    """Send a prepared request on ``client``'s pool and read the response head (see
+    ``HTTPClient._open``: per-phase limits, one retry on a dead reused connection).
+    Internal: for :class:`trio_pool.httpx.PoolTransport`."""
+    return await client._open(target, event, content, idempotent, limits, trace=trace)
 
 
 async def _trace_head(trace: Trace, event: h11.Response) -> None:
