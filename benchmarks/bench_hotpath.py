@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 import trio_pool
+from trio_pool._route import Route
 
 from ._common import HOST, echo_server, fmt_us, median, print_table, rounds_of
 
@@ -69,7 +70,7 @@ def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Me
     async def sync_bookkeeping() -> float:
         # PoolState.take + release alone: no checkpoint, no argument lookup.
         state = pool._state
-        key = pool._lookup(HOST, port, False, None, True, None)
+        key = pool.lookup(Route(HOST, port))
         take, release = state.take, state.release
         now = trio.current_time()
         start = time.process_time()

@@ -369,7 +369,7 @@ async def test_failure_of_the_pools_own_work_still_surfaces(
 
     async def run() -> None:
         async with trio_pool.open_pool(health_check_interval=1.0) as pool:
-            monkeypatch.setattr(pool, "_maintenance_pass", broken)
+            monkeypatch.setattr(pool._maintenance, "run_pass", broken)
             await trio.sleep(100)
 
     with pytest.raises(BaseExceptionGroup) as info:

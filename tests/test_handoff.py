@@ -501,7 +501,7 @@ async def test_hand_off_connect_falls_back_to_the_pools_nursery(
     async with trio.open_nursery() as gone:
         pass
     async with trio_pool.open_pool(connection_timeout=1.0) as pool:
-        pool._background = gone  # closed to new tasks, as after a fatal maintenance error
+        pool._connector.background = gone  # closed to new tasks, as after a fatal maintenance error
         with pytest.raises(ConnectTimeout):
             await pool.acquire(HOST, hanging_port)
         assert_settled(pool.statistics())

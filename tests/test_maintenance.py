@@ -76,7 +76,7 @@ async def test_task_is_started_and_cancelled_with_the_pool(
 ) -> None:
     start = trio.current_time()
     async with trio_pool.open_pool(health_check_interval=5.0, min_size=1) as pool:
-        scope = pool._maintenance_scope
+        scope = pool._maintenance._scope
         assert scope is not None
         assert not scope.cancel_called
         await pool.prewarm(HOST, echo_port)
@@ -94,13 +94,13 @@ async def test_passes_run_every_interval(
     calls: list[tuple[float, bool]] = []
     async with trio_pool.open_pool(health_check_interval=7.0) as pool:
         start = trio.current_time()
-        real_pass = pool._maintenance_pass
+        real_pass = pool._maintenance.run_pass
 
         def spy(now: float, *, check: bool = True) -> None:
             calls.append((now - start, check))
             real_pass(now, check=check)
 
-        monkeypatch.setattr(pool, "_maintenance_pass", spy)
+        monkeypatch.setattr(pool._maintenance, "run_pass", spy)
         await trio.sleep(30.0)
     assert calls == [(7.0, True), (14.0, True), (21.0, True), (28.0, True)]
 
@@ -223,7 +223,7 @@ async def test_expired_idle_connection_is_never_handed_out(
 ) -> None:
     async with trio_pool.open_pool(max_lifetime=60.0, max_idle_time=1000.0) as pool:
         # No passes: only acquire itself can notice the expiry.
-        monkeypatch.setattr(pool, "_maintenance_pass", lambda now, *, check=True: None)
+        monkeypatch.setattr(pool._maintenance, "run_pass", lambda now, *, check=True: None)
         conn = await pool.acquire(HOST, echo_port)
         pool.release(conn)
         await trio.sleep_until(conn._expires_at)
@@ -599,7 +599,7 @@ async def test_failing_pass_is_logged_and_the_task_goes_on(
     outcomes = iter([False, False, True, False, False, False, False])  # never 5 in a row
     async with trio_pool.open_pool(health_check_interval=10.0, max_idle_time=25.0) as pool:
         start = trio.current_time()
-        real_pass = pool._maintenance_pass
+        real_pass = pool._maintenance.run_pass
 
         def flaky(now: float, *, check: bool = True) -> None:
             calls.append(now - start)
@@ -607,7 +607,7 @@ async def test_failing_pass_is_logged_and_the_task_goes_on(
                 raise RuntimeError("injected failure")
             real_pass(now, check=check)
 
-        monkeypatch.setattr(pool, "_maintenance_pass", flaky)
+        monkeypatch.setattr(pool._maintenance, "run_pass", flaky)
         conn = await pool.acquire(HOST, echo_port)
         pool.release(conn)
         await trio.sleep(60.0)
@@ -642,7 +642,7 @@ async def test_five_failing_passes_in_a_row_propagate_out_of_open_pool(
         nonlocal body_cancelled
         async with trio_pool.open_pool(health_check_interval=10.0) as pool:
             pools.append(pool)
-            monkeypatch.setattr(pool, "_maintenance_pass", broken)
+            monkeypatch.setattr(pool._maintenance, "run_pass", broken)
             try:
                 await trio.sleep_forever()
             except trio.Cancelled:

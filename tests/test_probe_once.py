@@ -1,11 +1,14 @@
-"""One probe per cycle when a task takes back what it just released (issue 16).
+"""One probe per cycle when a task takes back what it just released (issues 16, 21).
 
 A release probes the connection it pools, and a hand-out probes the connection it takes.
-When the same task takes the connection back in the same step (no schedule point since,
-as in a loop of requests) and within ``FRESH_FOR``, the release's probe stands and the
-hand-out does not poll again. Any schedule point, another task, or the clock moving on
-brings the hand-out's own probe back: these tests put real bytes on the wire between the
-release and the take to show it.
+When the same task takes the connection back before its next schedule point (as in a
+loop of requests) and within ``FRESH_FOR``, the release's probe stands and the hand-out
+does not poll again. The release marks the task with the connection in
+``Task.custom_sleep_data``, which trio documents as reset to ``None`` whenever it
+reschedules a task: no private attribute of trio. Any schedule point, another task, or
+the clock moving on brings the hand-out's own probe back: these tests put real bytes on
+the wire between the release and the take to show it, and fail if trio stops resetting
+the mark.
 """
 
 from __future__ import annotations
@@ -175,3 +178,12 @@ async def test_the_clock_moving_on_brings_the_probe_back(
         server.sockets[0].send(b"JUNK")
         mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
         await replaced_at_hand_out(pool, port, conn)
+
+
+async def test_trio_resets_the_mark_at_every_schedule_point() -> None:
+    """The contract the skip rests on (trio's docs of ``Task.custom_sleep_data``)."""
+    task = trio.lowlevel.current_task()
+    task.custom_sleep_data = mark = object()
+    assert task.custom_sleep_data is mark
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    assert task.custom_sleep_data is None

@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 import trio_pool
+from trio_pool._route import Route
 from trio_pool._shared import StreamLease
 
 from .checks import assert_balanced, settle_connects
@@ -100,17 +101,7 @@ async def test_shared_leases_at_random(seed: int, nursery: trio.Nursery) -> None
 
     max_connecting = rng.choice([None, 64])
     async with trio_pool.open_pool(max_size=MAX_SIZE, max_connecting=max_connecting) as pool:
-        state = pool._lookup_multiplexed(
-            HOST,
-            port,
-            False,
-            None,
-            True,
-            None,
-            None,
-            "h2c",
-            opener,  # type: ignore[arg-type]
-        )
+        state = pool.lookup(Route(HOST, port, http2="h2c"), opener)  # type: ignore[arg-type]
         held: list[StreamLease] = []
         waiting: dict[int, trio.CancelScope] = {}
         served: list[int] = []
@@ -120,7 +111,7 @@ async def test_shared_leases_at_random(seed: int, nursery: trio.Nursery) -> None
             with trio.CancelScope() as scope:
                 waiting[index] = scope
                 arrived.append(index)
-                lease = await pool._acquire_lease(state, None, None)
+                lease = await pool.acquire_on(state, None, None)
                 assert not isinstance(lease, trio_pool.PooledConnection)
                 held.append(lease)
                 served.append(index)

@@ -170,6 +170,18 @@ class PooledConnection(trio.abc.Stream):
         return self._state
 
     @property
+    def broken(self) -> bool:
+        """Whether it may never be pooled again: a read or write on it failed, it saw
+        the peer close, or :meth:`mark_broken` was called. Releasing it closes it."""
+        return self._broken
+
+    def mark_broken(self) -> None:
+        """Never pool it again: a later :meth:`ConnectionPool.release
+        <trio_pool.ConnectionPool.release>` closes it. For a connection left in a state
+        the next borrower must not meet (half closed, say)."""
+        self._broken = True
+
+    @property
     def is_tls(self) -> bool:
         """Whether this is a TLS connection (:attr:`stream` is a :class:`trio.SSLStream`)."""
         return isinstance(self.stream, trio.SSLStream)

@@ -179,7 +179,7 @@ class AnyioStream(ByteStream):
         stream = conn.stream
         if not isinstance(stream, trio.SocketStream):
             raise NotImplementedError("send_eof() is not supported on TLS connections")
-        conn._broken = True  # before the await: even a cancelled shutdown may have happened
+        conn.mark_broken()  # before the await: even a cancelled shutdown may have happened
         with _anyio_errors("writing to"):
             await stream.send_eof()
 

@@ -66,6 +66,8 @@ from .http._client import (
     body_bytes,
     body_stream,
     check_framing,
+    open_exchange,
+    route_target,
     routed_target,
 )
 from .http._exceptions import (
@@ -262,7 +264,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 raise httpx.UnsupportedProtocol("the URL has no host", request=request)
             port = url.port or _DEFAULT_PORTS[scheme]
             tls = scheme == b"https"
-            route = self._client._route(Target(host, port, tls, b"", authority(host, port, tls)))
+            route = route_target(
+                self._client, Target(host, port, tls, b"", authority(host, port, tls))
+            )
             if len(self._targets) >= 1024:
                 self._targets.clear()
             self._targets[key] = route
@@ -347,8 +351,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
         while True:
             token = connect_trace.set(trace) if trace is not None else None
             try:
-                return await self._client._open(
-                    target, event, body, idempotent, limits, trace=trace
+                return await open_exchange(
+                    self._client, target, event, body, idempotent, limits, trace
                 )
             except ConnectError as exc:
                 if isinstance(exc, ProxyError) or attempt >= self._retries:

@@ -25,6 +25,7 @@ from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
 from .._redact import shape_of
+from .._route import Route
 from .._trace import Trace
 from ._body import chunk_bytes, close_iterator
 from ._exceptions import (
@@ -43,7 +44,14 @@ from ._h2_client import H2Exchange, request_h2
 from ._models import Response, Target, check_method, h11_request, parse_url
 from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
-__all__ = ["IDEMPOTENT_METHODS", "Exchange", "HTTPClient", "StreamContext"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Exchange",
+    "HTTPClient",
+    "StreamContext",
+    "open_exchange",
+    "route_target",
+]
 
 #: Methods retried once on a new connection when a reused one turned out dead.
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
@@ -552,6 +560,7 @@ class HTTPClient:
         self._prune_at = 256
         self._targets: dict[str, Target] = {}
         self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, Body]] = {}
+        self._routes: dict[tuple[object, ...], Route] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -756,17 +765,22 @@ class HTTPClient:
             protocols[conn] = protocol
         return protocol
 
-    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
-        """Borrow a connection for ``target`` from the pool's HTTP keys (raw
-        borrowers' connections are never shared with HTTP clients), directly or
-        through the proxy or Unix socket (the pool opens the tunnel)."""
-        pool = self._pool
-        proxy = target.proxy
-        if target.forward:
+    def _route_for(self, target: Target, http2: str | None = None) -> Route:
+        """The pool route of ``target``'s connections: under the HTTP/1.1 clients' keys
+        (raw borrowers' connections are never shared with HTTP clients), or with
+        ``http2`` a key that may multiplex (``"h2"``, ``"h2c"``; never proxied). Made
+        (and checked) once per distinct target."""
+        where: tuple[object, ...] = (http2, target.host, target.port, target.tls, target.sni)
+        where += (target.proxy, target.uds, target.forward)
+        route = self._routes.get(where)
+        if route is not None:
+            return route
+        proxy = None if http2 is not None else target.proxy
+        if target.forward and http2 is None:
             assert proxy is not None
-            state = pool._lookup_http(proxy.host, proxy.port, proxy=proxy, forward=True)
+            route = Route(proxy.host, proxy.port, proxy=proxy, forward=True, http=True)
         elif target.tls:
-            state = pool._lookup_http(
+            route = Route(
                 target.host,
                 target.port,
                 True,
@@ -775,13 +789,35 @@ class HTTPClient:
                 self._ssl_context,
                 proxy,
                 target.uds,
+                http2=http2,
+                http=http2 is None,
             )
-        else:
-            state = pool._lookup_http(target.host, target.port, proxy=proxy, uds=target.uds)
+        else:  # (h2c: the client's TLS settings are for its https requests)
+            route = Route(
+                target.host,
+                target.port,
+                proxy=proxy,
+                uds=target.uds,
+                http2=http2,
+                http=http2 is None,
+            )
+        if len(self._routes) >= _CACHE_SIZE:
+            self._routes.clear()
+        self._routes[where] = route
+        return route
+
+    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
+        """Borrow a connection for ``target`` from the pool's HTTP keys, directly or
+        through the proxy or Unix socket (the pool opens the tunnel)."""
+        pool = self._pool
         try:
-            return await pool._acquire(state, limits.pool, new, limits.connect)
+            conn = await pool.acquire_on(
+                pool.lookup(self._route_for(target)), limits.pool, limits.connect, new=new
+            )
         except PoolExhausted as exc:
             raise PoolTimeout(f"{exc} (pool timeout)") from exc
+        assert type(conn) is PooledConnection  # an HTTP/1.1 key never multiplexes
+        return conn
 
     async def _open(
         self,
@@ -1040,6 +1076,31 @@ class HTTPClient:
                     raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
+
+
+# -- the internal interface of trio_pool's adapters (PoolTransport) -------------------
+
+
+def route_target(client: HTTPClient, target: Target) -> Target:
+    """Set how ``target`` is reached by ``client``'s requests: its Unix socket or
+    proxy, or the environment's proxy (``trust_env``). Internal: for
+    :class:`trio_pool.httpx.PoolTransport`, which builds its own targets."""
+    return client._route(target)
+
+
+async def open_exchange(
+    client: HTTPClient,
+    target: Target,
+    event: h11.Request,
+    content: Body,
+    idempotent: bool,
+    limits: Timeout,
+    trace: Trace | None = None,
+) -> Exchange | H2Exchange:
+    """Send a prepared request on ``client``'s pool and read the response head (see
+    ``HTTPClient._open``: per-phase limits, one retry on a dead reused connection).
+    Internal: for :class:`trio_pool.httpx.PoolTransport`."""
+    return await client._open(target, event, content, idempotent, limits, trace=trace)
 
 
 async def _trace_head(trace: Trace, event: h11.Response) -> None:

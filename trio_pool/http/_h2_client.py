@@ -180,24 +180,14 @@ async def request_h2(
 
     pool = client._pool
     mode = MODES[client._http2]
-    state = pool._lookup_multiplexed(
-        target.host,
-        target.port,
-        target.tls,
-        (target.sni or target.host) if target.tls else None,
-        client._verify_cert,
-        client._ssl_context,
-        target.uds,
-        mode,
-        open_multiplexed,
-    )
+    state = pool.lookup(client._route_for(target, mode), open_multiplexed)
     fields = [(name, value) for name, value in event.headers if name != b"transfer-encoding"]
     authority = next((value for name, value in fields if name == b"host"), target.host_header)
     scheme = b"https" if target.tls else b"http"
     body = _Upload(content, f"{target.host}:{target.port}")
     for attempt in range(_ATTEMPTS):
         try:
-            lease = await pool._acquire_lease(state, limits.pool, limits.connect)
+            lease = await pool.acquire_on(state, limits.pool, limits.connect)
         except PoolExhausted as exc:
             from ._exceptions import PoolTimeout
 
