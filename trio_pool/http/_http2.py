@@ -468,47 +468,15 @@ class H2Response:
             ReadError: The connection was lost.
             RemoteProtocolError: The server broke HTTP/2.
         """
-        stream = self._stream
-        if (
-            stream.registered
-            and not stream.buffer
-            and stream.error is None
-            and not stream.remote_ended
-        ):
-            try:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                while (
-                    stream.registered
-                    and not stream.buffer
-                    and stream.error is None
-                    and not stream.remote_ended
-                ):
-                    await stream.wait()
-            except BaseException:
-                self.abandon()
-                raise
-        else:
-            try:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            except BaseException:
-                self.abandon()
-                raise
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if stream.buffer:
-            data = bytes(stream.buffer)
-            stream.buffer.clear()
-            self._conn._acknowledge(stream, len(data))
+        data = await receive_body(self._conn, self._stream)
+        if data:
             self.started = True
-            return data
-        if stream.remote_ended and stream.error is None:
+        else:
             self.done = True
-            return b""
-        if stream.error is not None:
-            raise stream.error
-        raise trio.ClosedResourceError("this response's stream was reset (abandoned)")
+        return data
 
     async def read_chunk(self) -> bytes:
-        """Same as :meth:`receive_data` (the HTTP/1.1 exchange's name)."""
+        """Same as :meth:`receive_data` (the HTTP/1.1 body's name)."""
         return await self.receive_data()
 
     async def read_all(self) -> bytes:
@@ -518,49 +486,94 @@ class H2Response:
         except BaseException:
             self.abandon()
             raise
-        parts = self._take_buffered()
-        if self._ended_cleanly():
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        else:
-            while chunk := await self.receive_data():
-                parts.append(chunk)
-        return b"".join(parts)
-
-    def _take_buffered(self) -> list[bytes]:
-        """Every piece of the body received so far, taken at once, its credit handed
-        back in one go (the fast path of reading a body that is already here)."""
-        buffer = self._stream.buffer
-        if not buffer:
-            return []
-        data = bytes(buffer)
-        buffer.clear()
-        self._conn._acknowledge(self._stream, len(data))
-        self.started = True
-        return [data]
-
-    def _complete_nowait(self) -> bool:
-        """Whether the whole body is here, unread (ended, without error)."""
-        stream = self._stream
-        return stream.remote_ended and stream.error is None and not self.done
-
-    def _ended_cleanly(self) -> bool:
-        """Whether the body has nothing more to give (read to its end): then ``done``."""
-        stream = self._stream
-        if stream.remote_ended and stream.error is None and not stream.buffer:
+        first = take_buffered(self._conn, self._stream)
+        self.started = self.started or bool(first)
+        if body_ended(self._stream):
             self.done = True
-        return self.done
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return first
+        parts = [first]
+        while chunk := await self.receive_data():
+            parts.append(chunk)
+        return b"".join(parts)
 
     def abandon(self) -> None:
         """Give up the rest of the body: reset the stream if it is still open.
         Synchronous and idempotent; the connection carries on."""
-        stream = self._stream
-        stream.buffer.clear()
-        self._conn._cancel_stream(stream)
+        abandon_body(self._conn, self._stream)
 
     async def aclose(self) -> None:
         """:meth:`abandon`, as a checkpoint. A no-op on a body read to its end."""
         self.abandon()
         await trio.lowlevel.checkpoint()
+
+
+async def receive_body(conn: H2Connection, stream: _Stream) -> bytes:
+    """The next piece of ``stream``'s body, or ``b""`` at its end, its flow-control
+    credit handed back. A read that is cancelled or fails resets the stream.
+
+    Raises:
+        StreamReset: The server reset the stream.
+        ReadError: The connection was lost.
+        RemoteProtocolError: The server broke HTTP/2.
+        trio.ClosedResourceError: The stream was reset by us (abandoned).
+    """
+    if stream.registered and not stream.buffer and stream.error is None and not stream.remote_ended:
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while (
+                stream.registered
+                and not stream.buffer
+                and stream.error is None
+                and not stream.remote_ended
+            ):
+                await stream.wait()
+        except BaseException:
+            abandon_body(conn, stream)
+            raise
+    else:
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            abandon_body(conn, stream)
+            raise
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    if stream.buffer:
+        return take_buffered(conn, stream)
+    if stream.remote_ended and stream.error is None:
+        return b""
+    if stream.error is not None:
+        raise stream.error
+    raise trio.ClosedResourceError("this response's stream was reset (abandoned)")
+
+
+def take_buffered(conn: H2Connection, stream: _Stream) -> bytes:
+    """Every piece of ``stream``'s body received so far (``b""``: none), taken at once,
+    its credit handed back in one go (the fast path of a body that is already here)."""
+    buffer = stream.buffer
+    if not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    conn._acknowledge(stream, len(data))
+    return data
+
+
+def body_arrived(stream: _Stream) -> bool:
+    """Whether the whole of ``stream``'s body is here (ended, without error)."""
+    return stream.remote_ended and stream.error is None
+
+
+def body_ended(stream: _Stream) -> bool:
+    """Whether ``stream``'s body has nothing more to give (ended and read)."""
+    return stream.remote_ended and stream.error is None and not stream.buffer
+
+
+def abandon_body(conn: H2Connection, stream: _Stream) -> None:
+    """Give up the rest of ``stream``'s body: reset the stream if it is still open
+    (``RST_STREAM(CANCEL)``), its unread bytes' credit handed back. Idempotent."""
+    stream.buffer.clear()
+    conn._cancel_stream(stream)
 
 
 class H2RequestStream:
