@@ -61,6 +61,7 @@ from ._exceptions import (
     WriteError,
     WriteTimeout,
 )
+from ._h2_adapter import new_h2_connection
 from ._h2_exceptions import ConnectionUnavailable, GoAwayOnOpen, RequestNotProcessed, StreamReset
 
 __all__ = [
@@ -718,8 +719,7 @@ class H2Connection:
             normalize_outbound_headers=False,
             validate_inbound_headers=False,
         )
-        self._h2 = _H2(config=config)
-        self._h2.state_machine = _StateMachine()
+        self._h2 = new_h2_connection(config, lambda: len(self._streams))
         self._h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -730,7 +730,6 @@ class H2Connection:
             },
         )
         self._streams: dict[int, _Stream] = {}
-        self._h2.count_open = self._streams.__len__
         self._reserved = 0
         self._started = 0
         self._goaway: int | None = None  # the last_stream_id of a GOAWAY
@@ -1599,48 +1598,6 @@ class H2Connection:
             stream.buffer.clear()
             self._unregister(stream)
         self._capacity_changed()
-
-
-class _H2(h2.connection.H2Connection):
-    """h2's connection, counting the open streams in O(1) (amortized).
-
-    h2 reads ``open_outbound_streams`` on every new stream, and computes it by scanning
-    every stream it holds (``_open_streams``, which also forgets the closed ones): O(open
-    streams) per request. Our own count of open streams (``H2Connection._streams``,
-    registered right after HEADERS and unregistered when the stream closes) answers
-    instead, and the scan runs only when h2 holds twice as many streams as after the
-    last one, plus 64, to forget closed streams in amortized O(1).
-    """
-
-    count_open: Callable[[], int] | None = None
-    _scan_at = 64
-
-    @property
-    def open_outbound_streams(self) -> int:
-        count_open = self.count_open
-        if count_open is None or len(self.streams) >= self._scan_at:
-            count = self._open_streams(int(self.config.client_side))
-            self._scan_at = 2 * len(self.streams) + 64
-            return count
-        return count_open()
-
-
-class _StateMachine(h2.connection.H2ConnectionStateMachine):
-    """h2's connection state machine, except that a GOAWAY received does not close it.
-
-    h2 goes to CLOSED on GOAWAY and then rejects every later frame, even those of the
-    streams at or below ``last_stream_id`` that the server still finishes (in the same
-    read, often). We keep receiving; that no new stream opens is ours to enforce
-    (:attr:`H2Connection.is_available`).
-    """
-
-    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
-        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state in (
-            h2.connection.ConnectionState.IDLE,
-            h2.connection.ConnectionState.CLIENT_OPEN,
-        ):
-            return []
-        return super().process_input(input_)
 
 
 def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
