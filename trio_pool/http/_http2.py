@@ -30,8 +30,11 @@ A request goes out in steps (:meth:`H2Connection.start_request`, then
 streamed as it is produced; :meth:`H2Connection.request` does all three for a body
 in bytes.
 
-h2 is imported only here and in the modules beside it (``_h2_events``, the reader side;
-``_h2_adapter``; ``_h2_body``); :mod:`trio_pool.http` does not import them.
+The connection's state and its public API are here; beside it, by concern: the task
+and its two loops (``_h2_task``), what received frames do (``_h2_events``), a
+request's sending side (``_h2_send``), h2's workarounds (``_h2_adapter``), and the
+client's body reader (``_h2_body``). h2 is imported only by these modules;
+:mod:`trio_pool.http` does not import them until HTTP/2 is used.
 """
 
 from __future__ import annotations
@@ -51,18 +54,17 @@ import trio
 from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 
-from .._exceptions import ConnectTimeout
 from .._redact import shape_of
 from ._exceptions import (
     HTTPError,
     ReadError,
     RemoteProtocolError,
-    WriteError,
 )
 from ._h2_adapter import new_h2_connection
-from ._h2_events import ErrorFactory, _FrameWatch, chained, receive
-from ._h2_exceptions import ConnectionUnavailable, GoAwayOnOpen, RequestNotProcessed
+from ._h2_events import ErrorFactory, _FrameWatch
+from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed
 from ._h2_send import receive_head, send_data
+from ._h2_task import CLOSE_TIMEOUT, DEFAULT_WINDOW, MAX_WINDOW, drained_wait, start
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -79,13 +81,9 @@ DEFAULT_MAX_CONCURRENT_STREAMS: Final = 100
 #: The receive window of each stream: the most a stream buffers while nobody reads it.
 DEFAULT_STREAM_WINDOW: Final = 256 * 1024
 _DEFAULT_SETTINGS_TIMEOUT: Final = 10.0
-_CLOSE_TIMEOUT: Final = 1.0
-_RECEIVE_SIZE: Final = 65536
 # How many body bytes may wait in h2's outbound buffer before a sender waits for the
 # writer: one socket write's worth.
 _HIGH_WATER: Final = 65536
-_MAX_WINDOW: Final = 2**31 - 1
-_DEFAULT_WINDOW: Final = 65535
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
@@ -574,7 +572,7 @@ class H2Connection:
         if (
             not isinstance(stream_window, int)
             or isinstance(stream_window, bool)
-            or not _DEFAULT_WINDOW <= stream_window <= _MAX_WINDOW
+            or not DEFAULT_WINDOW <= stream_window <= MAX_WINDOW
         ):
             raise ValueError(
                 f"stream_window must be an int in [65535, 2**31 - 1], got {stream_window!r}"
@@ -678,59 +676,21 @@ class H2Connection:
             stream_window=stream_window,
             on_capacity_change=on_capacity_change,
         )
-        await conn._start(nursery, settings_timeout)
+        await start(conn, nursery, settings_timeout)
         return conn
-
-    async def _start(self, nursery: trio.Nursery, settings_timeout: float) -> None:
-        self._h2.initiate_connection()
-        connection_window = max(self._cap * self._stream_window, _DEFAULT_WINDOW)
-        increment = min(connection_window, _MAX_WINDOW) - _DEFAULT_WINDOW
-        if increment > 0:
-            self._h2.increment_flow_control_window(increment)
-        try:
-            await nursery.start(self._run)
-            with trio.move_on_after(settings_timeout):
-                await self._ready.wait()
-        except BaseException:
-            self._die(lambda: ReadError("the HTTP/2 connection was abandoned while opening"))
-            if not self._running:  # the nursery never ran our task: close the stream here
-                self._finished.set()
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self._stream)
-            await self._wait_finished()
-            raise
-        if self._error is not None:
-            exc = self._error()
-            # The task ends by itself (the writer sending our GOAWAY first, if any).
-            with trio.CancelScope(shield=True):
-                await self._finished.wait()
-            raise exc
-        if not self._ready.is_set():
-            self._die(lambda: ReadError("the server sent no HTTP/2 SETTINGS"))
-            await self._wait_finished()
-            raise ConnectTimeout(f"the server sent no HTTP/2 SETTINGS within {settings_timeout} s")
-        if self._goaway is not None:
-            # GOAWAY came with the SETTINGS: the connection never takes a stream, and no
-            # request was sent on it, so the caller may try another connection.
-            self._die(lambda: ReadError("the server sent GOAWAY as the connection opened"))
-            await self._wait_finished()
-            raise GoAwayOnOpen(
-                "the server sent GOAWAY as the HTTP/2 connection opened: nothing was sent"
-            )
-        self.idle_since = trio.current_time()
 
     async def aclose(self) -> None:
         """Close the connection: GOAWAY, then the socket. Open streams fail with
         :class:`~trio_pool.http.ReadError`. Idempotent; waits at most about a second."""
         if not self._closed:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 try:
                     self._h2.close_connection()
                 except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
                     pass
                 else:
                     self._kick()
-                    await self._drained_wait()
+                    await drained_wait(self)
             self._die(lambda: ReadError("the HTTP/2 connection was closed"))
         await self._wait_finished()
 
@@ -1071,89 +1031,6 @@ class H2Connection:
 
     def _kick(self) -> None:
         self._write_wanted.set()
-
-    def _writer_took(self) -> None:
-        """The writer took everything queued: wake the senders waiting for it."""
-        self._queued = 0
-        if self._send_waiters:
-            for stream in self._send_waiters:
-                stream.wake()
-
-    async def _drained_wait(self) -> None:
-        while not self._drained.is_set():
-            await self._drained.wait()
-
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._running = True
-        try:
-            with self._cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
-                    task_status.started()
-                    await self._read_loop()
-                    # The reader stopped on a connection error (the socket is fine): the
-                    # writer sends what is queued, our GOAWAY last, and stops; a writer
-                    # the peer does not let write is given a short deadline.
-                    nursery.cancel_scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-                    self._kick()
-        finally:
-            self._die(lambda: ReadError("the HTTP/2 connection was closed"))
-            with trio.CancelScope(shield=True):
-                leftover = bytes(self._outbox) + self._h2.data_to_send()
-                self._outbox.clear()
-                # Nothing more goes out after a failed write or one cut off half way.
-                if leftover and not self._write_failed and not self._sending:
-                    # A GOAWAY of ours (after aclose), RST_STREAMs: best effort.
-                    with trio.move_on_after(_CLOSE_TIMEOUT):
-                        try:
-                            await self._stream.send_all(leftover)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                            pass
-                await trio.aclose_forcefully(self._stream)
-            self._finished.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            if self._outbox:
-                data = bytes(self._outbox) + self._h2.data_to_send()
-                self._outbox.clear()
-            else:
-                data = self._h2.data_to_send()
-            self._unsent_replies = 0
-            if not data:
-                self._writer_took()
-                self._drained.set()
-                if self._closed:  # everything queued went out (a GOAWAY of ours last)
-                    return
-                self._write_wanted = trio.Event()
-                await self._write_wanted.wait()
-                continue
-            self._writer_took()
-            if self._drained.is_set() and not self._closed:
-                self._drained = trio.Event()
-            self._sending = True
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._write_failed = True
-                self._die(chained(WriteError, "sending on the HTTP/2 connection failed", exc))
-                return
-            self._sending = False
-
-    async def _read_loop(self) -> None:
-        """Receive, feed h2, dispatch its events; return (without cancelling the writer)
-        on a connection error of the peer's, once our GOAWAY is queued."""
-        while True:
-            try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._die(chained(ReadError, "the HTTP/2 connection was lost", exc))
-                return
-            if not data:
-                self._die(lambda: ReadError("the server closed the HTTP/2 connection"))
-                return
-            if not receive(self, bytes(data)):
-                return
 
 
 def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
