@@ -99,6 +99,7 @@ class PooledConnection(trio.abc.Stream):
         "_lease",
         "_poller",
         "_pool",
+        "_protocol",
         "_session_fresh",
         "_state",
         "_unread",
@@ -145,6 +146,9 @@ class PooledConnection(trio.abc.Stream):
         self._session_fresh = False
         # Application bytes the TLS probe had to decrypt to see them: read them first.
         self._unread = b""
+        # The HTTP protocol object speaking on this socket (trio_pool.http._http11 owns
+        # it): its state outlives each borrower, and the socket.
+        self._protocol: object = None
         if isinstance(stream, trio.SSLStream):
             self.session_reused = bool(stream.session_reused)
             self._session_fresh = not key.save_session(stream)

@@ -58,10 +58,9 @@ from ._httpx_compat import (
 from ._pool import ConnectionPool, open_pool
 from ._proxy import Proxy
 from ._trace import Trace, connect_trace
+from .http._body import Body
 from .http._client import (
     IDEMPOTENT_METHODS,
-    Body,
-    Exchange,
     HTTPClient,
     body_bytes,
     body_stream,
@@ -81,8 +80,8 @@ from .http._exceptions import (
     WriteError,
     WriteTimeout,
 )
-from .http._h2_client import H2Exchange
 from .http._h2_exceptions import RequestNotProcessed
+from .http._interfaces import BodyReader
 from .http._models import Target, authority, h11_request
 from .http._timeouts import NO_LIMIT, Timeout
 
@@ -343,7 +342,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         idempotent: bool,
         limits: Timeout,
         trace: Trace | None,
-    ) -> Exchange | H2Exchange:
+    ) -> BodyReader:
         """Send the request, with httpx's ``retries`` of a failed connect (as
         httpcore: after 0, 0.5, 1, 2 ... s; a refused proxy is an answer, not retried)
         and the ``trace`` extension reporting the connect this request starts."""
@@ -412,9 +411,7 @@ class UseDefault:
 USE_DEFAULT: Final = UseDefault()
 
 
-def _extensions(
-    exchange: Exchange | H2Exchange, pool: ConnectionPool, switched: bool
-) -> dict[str, Any]:
+def _extensions(exchange: BodyReader, pool: ConnectionPool, switched: bool) -> dict[str, Any]:
     """A response's extensions: ``http_version``, ``reason_phrase`` and, over
     HTTP/1.1, ``network_stream``. After ``101`` or a 2xx to ``CONNECT`` (``switched``)
     the connection leaves HTTP: it is the caller's, never pooled again."""
@@ -423,12 +420,13 @@ def _extensions(
         "http_version": b"HTTP/" + head.http_version,
         "reason_phrase": head.reason,
     }
-    if type(exchange) is Exchange:
+    connection = exchange.connection
+    if connection is not None:  # the socket is the request's alone (HTTP/1.1)
         if switched:
-            conn, buffered = exchange.detach()
-            extensions["network_stream"] = NetworkStream(conn, pool, buffered)
+            connection, buffered = exchange.detach()
+            extensions["network_stream"] = NetworkStream(connection, pool, buffered)
         else:
-            extensions["network_stream"] = NetworkStream(exchange.connection, pool, None)
+            extensions["network_stream"] = NetworkStream(connection, pool, None)
     return extensions
 
 
@@ -453,7 +451,7 @@ def _limits(request: httpx.Request) -> Timeout:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body, read from the connection as httpx asks for it."""
 
-    def __init__(self, exchange: Exchange | H2Exchange, request: httpx.Request) -> None:
+    def __init__(self, exchange: BodyReader, request: httpx.Request) -> None:
         self._exchange = exchange
         self._request = request
 
@@ -479,12 +477,10 @@ class _TracedResponseStream(_ResponseStream):
     """The body of a request with the ``trace`` extension: reports
     ``http11.receive_response_body.*`` (or ``http2.``) and ``.response_closed.*``."""
 
-    def __init__(
-        self, exchange: Exchange | H2Exchange, request: httpx.Request, trace: Trace
-    ) -> None:
+    def __init__(self, exchange: BodyReader, request: httpx.Request, trace: Trace) -> None:
         super().__init__(exchange, request)
         self._trace = trace
-        self._prefix = "http11." if type(exchange) is Exchange else "http2."
+        self._prefix = exchange.trace_prefix
         self._started = self._ended = False
 
     async def __anext__(self) -> bytes:

@@ -3,12 +3,15 @@ each piece as bytes, and the iterator closed when the request leaves it early.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Final, TypeAlias
 
 import trio
 
-__all__ = ["chunk_bytes", "close_iterator"]
+__all__ = ["Body", "chunk_bytes", "close_iterator"]
+
+#: A prepared body: the bytes, or the async iterable to stream.
+Body: TypeAlias = bytes | AsyncIterable[object]
 
 _CLOSE_TIMEOUT: Final = 1.0
 

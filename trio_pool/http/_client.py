@@ -1,69 +1,40 @@
-"""HTTP/1.1 on pooled connections: :class:`HTTPClient`.
+"""HTTP on pooled connections: :class:`HTTPClient`.
 
-h11 does all the parsing and framing, synchronously; this module only moves bytes
-between h11 and the pooled connection, and decides whether the connection goes back
-to the pool. Each pooled socket keeps one :class:`h11.Connection` for its whole life:
-after a complete exchange h11's ``start_next_cycle()`` readies it for the next request,
-whoever borrows the socket next.
+The client checks and prepares a request (once, whatever carries it), picks a
+protocol connection for it (:func:`~trio_pool.http._connect.connect`: HTTP/1.1 or a
+stream of HTTP/2, after ALPN), and speaks to it only through
+:class:`~trio_pool.http._interfaces.HTTPConnectionInterface`; the protocols live in
+:mod:`trio_pool.http._http11` and :mod:`trio_pool.http._h2_client`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
 import h11
-import trio
 
-from .._connection import PooledConnection
-from .._exceptions import PoolExhausted
 from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
 from .._redact import shape_of
-from .._route import Route
 from .._trace import Trace
-from ._body import chunk_bytes, close_iterator
-from ._exceptions import (
-    HTTPError,
-    LocalProtocolError,
-    PoolTimeout,
-    ReadError,
-    ReadTimeout,
-    RemoteProtocolError,
-    RequestTimeout,
-    StreamClosed,
-    WriteError,
-    WriteTimeout,
-)
-from ._h2_client import H2Exchange, request_h2
+from ._body import Body
+from ._connect import connect
+from ._h2_client import MODES
+from ._interfaces import BodyReader, Unprocessed
 from ._models import Response, Target, check_method, h11_request, parse_url
 from ._timeouts import DEFAULT_TIMEOUT, USE_CLIENT_DEFAULT, Timeout, UseClientDefault, to_timeout
 
-__all__ = [
-    "IDEMPOTENT_METHODS",
-    "Exchange",
-    "HTTPClient",
-    "StreamContext",
-    "open_exchange",
-    "route_target",
-]
+__all__ = ["IDEMPOTENT_METHODS", "HTTPClient", "StreamContext", "open_exchange", "route_target"]
 
 #: Methods retried once on a new connection when a reused one turned out dead.
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
-_RECEIVE_SIZE: Final = 65536
-#: The most one write sends under a write limit (which restarts for each write).
-_WRITE_PIECE: Final = 65536
 _CACHE_SIZE: Final = 1024
-_NEED_DATA: Final = h11.NEED_DATA
-_IDLE: Final = h11.IDLE
-_DONE: Final = h11.DONE
-_END: Final = h11.EndOfMessage()
 _VERSIONS: Final = {b"1.1": "1.1", b"1.0": "1.0"}
 
 HeaderTypes: TypeAlias = (
@@ -73,8 +44,6 @@ HeaderTypes: TypeAlias = (
 #: replayable), or an async iterable of bytes (streamed, chunked unless a
 #: ``Content-Length`` is given, never replayed).
 ContentTypes: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
-#: A prepared body: the bytes, or the async iterable to stream.
-Body: TypeAlias = bytes | AsyncIterable[object]
 #: The variables ``trust_env`` reads (plus ``REQUEST_METHOD``, for the httpoxy guard).
 _PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
@@ -242,207 +211,6 @@ def check_uds(uds: object) -> str | None:
     return uds
 
 
-def _read_timeout(target: Target, limit: float, what: str) -> ReadTimeout:
-    return ReadTimeout(
-        f"no data from {target.host}:{target.port} within {limit} s (read timeout, {what})"
-    )
-
-
-class _ConnectionLost(Exception):
-    """The connection failed before any byte of the response came: safe to retry an
-    idempotent request (the server may have closed it while idle)."""
-
-    def __init__(self, error: HTTPError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-class Exchange:
-    """One request and response on one borrowed connection, until the body ends.
-
-    The response body is read from here; at its end the connection is released if
-    h11 can start a next cycle on it, and discarded otherwise (or on any failure).
-
-    ``done`` is True once the exchange gave its connection back (exactly once);
-    ``complete`` only when the whole body arrived. A read after the exchange was
-    abandoned (``done`` but not ``complete``) raises :class:`StreamClosed`, naming why.
-    """
-
-    __slots__ = (
-        "_client",
-        "_conn",
-        "_h11",
-        "closed_because",
-        "complete",
-        "done",
-        "read_timeout",
-        "response",
-        "target",
-    )
-
-    def __init__(
-        self,
-        client: HTTPClient,
-        conn: PooledConnection,
-        protocol: h11.Connection,
-        response: h11.Response,
-        target: Target,
-    ) -> None:
-        self._client = client
-        self._conn = conn
-        self._h11 = protocol
-        self.response: h11.Response = response
-        self.target: Target = target
-        self.read_timeout: float | None = None
-        self.done: bool = False
-        self.complete: bool = False
-        self.closed_because: str = ""
-
-    def make_response(self, content: bytes | None) -> Response:
-        event = self.response
-        version = _VERSIONS.get(event.http_version) or event.http_version.decode("ascii")
-        return Response(
-            event.status_code,
-            event.reason,
-            event.headers,
-            version,
-            content,
-            None if content is not None else self,
-        )
-
-    def closed_error(self) -> StreamClosed:
-        return StreamClosed(
-            f"the response body from {self._where()} was not read to its end and is"
-            f" gone: {self.closed_because}"
-        )
-
-    async def _next_data(self) -> bytes | None:
-        """The next non-empty piece of the body, or ``None`` at its end (the connection
-        is then released or discarded). Any error abandons the exchange.
-
-        Raises:
-            StreamClosed: The exchange was abandoned before the body's end.
-        """
-        if self.done:
-            await trio.lowlevel.checkpoint()
-            if self.complete:
-                return None
-            raise self.closed_error()
-        h = self._h11
-        try:
-            while True:
-                event = h.next_event()
-                kind = type(event)
-                if kind is h11.Data:
-                    data: bytes = event.data  # type: ignore[union-attr]
-                    if data:
-                        return data
-                elif kind is h11.EndOfMessage:
-                    break
-                elif event is _NEED_DATA:
-                    await self._receive()
-                else:  # pragma: no cover - h11 sends nothing else inside a body
-                    raise RemoteProtocolError(f"unexpected {kind.__name__} in a response body")
-        except h11.RemoteProtocolError as exc:
-            self.abandon(f"the server broke the protocol ({exc})")
-            raise RemoteProtocolError(f"{self._where()}: {exc}") from exc
-        except StreamClosed:
-            raise
-        except RequestTimeout as exc:
-            self.abandon(f"a read timed out ({exc})")
-            raise
-        except HTTPError as exc:
-            self.abandon(f"a read failed ({exc})")
-            raise
-        except BaseException as exc:
-            self.abandon(f"a read was interrupted ({type(exc).__name__})")
-            raise
-        self._finish()
-        return None
-
-    async def read_all(self) -> bytes:
-        """Read the rest of the body, then release or discard the connection."""
-        chunks: list[bytes] = []
-        while (data := await self._next_data()) is not None:
-            chunks.append(data)
-        if len(chunks) == 1 and type(chunks[0]) is bytes:
-            return chunks[0]
-        return b"".join(chunks)
-
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body, or ``b""`` at its end (the connection is then
-        released or discarded).
-
-        Raises:
-            StreamClosed: The exchange was abandoned before the body's end.
-        """
-        data = await self._next_data()
-        return b"" if data is None else bytes(data)
-
-    async def _receive(self) -> None:
-        conn = self._conn
-        limit = self.read_timeout
-        try:
-            if limit is None:
-                data = await conn.receive_some(_RECEIVE_SIZE)
-            else:
-                with trio.CancelScope() as scope:
-                    # Set inside, as _Timer does: a read that need not wait never fails.
-                    scope.deadline = trio.current_time() + limit
-                    data = await conn.receive_some(_RECEIVE_SIZE)
-                if scope.cancelled_caught:
-                    raise _read_timeout(self.target, limit, "reading the body")
-        except trio.BrokenResourceError as exc:
-            raise ReadError(f"{self._where()}: reading the response failed: {exc}") from exc
-        except trio.ClosedResourceError as exc:
-            if self.done:  # another task abandoned the exchange during this read
-                raise self.closed_error() from exc
-            raise  # pragma: no cover - the connection is only closed by abandoning
-        if self.done:  # abandoned by another task while the bytes came in
-            raise self.closed_error()
-        self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
-
-    def _where(self) -> str:
-        return f"{self.target.host}:{self.target.port}"
-
-    def _finish(self) -> None:
-        self.done = self.complete = True
-        h = self._h11
-        if h.our_state is _DONE and h.their_state is _DONE and not h.trailing_data[0]:
-            h.start_next_cycle()
-            self._client._pool.release(self._conn)
-        else:
-            self._client._forget(self._conn)
-            self._client._pool.discard(self._conn)
-
-    @property
-    def connection(self) -> PooledConnection:
-        """The borrowed connection the exchange runs on."""
-        return self._conn
-
-    def detach(self) -> tuple[PooledConnection, bytes]:
-        """Take the connection out of HTTP for good (after ``101 Switching Protocols``
-        or a 2xx to ``CONNECT``): it stays borrowed, never released to the pool; the
-        caller closes it (``aclose()`` discards it). Returns it with the bytes the
-        server sent after the head, already read."""
-        self.done = self.complete = True  # the HTTP body is empty
-        self.closed_because = "the connection was taken over (protocol switched)"
-        self._client._forget(self._conn)
-        return self._conn, bytes(self._h11.trailing_data[0])
-
-    def abandon(self, because: str = "it was abandoned") -> None:
-        """Give up on the exchange: the connection is discarded (no-op once done).
-
-        Args:
-            because: Why, for the :class:`StreamClosed` of later reads.
-        """
-        if not self.done:
-            self.done = True
-            self.closed_because = because
-            self._client._forget(self._conn)
-            self._client._pool.discard(self._conn)
-
-
 def _require_h2() -> None:
     """Import h2 (the ``http2`` extra), or say how to install it: when the client is
     built, not on its first connection."""
@@ -550,17 +318,14 @@ class HTTPClient:
         )
         self._pool = pool
         self._http2 = http2
+        self._h2_mode: str | None = MODES[http2] if http2 else None
         self._headers = _header_list(headers)
         self._timeout = to_timeout(timeout)
         self._verify_cert = verify_cert
         self._ssl_context = ssl_context
         self._retry = bool(retry)
-        # One h11 state machine per pooled socket, kept while the socket lives.
-        self._protocols: dict[PooledConnection, h11.Connection] = {}
-        self._prune_at = 256
         self._targets: dict[str, Target] = {}
         self._prepared: dict[tuple[str, str], tuple[Target, h11.Request, bool, Body]] = {}
-        self._routes: dict[tuple[object, ...], Route] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -636,12 +401,9 @@ class HTTPClient:
         target, event, idempotent, body = self._prepare(method, url, headers, content)
         limits = self._timeout if timeout is USE_CLIENT_DEFAULT else to_timeout(timeout)
         exchange = await self._open(target, event, body, idempotent, limits)
-        if type(exchange) is H2Exchange:
-            # A small HTTP/2 body often arrives with its head: no further checkpoint.
-            data = exchange.read_complete_nowait()
-            if data is None:
-                data = await exchange.read_all()
-        else:
+        # A small HTTP/2 body often arrives with its head: no further checkpoint.
+        data = exchange.read_complete_nowait()
+        if data is None:
             data = await exchange.read_all()
         return exchange.make_response(data)
 
@@ -749,76 +511,6 @@ class HTTPClient:
             self._prepared[(method, url)] = prepared
         return prepared
 
-    def _forget(self, conn: PooledConnection) -> None:
-        self._protocols.pop(conn, None)
-
-    def _protocol(self, conn: PooledConnection) -> h11.Connection:
-        protocol = self._protocols.get(conn)
-        if protocol is None or protocol.our_state is not _IDLE or protocol.their_state is not _IDLE:
-            protocol = h11.Connection(h11.CLIENT)
-            protocols = self._protocols
-            if len(protocols) >= self._prune_at:
-                # Sockets the pool closed while idle: forget them, amortized O(1).
-                for dead in [c for c in protocols if c.is_closed]:
-                    del protocols[dead]
-                self._prune_at = max(256, 2 * len(protocols))
-            protocols[conn] = protocol
-        return protocol
-
-    def _route_for(self, target: Target, http2: str | None = None) -> Route:
-        """The pool route of ``target``'s connections: under the HTTP/1.1 clients' keys
-        (raw borrowers' connections are never shared with HTTP clients), or with
-        ``http2`` a key that may multiplex (``"h2"``, ``"h2c"``; never proxied). Made
-        (and checked) once per distinct target."""
-        where: tuple[object, ...] = (http2, target.host, target.port, target.tls, target.sni)
-        where += (target.proxy, target.uds, target.forward)
-        route = self._routes.get(where)
-        if route is not None:
-            return route
-        proxy = None if http2 is not None else target.proxy
-        if target.forward and http2 is None:
-            assert proxy is not None
-            route = Route(proxy.host, proxy.port, proxy=proxy, forward=True, http=True)
-        elif target.tls:
-            route = Route(
-                target.host,
-                target.port,
-                True,
-                target.sni or target.host,
-                self._verify_cert,
-                self._ssl_context,
-                proxy,
-                target.uds,
-                http2=http2,
-                http=http2 is None,
-            )
-        else:  # (h2c: the client's TLS settings are for its https requests)
-            route = Route(
-                target.host,
-                target.port,
-                proxy=proxy,
-                uds=target.uds,
-                http2=http2,
-                http=http2 is None,
-            )
-        if len(self._routes) >= _CACHE_SIZE:
-            self._routes.clear()
-        self._routes[where] = route
-        return route
-
-    async def _acquire(self, target: Target, new: bool, limits: Timeout) -> PooledConnection:
-        """Borrow a connection for ``target`` from the pool's HTTP keys, directly or
-        through the proxy or Unix socket (the pool opens the tunnel)."""
-        pool = self._pool
-        try:
-            conn = await pool.acquire_on(
-                pool.lookup(self._route_for(target)), limits.pool, limits.connect, new=new
-            )
-        except PoolExhausted as exc:
-            raise PoolTimeout(f"{exc} (pool timeout)") from exc
-        assert type(conn) is PooledConnection  # an HTTP/1.1 key never multiplexes
-        return conn
-
     async def _open(
         self,
         target: Target,
@@ -827,353 +519,37 @@ class HTTPClient:
         idempotent: bool,
         limits: Timeout,
         *,
-        first: PooledConnection | None = None,
         trace: Trace | None = None,
-    ) -> Exchange | H2Exchange:
-        """Borrow a connection, send the request, read the response head.
+    ) -> BodyReader:
+        """Choose a connection (the protocol after ALPN), send the request, read the
+        response head.
 
-        Each phase has its own limit (see :class:`Timeout`). Retries once on a new
-        connection when a reused one dies before answering, the method is idempotent
-        and the body is bytes (a streamed body cannot be sent again). Any failure or
-        cancellation discards the connection.
+        Each phase has its own limit (see :class:`Timeout`). A request the server did
+        not process is sent again as its protocol allows (see
+        :class:`~trio_pool.http._interfaces.Unprocessed`): over HTTP/1.1 once, on a new
+        connection, when a reused one died before answering, the method is idempotent
+        and the body is bytes (and ``retry`` is on); over HTTP/2 up to twice, any
+        method, unless a streamed body was started.
         """
-        if (
-            self._http2
-            and first is None
-            and target.proxy is None
-            and (target.tls or self._http2 == "prior-knowledge")
-        ):
-            return await request_h2(self, target, event, content, idempotent, limits, trace)
-        pool = self._pool
-        retried = False
-        replayable = type(content) is bytes
+        attempt = 0
         while True:
-            if first is not None:
-                conn, first = first, None
-            else:
-                conn = await self._acquire(target, retried, limits)
+            attempt += 1
             try:
-                protocol = self._protocol(conn)
-                if not replayable:
-                    timer = _Timer(limits.write, limits.read)
-                    with timer.scope:
-                        response = await self._send_stream(
-                            conn,
-                            protocol,
-                            target,
-                            event,
-                            content,  # type: ignore[arg-type]
-                            timer,
-                            trace,
-                        )
-                    if timer.scope.cancelled_caught:
-                        raise timer.error(target)
-                    exchange = Exchange(self, conn, protocol, response, target)
-                    exchange.read_timeout = limits.read
-                    return exchange
-                try:
-                    data = protocol.send(event) or b""
-                    if content:
-                        data += protocol.send(h11.Data(data=content)) or b""  # type: ignore[arg-type]
-                    data += protocol.send(_END) or b""
-                except h11.LocalProtocolError as exc:  # pragma: no cover - checked before
-                    raise ValueError(f"cannot send this request: {exc}") from exc
-                if limits.write is None and limits.read is None:
-                    response = await self._send(conn, protocol, target, data, None, trace)
-                else:
-                    # One cancel scope for the write and the head, its deadline moved
-                    # per phase: a scope per read would cost more than the rest.
-                    timer = _Timer(limits.write, limits.read)
-                    with timer.scope:
-                        response = await self._send(conn, protocol, target, data, timer, trace)
-                    if timer.scope.cancelled_caught:
-                        raise timer.error(target)
-            except _ConnectionLost as lost:
-                self._forget(conn)
-                pool.discard(conn)
-                if idempotent and replayable and conn.reused and not retried and self._retry:
-                    retried = True
-                    continue
-                lost.error.connection_reused = conn.reused
-                raise lost.error from lost.__cause__
-            except BaseException:
-                self._forget(conn)
-                pool.discard(conn)
-                raise
-            exchange = Exchange(self, conn, protocol, response, target)
-            exchange.read_timeout = limits.read
-            return exchange
-
-    @classmethod
-    async def _send(
-        cls,
-        conn: PooledConnection,
-        protocol: h11.Connection,
-        target: Target,
-        data: bytes,
-        timer: _Timer | None,
-        trace: Trace | None = None,
-    ) -> h11.Response:
-        """Send the request and read the response head.
-
-        With a write limit, a request larger than :data:`_WRITE_PIECE` goes out in
-        writes of that size, the limit restarting for each: it limits each wait for
-        the server to take more, as on HTTP/2, not the whole of a large body. With a
-        ``trace``, the head and the body (sent in one write) report httpcore's
-        ``http11.send_request_headers.*`` then ``.send_request_body.*``.
-        """
-        try:
-            if trace is not None:
-                await trace("http11.send_request_headers.started", {})
-            if timer is None:
-                await conn.send_all(data)
-            elif len(data) <= _WRITE_PIECE or timer.write is None:
-                timer.writing()
-                await conn.send_all(data)
-            else:
-                await _write(conn, data, timer)
-            if trace is not None:
-                await trace("http11.send_request_headers.complete", {})
-                await trace("http11.send_request_body.started", {})
-                await trace("http11.send_request_body.complete", {})
-        except trio.BrokenResourceError as exc:
-            error = WriteError(f"{target.host}:{target.port}: sending failed: {exc}")
-            # The server may have answered before it stopped reading (a 413 to an
-            # upload, say) and closed: its answer is waiting to be read. h11 has taken
-            # the whole request already, so it reads a response as usual; the socket is
-            # dead, so this never waits on the network for long (and fails at once for
-            # TLS, whose stream is broken after a failed send).
-            try:
-                return await cls._receive_head(conn, protocol, target, timer)
-            except (_ConnectionLost, HTTPError):
-                raise _ConnectionLost(error) from exc
-        return await cls._receive_head(conn, protocol, target, timer, trace)
-
-    @classmethod
-    async def _send_stream(
-        cls,
-        conn: PooledConnection,
-        protocol: h11.Connection,
-        target: Target,
-        event: h11.Request,
-        body: AsyncIterable[object],
-        timer: _Timer,
-        trace: Trace | None = None,
-    ) -> h11.Response:
-        """Send the head, then each piece of ``body`` as it is produced (h11 frames
-        them, chunked or held to the ``Content-Length``), then read the response head.
-
-        The write limit runs per write (see :func:`_write`); the iterable's own time
-        is not limited. An iterator left before its end (a failure, an early answer)
-        is closed.
-        """
-        where = f"{target.host}:{target.port}"
-        sending = False
-        iterator: AsyncIterator[object] | None = None
-        try:
-            if trace is not None:
-                await trace("http11.send_request_headers.started", {})
-            data = protocol.send(event) or b""
-            sending = True
-            await _write(conn, data, timer)
-            sending = False
-            if trace is not None:
-                await trace("http11.send_request_headers.complete", {})
-                await trace("http11.send_request_body.started", {})
-            iterator = aiter(body)
-            while True:
-                timer.producing()
-                try:
-                    piece = await anext(iterator)
-                except StopAsyncIteration:
-                    iterator = None
-                    break
-                data = chunk_bytes(piece)
-                if not data:
-                    continue
-                try:
-                    data = protocol.send(h11.Data(data=data)) or b""
-                except h11.LocalProtocolError as exc:
-                    raise LocalProtocolError(
-                        f"{where}: content produced more bytes than its Content-Length ({exc})"
-                    ) from exc
-                sending = True
-                await _write(conn, data, timer)
-                sending = False
-            try:
-                data = protocol.send(_END) or b""
-            except h11.LocalProtocolError as exc:
-                raise LocalProtocolError(
-                    f"{where}: content produced fewer bytes than its Content-Length ({exc})"
-                ) from exc
-            if data:
-                sending = True
-                await _write(conn, data, timer)
-                sending = False
-            if trace is not None:
-                await trace("http11.send_request_body.complete", {})
-        except trio.BrokenResourceError as exc:
-            if not sending:  # raised by the iterable itself: its own error
-                raise
-            error = WriteError(f"{where}: sending failed: {exc}")
-            # As in _send: the server may have answered before it stopped reading.
-            try:
-                return await cls._receive_head(conn, protocol, target, timer)
-            except (_ConnectionLost, HTTPError):
-                raise _ConnectionLost(error) from exc
-        finally:
-            if iterator is not None:
-                await close_iterator(iterator)
-        return await cls._receive_head(conn, protocol, target, timer, trace)
-
-    @staticmethod
-    async def _receive_head(
-        conn: PooledConnection,
-        protocol: h11.Connection,
-        target: Target,
-        timer: _Timer | None,
-        trace: Trace | None = None,
-    ) -> h11.Response:
-        if trace is not None:
-            await trace("http11.receive_response_headers.started", {})
-        got_bytes = False
-        try:
-            while True:
-                event = protocol.next_event()
-                if event is _NEED_DATA:
-                    if timer is not None:
-                        timer.reading()
-                    try:
-                        data = await conn.receive_some(_RECEIVE_SIZE)
-                    except trio.BrokenResourceError as exc:
-                        error = ReadError(
-                            f"{target.host}:{target.port}: reading the response failed: {exc}"
-                        )
-                        if got_bytes:
-                            raise error from exc
-                        raise _ConnectionLost(error) from exc
-                    if not data and not got_bytes:
-                        raise _ConnectionLost(
-                            RemoteProtocolError(
-                                f"{target.host}:{target.port} closed the connection"
-                                " without sending a response"
-                            )
-                        )
-                    got_bytes = True
-                    protocol.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
-                    continue
-                kind = type(event)
-                if kind is h11.Response:
-                    if trace is not None:
-                        await _trace_head(trace, event)  # type: ignore[arg-type]
-                    return event  # type: ignore[return-value]
-                if event.status_code == 101:  # type: ignore[union-attr]
-                    # Switching protocols: the head is all; the stream is the caller's.
-                    if trace is not None:
-                        await _trace_head(trace, event)  # type: ignore[arg-type]
-                    return event  # type: ignore[return-value]
-                if kind is not h11.InformationalResponse:  # pragma: no cover - h11 forbids
-                    raise RemoteProtocolError(f"unexpected {kind.__name__} before the response")
-        except h11.RemoteProtocolError as exc:
-            raise RemoteProtocolError(f"{target.host}:{target.port}: {exc}") from exc
-
-
-# -- the internal interface of trio_pool's adapters (PoolTransport) -------------------
-
-
-def route_target(client: HTTPClient, target: Target) -> Target:
-    """Set how ``target`` is reached by ``client``'s requests: its Unix socket or
-    proxy, or the environment's proxy (``trust_env``). Internal: for
-    :class:`trio_pool.httpx.PoolTransport`, which builds its own targets."""
-    return client._route(target)
-
-
-async def open_exchange(
-    client: HTTPClient,
-    target: Target,
-    event: h11.Request,
-    content: Body,
-    idempotent: bool,
-    limits: Timeout,
-    trace: Trace | None = None,
-) -> Exchange | H2Exchange:
-    """Send a prepared request on ``client``'s pool and read the response head (see
-    ``HTTPClient._open``: per-phase limits, one retry on a dead reused connection).
-    Internal: for :class:`trio_pool.httpx.PoolTransport`."""
-    return await client._open(target, event, content, idempotent, limits, trace=trace)
-
-
-async def _trace_head(trace: Trace, event: h11.Response) -> None:
-    """``http11.receive_response_headers.complete``, with httpcore's return value."""
-    value = (event.http_version, event.status_code, event.reason, list(event.headers))
-    await trace("http11.receive_response_headers.complete", {"return_value": value})
-
-
-async def _write(conn: PooledConnection, data: bytes, timer: _Timer) -> None:
-    """Send ``data`` in writes of at most :data:`_WRITE_PIECE` bytes, the write limit
-    restarting for each: it limits each wait for the server to take more (as on
-    HTTP/2, where it limits each wait for window), never a steady upload as a whole."""
-    if len(data) <= _WRITE_PIECE or timer.write is None:
-        timer.writing_piece()
-        await conn.send_all(data)
-        return
-    view = memoryview(data)
-    for start in range(0, len(data), _WRITE_PIECE):
-        timer.writing_piece()
-        await conn.send_all(view[start : start + _WRITE_PIECE])
-
-
-class _Timer:
-    """The write and read limits of sending a request and reading its head, in one
-    cancel scope whose deadline moves with the phase.
-
-    Moving a deadline costs about as much as the rest of a small request's client
-    work, so the scope starts with the write deadline, and the read deadline replaces
-    it only where the two differ by more than a millisecond (the common single
-    ``timeout`` and a quick write: the read may then end up to 1 ms early).
-    """
-
-    __slots__ = ("read", "reading_now", "scope", "write")
-
-    def __init__(self, write: float | None, read: float | None) -> None:
-        self.write = write
-        self.read = read
-        self.reading_now = False
-        # A zero write limit is set after entering (in writing()): a scope entered past
-        # its deadline would fail a write that need not wait.
-        first = math.inf if not write else trio.current_time() + write
-        self.scope: trio.CancelScope = trio.CancelScope(deadline=first)
-
-    def writing(self) -> None:
-        if self.write == 0:
-            self.scope.deadline = trio.current_time()
-
-    def writing_piece(self) -> None:
-        """One write of a streamed body: the write limit starts again."""
-        write = self.write
-        self.scope.deadline = math.inf if write is None else trio.current_time() + write
-
-    def producing(self) -> None:
-        """The streamed body's iterable is producing the next piece: no limit."""
-        self.scope.deadline = math.inf
-
-    def reading(self) -> None:
-        self.reading_now = True
-        read = self.read
-        deadline = math.inf if read is None else trio.current_time() + read
-        if abs(deadline - self.scope.deadline) > 0.001 or (deadline == math.inf) != (
-            self.scope.deadline == math.inf
-        ):
-            self.scope.deadline = deadline
-
-    def error(self, target: Target) -> RequestTimeout:
-        if self.reading_now:
-            assert self.read is not None
-            return _read_timeout(target, self.read, "waiting for the response head")
-        return WriteTimeout(
-            f"sending the request to {target.host}:{target.port} took longer than"
-            f" {self.write} s (write timeout)"
-        )
+                connection = await connect(
+                    self._pool,
+                    target,
+                    self._h2_mode,
+                    self._verify_cert,
+                    self._ssl_context,
+                    attempt > 1,
+                    limits,
+                )
+                return await connection.handle_request(
+                    target, event, content, idempotent, limits, trace
+                )
+            except Unprocessed as exc:
+                if attempt >= exc.attempts or (exc.optional and not self._retry):
+                    raise exc.error from exc.__cause__
 
 
 class StreamContext:
@@ -1197,7 +573,7 @@ class StreamContext:
         self._content = content
         self._idempotent = idempotent
         self._limits = limits
-        self._exchange: Exchange | H2Exchange | None = None
+        self._exchange: BodyReader | None = None
 
     async def __aenter__(self) -> Response:
         if self._exchange is not None:
@@ -1220,3 +596,29 @@ class StreamContext:
                 if exc_type is None
                 else f"the stream() block exited by {exc_type.__name__}"
             )
+
+
+# -- the internal interface of trio_pool's adapters (PoolTransport) -------------------
+
+
+def route_target(client: HTTPClient, target: Target) -> Target:
+    """Set how ``target`` is reached by ``client``'s requests: its Unix socket or
+    proxy, or the environment's proxy (``trust_env``). Internal: for
+    :class:`trio_pool.httpx.PoolTransport`, which builds its own targets."""
+    return client._route(target)
+
+
+async def open_exchange(
+    client: HTTPClient,
+    target: Target,
+    event: h11.Request,
+    content: Body,
+    idempotent: bool,
+    limits: Timeout,
+    trace: Trace | None = None,
+) -> BodyReader:
+    """Send a prepared request on ``client``'s pool and read the response head (see
+    ``HTTPClient._open``: per-phase limits, the protocol chosen after ALPN, retries of
+    requests the server did not process). Internal: for
+    :class:`trio_pool.httpx.PoolTransport`."""
+    return await client._open(target, event, content, idempotent, limits, trace=trace)

@@ -30,7 +30,11 @@ A request goes out in steps (:meth:`H2Connection.start_request`, then
 streamed as it is produced; :meth:`H2Connection.request` does all three for a body
 in bytes.
 
-h2 is imported here only; :mod:`trio_pool.http` does not import this module.
+The connection's state and its public API are here; beside it, by concern: the task
+and its two loops (``_h2_task``), what received frames do (``_h2_events``), a
+request's sending side (``_h2_send``), h2's workarounds (``_h2_adapter``), and the
+client's body reader (``_h2_body``). h2 is imported only by these modules;
+:mod:`trio_pool.http` does not import them until HTTP/2 is used.
 """
 
 from __future__ import annotations
@@ -50,18 +54,17 @@ import trio
 from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 
-from .._exceptions import ConnectTimeout
 from .._redact import shape_of
 from ._exceptions import (
     HTTPError,
-    LocalProtocolError,
     ReadError,
-    ReadTimeout,
     RemoteProtocolError,
-    WriteError,
-    WriteTimeout,
 )
-from ._h2_exceptions import ConnectionUnavailable, GoAwayOnOpen, RequestNotProcessed, StreamReset
+from ._h2_adapter import new_h2_connection
+from ._h2_events import ErrorFactory, _FrameWatch
+from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed
+from ._h2_send import receive_head, send_data
+from ._h2_task import CLOSE_TIMEOUT, DEFAULT_WINDOW, MAX_WINDOW, drained_wait, start
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -78,24 +81,9 @@ DEFAULT_MAX_CONCURRENT_STREAMS: Final = 100
 #: The receive window of each stream: the most a stream buffers while nobody reads it.
 DEFAULT_STREAM_WINDOW: Final = 256 * 1024
 _DEFAULT_SETTINGS_TIMEOUT: Final = 10.0
-_CLOSE_TIMEOUT: Final = 1.0
-_RECEIVE_SIZE: Final = 65536
 # How many body bytes may wait in h2's outbound buffer before a sender waits for the
 # writer: one socket write's worth.
 _HIGH_WATER: Final = 65536
-_MAX_WINDOW: Final = 2**31 - 1
-# The most bytes of h2's automatic answers (PING and SETTINGS ACKs, RST_STREAMs) the
-# peer may make us queue while our writer is stuck (the peer does not read): beyond,
-# it is a flood, a connection error (ENHANCE_YOUR_CALM). Go caps queued control
-# frames the same way.
-_MAX_UNSENT_REPLIES: Final = 256 * 1024
-# Our HPACK encoder's dynamic table at most, whatever the peer's
-# SETTINGS_HEADER_TABLE_SIZE (Go and nghttp2 cap it at 4096 too).
-_MAX_ENCODER_TABLE: Final = 4096
-# How many streams the peer ended (END_STREAM) are remembered, to tell a frame on a
-# closed stream (a connection error) from one in flight on a stream we reset (ignored).
-_ENDED_REMEMBERED: Final = 256
-_DEFAULT_WINDOW: Final = 65535
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
@@ -103,28 +91,6 @@ _HOP_BY_HOP: Final = frozenset(
 _SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")
-# RFC 9113, 8.2.1: what a received field name or value must not contain.
-_BAD_FIELD_NAME: Final = re.compile(rb"[\x00-\x20:A-Z\x7f-\xff]")
-_BAD_FIELD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-_CONNECTION_SPECIFIC: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-_FRAME_DATA: Final = 0x0
-_FRAME_HEADERS: Final = 0x1
-_FRAME_RST_STREAM: Final = 0x3
-_FLAG_END_STREAM: Final = 0x1
-# A GOAWAY frame without debug data, as h2 queues it on a protocol error: its header.
-_GOAWAY_HEADER: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
-_IGNORED_EVENTS: Final = (
-    h2.events.SettingsAcknowledged,
-    h2.events.PingReceived,
-    h2.events.PingAckReceived,
-    h2.events.PriorityUpdated,
-    h2.events.AlternativeServiceAvailable,
-    h2.events.UnknownFrameReceived,
-)
-
-ErrorFactory = Callable[[], HTTPError]
 
 
 def _check_bytes(value: object, what: str) -> bytes:
@@ -190,99 +156,6 @@ def _request_headers(
         else:
             block.append((name, value))
     return block
-
-
-def _header_problem(headers: Sequence[tuple[bytes, bytes]], *, trailers: bool) -> str | None:
-    """What makes a received header block malformed (RFC 9113, 8.1.1, 8.2, 8.3.2), or
-    ``None``: a response head has one ``:status`` of three digits, first; trailers have
-    no pseudo-header; no name holds an uppercase letter, a space, a colon or a control
-    character; no value holds CR, LF or NUL or starts or ends with white space; no
-    connection-specific field.
-
-    h2's own inbound validation is off (:class:`H2Connection`'s configuration): it
-    raises for the whole connection, where a malformed response is an error of its
-    stream only."""
-    status = False
-    regular = False
-    for name, value in headers:
-        if name[:1] == b":":
-            if trailers or regular or status or name != b":status":
-                return f"unexpected pseudo-header {name!r}"
-            if not (len(value) == 3 and value.isdigit()):
-                return f"bad :status {value!r}"
-            status = True
-            continue
-        regular = True
-        if not name or _BAD_FIELD_NAME.search(name):
-            return f"invalid header name {name!r}"
-        if value and _BAD_FIELD_VALUE.search(value):
-            return f"invalid value of header {name!r}"
-        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
-            return f"connection-specific header {name!r}"
-    if not trailers and not status:
-        return "no :status"
-    return None
-
-
-class _FrameWatch:
-    """Reads the header of every frame the peer sends, before h2 does, for the stream
-    state errors RFC 9113 (5.1) makes connection errors and h2 lets pass: RST_STREAM
-    on an idle stream (PROTOCOL_ERROR), and DATA or HEADERS on a stream the peer has
-    already ended (STREAM_CLOSED; h2 answers those with a stream error only).
-
-    A stream *we* reset is not "ended by the peer" until its END_STREAM arrives, so
-    what the peer had in flight when our RST_STREAM crossed it stays harmless.
-    """
-
-    __slots__ = ("_ended", "_partial", "_skip")
-
-    def __init__(self) -> None:
-        self._skip = 0  # bytes of the current frame's payload still to come
-        self._partial = b""  # the start of a frame header split across reads
-        self._ended: dict[int, None] = {}  # streams the peer ended, oldest first
-
-    def feed(self, data: bytes, highest_stream_id: int) -> tuple[ErrorCodes, str] | None:
-        """Look at ``data``, the next bytes from the peer; the first fault found, if any.
-
-        Args:
-            data: What was just received.
-            highest_stream_id: The highest stream id we opened so far.
-        """
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
-        pos = self._skip
-        end = len(data)
-        while pos + 9 <= end:
-            length = int.from_bytes(data[pos : pos + 3], "big")
-            kind = data[pos + 3]
-            stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            if stream_id:
-                fault = self._check(kind, data[pos + 4], stream_id, highest_stream_id)
-                if fault is not None:
-                    return fault
-            pos += 9 + length
-        if pos >= end:
-            self._skip = pos - end
-        else:
-            self._skip = 0
-            self._partial = data[pos:]
-        return None
-
-    def _check(
-        self, kind: int, flags: int, stream_id: int, highest_stream_id: int
-    ) -> tuple[ErrorCodes, str] | None:
-        if kind == _FRAME_RST_STREAM and (stream_id % 2 == 0 or stream_id > highest_stream_id):
-            return ErrorCodes.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}"
-        if kind in (_FRAME_DATA, _FRAME_HEADERS):
-            ended = self._ended
-            if stream_id in ended:
-                return ErrorCodes.STREAM_CLOSED, f"a frame on stream {stream_id} after its end"
-            if flags & _FLAG_END_STREAM:
-                ended[stream_id] = None
-                if len(ended) > _ENDED_REMEMBERED:
-                    del ended[next(iter(ended))]
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,47 +341,15 @@ class H2Response:
             ReadError: The connection was lost.
             RemoteProtocolError: The server broke HTTP/2.
         """
-        stream = self._stream
-        if (
-            stream.registered
-            and not stream.buffer
-            and stream.error is None
-            and not stream.remote_ended
-        ):
-            try:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                while (
-                    stream.registered
-                    and not stream.buffer
-                    and stream.error is None
-                    and not stream.remote_ended
-                ):
-                    await stream.wait()
-            except BaseException:
-                self.abandon()
-                raise
-        else:
-            try:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            except BaseException:
-                self.abandon()
-                raise
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if stream.buffer:
-            data = bytes(stream.buffer)
-            stream.buffer.clear()
-            self._conn._acknowledge(stream, len(data))
+        data = await receive_body(self._conn, self._stream)
+        if data:
             self.started = True
-            return data
-        if stream.remote_ended and stream.error is None:
+        else:
             self.done = True
-            return b""
-        if stream.error is not None:
-            raise stream.error
-        raise trio.ClosedResourceError("this response's stream was reset (abandoned)")
+        return data
 
     async def read_chunk(self) -> bytes:
-        """Same as :meth:`receive_data` (the HTTP/1.1 exchange's name)."""
+        """Same as :meth:`receive_data` (the HTTP/1.1 body's name)."""
         return await self.receive_data()
 
     async def read_all(self) -> bytes:
@@ -518,49 +359,94 @@ class H2Response:
         except BaseException:
             self.abandon()
             raise
-        parts = self._take_buffered()
-        if self._ended_cleanly():
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        else:
-            while chunk := await self.receive_data():
-                parts.append(chunk)
-        return b"".join(parts)
-
-    def _take_buffered(self) -> list[bytes]:
-        """Every piece of the body received so far, taken at once, its credit handed
-        back in one go (the fast path of reading a body that is already here)."""
-        buffer = self._stream.buffer
-        if not buffer:
-            return []
-        data = bytes(buffer)
-        buffer.clear()
-        self._conn._acknowledge(self._stream, len(data))
-        self.started = True
-        return [data]
-
-    def _complete_nowait(self) -> bool:
-        """Whether the whole body is here, unread (ended, without error)."""
-        stream = self._stream
-        return stream.remote_ended and stream.error is None and not self.done
-
-    def _ended_cleanly(self) -> bool:
-        """Whether the body has nothing more to give (read to its end): then ``done``."""
-        stream = self._stream
-        if stream.remote_ended and stream.error is None and not stream.buffer:
+        first = take_buffered(self._conn, self._stream)
+        self.started = self.started or bool(first)
+        if body_ended(self._stream):
             self.done = True
-        return self.done
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return first
+        parts = [first]
+        while chunk := await self.receive_data():
+            parts.append(chunk)
+        return b"".join(parts)
 
     def abandon(self) -> None:
         """Give up the rest of the body: reset the stream if it is still open.
         Synchronous and idempotent; the connection carries on."""
-        stream = self._stream
-        stream.buffer.clear()
-        self._conn._cancel_stream(stream)
+        abandon_body(self._conn, self._stream)
 
     async def aclose(self) -> None:
         """:meth:`abandon`, as a checkpoint. A no-op on a body read to its end."""
         self.abandon()
         await trio.lowlevel.checkpoint()
+
+
+async def receive_body(conn: H2Connection, stream: _Stream) -> bytes:
+    """The next piece of ``stream``'s body, or ``b""`` at its end, its flow-control
+    credit handed back. A read that is cancelled or fails resets the stream.
+
+    Raises:
+        StreamReset: The server reset the stream.
+        ReadError: The connection was lost.
+        RemoteProtocolError: The server broke HTTP/2.
+        trio.ClosedResourceError: The stream was reset by us (abandoned).
+    """
+    if stream.registered and not stream.buffer and stream.error is None and not stream.remote_ended:
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while (
+                stream.registered
+                and not stream.buffer
+                and stream.error is None
+                and not stream.remote_ended
+            ):
+                await stream.wait()
+        except BaseException:
+            abandon_body(conn, stream)
+            raise
+    else:
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            abandon_body(conn, stream)
+            raise
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    if stream.buffer:
+        return take_buffered(conn, stream)
+    if stream.remote_ended and stream.error is None:
+        return b""
+    if stream.error is not None:
+        raise stream.error
+    raise trio.ClosedResourceError("this response's stream was reset (abandoned)")
+
+
+def take_buffered(conn: H2Connection, stream: _Stream) -> bytes:
+    """Every piece of ``stream``'s body received so far (``b""``: none), taken at once,
+    its credit handed back in one go (the fast path of a body that is already here)."""
+    buffer = stream.buffer
+    if not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    conn._acknowledge(stream, len(data))
+    return data
+
+
+def body_arrived(stream: _Stream) -> bool:
+    """Whether the whole of ``stream``'s body is here (ended, without error)."""
+    return stream.remote_ended and stream.error is None
+
+
+def body_ended(stream: _Stream) -> bool:
+    """Whether ``stream``'s body has nothing more to give (ended and read)."""
+    return stream.remote_ended and stream.error is None and not stream.buffer
+
+
+def abandon_body(conn: H2Connection, stream: _Stream) -> None:
+    """Give up the rest of ``stream``'s body: reset the stream if it is still open
+    (``RST_STREAM(CANCEL)``), its unread bytes' credit handed back. Idempotent."""
+    stream.buffer.clear()
+    conn._cancel_stream(stream)
 
 
 class H2RequestStream:
@@ -623,7 +509,7 @@ class H2RequestStream:
             ReadError, WriteError, RemoteProtocolError: The connection failed.
         """
         try:
-            return await self._conn._send_data(self._stream, data, end_stream, timeout)
+            return await send_data(self._conn, self._stream, data, end_stream, timeout)
         except BaseException:
             self._conn._cancel_stream(self._stream)
             raise
@@ -637,7 +523,7 @@ class H2RequestStream:
                 RemoteProtocolError: As for :meth:`send_data`.
         """
         try:
-            return await self._conn._receive_head(self._stream, timeout)
+            return await receive_head(self._conn, self._stream, timeout)
         except BaseException:
             self._conn._cancel_stream(self._stream)
             raise
@@ -686,7 +572,7 @@ class H2Connection:
         if (
             not isinstance(stream_window, int)
             or isinstance(stream_window, bool)
-            or not _DEFAULT_WINDOW <= stream_window <= _MAX_WINDOW
+            or not DEFAULT_WINDOW <= stream_window <= MAX_WINDOW
         ):
             raise ValueError(
                 f"stream_window must be an int in [65535, 2**31 - 1], got {stream_window!r}"
@@ -705,8 +591,7 @@ class H2Connection:
             normalize_outbound_headers=False,
             validate_inbound_headers=False,
         )
-        self._h2 = _H2(config=config)
-        self._h2.state_machine = _StateMachine()
+        self._h2 = new_h2_connection(config, lambda: len(self._streams))
         self._h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -717,7 +602,6 @@ class H2Connection:
             },
         )
         self._streams: dict[int, _Stream] = {}
-        self._h2.count_open = self._streams.__len__
         self._reserved = 0
         self._started = 0
         self._goaway: int | None = None  # the last_stream_id of a GOAWAY
@@ -792,59 +676,21 @@ class H2Connection:
             stream_window=stream_window,
             on_capacity_change=on_capacity_change,
         )
-        await conn._start(nursery, settings_timeout)
+        await start(conn, nursery, settings_timeout)
         return conn
-
-    async def _start(self, nursery: trio.Nursery, settings_timeout: float) -> None:
-        self._h2.initiate_connection()
-        connection_window = max(self._cap * self._stream_window, _DEFAULT_WINDOW)
-        increment = min(connection_window, _MAX_WINDOW) - _DEFAULT_WINDOW
-        if increment > 0:
-            self._h2.increment_flow_control_window(increment)
-        try:
-            await nursery.start(self._run)
-            with trio.move_on_after(settings_timeout):
-                await self._ready.wait()
-        except BaseException:
-            self._die(lambda: ReadError("the HTTP/2 connection was abandoned while opening"))
-            if not self._running:  # the nursery never ran our task: close the stream here
-                self._finished.set()
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self._stream)
-            await self._wait_finished()
-            raise
-        if self._error is not None:
-            exc = self._error()
-            # The task ends by itself (the writer sending our GOAWAY first, if any).
-            with trio.CancelScope(shield=True):
-                await self._finished.wait()
-            raise exc
-        if not self._ready.is_set():
-            self._die(lambda: ReadError("the server sent no HTTP/2 SETTINGS"))
-            await self._wait_finished()
-            raise ConnectTimeout(f"the server sent no HTTP/2 SETTINGS within {settings_timeout} s")
-        if self._goaway is not None:
-            # GOAWAY came with the SETTINGS: the connection never takes a stream, and no
-            # request was sent on it, so the caller may try another connection.
-            self._die(lambda: ReadError("the server sent GOAWAY as the connection opened"))
-            await self._wait_finished()
-            raise GoAwayOnOpen(
-                "the server sent GOAWAY as the HTTP/2 connection opened: nothing was sent"
-            )
-        self.idle_since = trio.current_time()
 
     async def aclose(self) -> None:
         """Close the connection: GOAWAY, then the socket. Open streams fail with
         :class:`~trio_pool.http.ReadError`. Idempotent; waits at most about a second."""
         if not self._closed:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 try:
                     self._h2.close_connection()
                 except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
                     pass
                 else:
                     self._kick()
-                    await self._drained_wait()
+                    await drained_wait(self)
             self._die(lambda: ReadError("the HTTP/2 connection was closed"))
         await self._wait_finished()
 
@@ -1098,122 +944,6 @@ class H2Connection:
         self._kick()
         return stream
 
-    async def _send_data(
-        self, stream: _Stream, data: bytes, end_stream: bool, timeout: float | None
-    ) -> bool:
-        """:meth:`H2RequestStream.send_data`: frames as the stream's and the
-        connection's windows allow, each wait (for window, or for the writer to take
-        what is queued) limited to ``timeout`` seconds without progress."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        length = stream.length
-        if length is not None and not stream.send_stopped:
-            total = stream.sent + len(data)
-            if total > length or (end_stream and total < length):
-                # Never a mis-framed request on the wire (an HTTP/2-to-HTTP/1.1 proxy
-                # would forward it as such): not a byte of it, no END_STREAM.
-                longer = "longer" if total > length else "shorter"
-                raise LocalProtocolError(
-                    f"the request body is {longer} than its Content-Length ({total} bytes,"
-                    f" Content-Length: {length}); HTTP/2 stream {stream.id} was reset"
-                )
-        view = memoryview(data)
-        offset = 0
-        deadline: float | None = None  # of the current wait; None while progressing
-        waited = False
-        while True:
-            if stream.error is not None:
-                raise stream.error
-            if self._error is not None:
-                raise self._error()
-            if stream.local_ended:
-                raise RuntimeError(f"the request on stream {stream.id} was already sent")
-            if stream.send_stopped or stream.reset or _answered(stream):
-                self._stop_sending(stream)
-                break
-            if self._queued >= _HIGH_WATER:
-                waiting_for = "the connection's writer (the server is not reading)"
-            else:
-                remaining = len(data) - offset
-                if not remaining:
-                    if end_stream:
-                        self._h2.end_stream(stream.id)
-                        self._ended(stream)
-                    break
-                window = self._h2.local_flow_control_window(stream.id)
-                if window > 0:
-                    size = min(window, self._h2.max_outbound_frame_size, remaining)
-                    end = end_stream and size == remaining
-                    piece = data if size == len(data) else bytes(view[offset : offset + size])
-                    self._h2.send_data(stream.id, piece, end_stream=end)
-                    offset += size
-                    stream.sent += size
-                    self._queued += size
-                    self._kick()
-                    deadline = None
-                    if end:
-                        self._ended(stream)
-                        break
-                    continue
-                waiting_for = "the server's flow-control window"
-            if deadline is None:
-                deadline = math.inf if timeout is None else trio.current_time() + timeout
-            await self._send_wait(stream, deadline, waiting_for, timeout)
-            waited = True
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return not stream.send_stopped
-
-    def _ended(self, stream: _Stream) -> None:
-        stream.local_ended = True
-        self._kick()
-        self._maybe_closed(stream)
-
-    def _stop_sending(self, stream: _Stream) -> None:
-        """The server answered before the body was sent: send no more, and close our
-        side with ``RST_STREAM(NO_ERROR)`` once the response has ended."""
-        stream.send_stopped = True
-        self._maybe_closed(stream)
-
-    async def _send_wait(
-        self, stream: _Stream, deadline: float, waiting_for: str, timeout: float | None
-    ) -> None:
-        """Sleep until something changes on ``stream`` or the writer takes what is
-        queued; :class:`WriteTimeout` at ``deadline``."""
-        self._send_waiters.add(stream)
-        try:
-            with trio.CancelScope(deadline=deadline) as scope:
-                await stream.wait()
-        finally:
-            self._send_waiters.discard(stream)
-        if scope.cancelled_caught:
-            raise WriteTimeout(
-                f"sending on HTTP/2 stream {stream.id} waited longer than {timeout} s for"
-                f" {waiting_for} (write timeout)"
-            )
-
-    async def _receive_head(self, stream: _Stream, timeout: float | None) -> H2Response:
-        """:meth:`H2RequestStream.receive_response`."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if stream.headers is None and stream.error is None and stream.registered:
-            deadline = math.inf if timeout is None else trio.current_time() + timeout
-            with trio.CancelScope(deadline=deadline) as scope:
-                while stream.headers is None and stream.error is None and stream.registered:
-                    await stream.wait()
-            if scope.cancelled_caught:
-                raise ReadTimeout(
-                    f"no response head on HTTP/2 stream {stream.id} within {timeout} s"
-                    " (read timeout, waiting for the response head)"
-                )
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if stream.headers is None:
-            if stream.error is not None:
-                raise stream.error
-            raise trio.ClosedResourceError(f"stream {stream.id} was reset (abandoned)")
-        return self._make_response(stream)
-
-    # -- stream bookkeeping (synchronous) -----------------------------------------
-
     def _acknowledge(self, stream: _Stream, flow_controlled: int) -> None:
         """The caller consumed ``flow_controlled`` bytes: hand the credit back."""
         if flow_controlled and stream.unacked:
@@ -1302,333 +1032,6 @@ class H2Connection:
     def _kick(self) -> None:
         self._write_wanted.set()
 
-    def _writer_took(self) -> None:
-        """The writer took everything queued: wake the senders waiting for it."""
-        self._queued = 0
-        if self._send_waiters:
-            for stream in self._send_waiters:
-                stream.wake()
-
-    async def _drained_wait(self) -> None:
-        while not self._drained.is_set():
-            await self._drained.wait()
-
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._running = True
-        try:
-            with self._cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
-                    task_status.started()
-                    await self._read_loop()
-                    # The reader stopped on a connection error (the socket is fine): the
-                    # writer sends what is queued, our GOAWAY last, and stops; a writer
-                    # the peer does not let write is given a short deadline.
-                    nursery.cancel_scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-                    self._kick()
-        finally:
-            self._die(lambda: ReadError("the HTTP/2 connection was closed"))
-            with trio.CancelScope(shield=True):
-                leftover = bytes(self._outbox) + self._h2.data_to_send()
-                self._outbox.clear()
-                # Nothing more goes out after a failed write or one cut off half way.
-                if leftover and not self._write_failed and not self._sending:
-                    # A GOAWAY of ours (after aclose), RST_STREAMs: best effort.
-                    with trio.move_on_after(_CLOSE_TIMEOUT):
-                        try:
-                            await self._stream.send_all(leftover)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                            pass
-                await trio.aclose_forcefully(self._stream)
-            self._finished.set()
-
-    async def _write_loop(self) -> None:
-        while True:
-            if self._outbox:
-                data = bytes(self._outbox) + self._h2.data_to_send()
-                self._outbox.clear()
-            else:
-                data = self._h2.data_to_send()
-            self._unsent_replies = 0
-            if not data:
-                self._writer_took()
-                self._drained.set()
-                if self._closed:  # everything queued went out (a GOAWAY of ours last)
-                    return
-                self._write_wanted = trio.Event()
-                await self._write_wanted.wait()
-                continue
-            self._writer_took()
-            if self._drained.is_set() and not self._closed:
-                self._drained = trio.Event()
-            self._sending = True
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._write_failed = True
-                self._die(_chained(WriteError, "sending on the HTTP/2 connection failed", exc))
-                return
-            self._sending = False
-
-    async def _read_loop(self) -> None:
-        """Receive, feed h2, dispatch its events; return (without cancelling the writer)
-        on a connection error of the peer's, once our GOAWAY is queued."""
-        while True:
-            try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._die(_chained(ReadError, "the HTTP/2 connection was lost", exc))
-                return
-            if not data:
-                self._die(lambda: ReadError("the server closed the HTTP/2 connection"))
-                return
-            if not self._receive(bytes(data)):
-                return
-
-    def _receive(self, data: bytes) -> bool:
-        """Feed ``data`` to h2 and dispatch its events (which are gone on return: a
-        read of many tiny frames leaves nothing behind). False after a connection
-        error of the peer's, once our GOAWAY is queued."""
-        fault = self._watch.feed(data, self._h2.highest_outbound_stream_id)
-        if fault is not None:
-            self._connection_error(fault[0], fault[1])
-            return False
-        # h2 clears its outbound buffer when a GOAWAY arrives: keep what is queued.
-        self._outbox += self._h2.data_to_send()
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self._protocol_error(exc)
-            return False
-        # What h2 answered by itself (PING and SETTINGS ACKs, RST_STREAMs): a peer
-        # that makes us queue too much of it without reading is flooding us.
-        replies = self._h2.data_to_send()
-        if replies:
-            self._outbox += replies
-            self._unsent_replies += len(replies)
-            if self._unsent_replies > _MAX_UNSENT_REPLIES:
-                self._connection_error(
-                    ErrorCodes.ENHANCE_YOUR_CALM,
-                    f"it made us queue over {_MAX_UNSENT_REPLIES} bytes of answers"
-                    " (PING or SETTINGS acknowledgements) without reading them",
-                )
-                return False
-        for event in events:
-            self._dispatch(event)
-        self._kick()
-        return True
-
-    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
-        """h2 found the peer breaking HTTP/2. h2 queues a GOAWAY with the error's code
-        for most errors; not for those of the framing layer, so we do then."""
-        pending = self._h2.data_to_send()
-        if pending[-17:-8] != _GOAWAY_HEADER:
-            try:
-                self._h2.close_connection(error_code=exc.error_code)
-            except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
-                pass
-            pending += self._h2.data_to_send()
-        self._outbox += pending
-        if isinstance(exc, h2.exceptions.InvalidBodyLengthError):
-            message = f"the server sent a body that does not match its content-length: {exc}"
-        else:
-            message = f"the server broke HTTP/2: {type(exc).__name__}: {exc}"
-        self._fail_after_goaway(_chained(RemoteProtocolError, message, exc))
-
-    def _connection_error(self, code: ErrorCodes, problem: str) -> None:
-        """A connection error h2 does not detect: GOAWAY with ``code``, then close."""
-        self._outbox += self._h2.data_to_send()
-        try:
-            self._h2.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:  # pragma: no cover - h2 already closed
-            pass
-        message = f"the server broke HTTP/2 ({code.name}): {problem}"
-        self._fail_after_goaway(lambda: RemoteProtocolError(message))
-
-    def _fail_after_goaway(self, error: ErrorFactory) -> None:
-        """Fail every stream with ``error()``; the writer sends our GOAWAY, then stops."""
-        self._die(error, cancel=False)
-        self._kick()
-
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            assert event.stream_id is not None
-            assert event.data is not None
-            flow_controlled = event.flow_controlled_length or 0
-            stream = self._streams.get(event.stream_id)
-            size = len(event.data)
-            # Padding (and the DATA of a stream we dropped) is handed back at once.
-            credit = flow_controlled - size if stream is not None else flow_controlled
-            if credit > 0:
-                self._h2.acknowledge_received_data(credit, event.stream_id)
-            if stream is None or not size:
-                return
-            stream.buffer += event.data
-            stream.unacked += size
-            stream.received += size
-            stream.wake()
-        elif isinstance(event, h2.events.ResponseReceived):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                self._on_head(stream, list(event.headers or ()))
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                self._on_end(stream)
-        elif isinstance(event, h2.events.StreamReset):
-            self._on_reset(event)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self._streams.get(event.stream_id)
-                if stream is not None:
-                    stream.wake()
-            else:
-                for stream in self._streams.values():
-                    stream.wake()
-        elif isinstance(event, h2.events.TrailersReceived):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                trailers = list(event.headers or ())
-                problem = _header_problem(trailers, trailers=True)
-                if problem is not None:
-                    self._stream_error(stream, f"malformed trailers: {problem}")
-                else:
-                    stream.trailers = trailers
-        elif isinstance(event, h2.events.InformationalResponseReceived):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                problem = _header_problem(list(event.headers or ()), trailers=False)
-                if problem is not None:
-                    self._stream_error(stream, f"malformed informational response: {problem}")
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._ready.set()
-            changed = event.changed_settings
-            if h2.settings.SettingCodes.HEADER_TABLE_SIZE in changed:
-                # h2 sized our encoder's table to the peer's setting: cap it.
-                encoder = self._h2.encoder
-                if encoder.header_table_size > _MAX_ENCODER_TABLE:
-                    encoder.header_table_size = _MAX_ENCODER_TABLE
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
-                for stream in self._streams.values():
-                    stream.wake()
-            if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in changed:
-                self._capacity_changed()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._on_goaway(event)
-        elif isinstance(event, _IGNORED_EVENTS):
-            pass
-
-    def _on_head(self, stream: _Stream, headers: list[tuple[bytes, bytes]]) -> None:
-        """A final response head arrived on ``stream``."""
-        problem = _header_problem(headers, trailers=False)
-        if problem is not None:
-            self._stream_error(stream, f"malformed response: {problem}")
-            return
-        stream.headers = headers
-        if not stream.head:
-            status = b""
-            length = None
-            for name, value in headers:
-                if name == b":status":
-                    status = value
-                elif name == b"content-length":
-                    length = value  # h2 checked it: digits, and all copies equal
-            if length is not None and status not in (b"204", b"304"):
-                stream.expected = int(length)
-        stream.wake()
-
-    def _on_end(self, stream: _Stream) -> None:
-        """The peer ended ``stream`` (END_STREAM on DATA, the head, or trailers)."""
-        stream.remote_ended = True
-        if stream.headers is None:  # pragma: no cover - h2 rejects this itself
-            self._stream_error(stream, "the stream ended without a response")
-            return
-        if stream.expected is not None and stream.received != stream.expected:
-            self._stream_error(
-                stream,
-                f"the body ended after {stream.received} bytes of the {stream.expected}"
-                " its content-length announced",
-            )
-            return
-        stream.wake()
-        self._maybe_closed(stream)
-
-    def _on_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.get(event.stream_id or 0)
-        if stream is None:
-            return
-        code = int(event.error_code or 0)
-        if code == ErrorCodes.NO_ERROR and stream.remote_ended:
-            pass  # "stop sending, the response is complete" (RFC 9113, 8.1)
-        elif code == ErrorCodes.REFUSED_STREAM:
-            stream.error = RequestNotProcessed(
-                f"the server refused stream {stream.id} (REFUSED_STREAM) before processing it"
-            )
-        else:
-            stream.error = StreamReset(
-                f"the server reset stream {stream.id} ({_code_name(code)})", code
-            )
-        stream.reset = True
-        if stream.error is not None:
-            stream.buffer.clear()
-        self._unregister(stream)
-
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        last = int(event.last_stream_id or 0)
-        code = int(event.error_code or 0)
-        self._goaway = last if self._goaway is None else min(last, self._goaway)
-        for stream in [s for s in self._streams.values() if s.id > last]:
-            stream.error = RequestNotProcessed(
-                f"the server sent GOAWAY ({_code_name(code)}, last stream {last}) "
-                f"before processing stream {stream.id}"
-            )
-            stream.reset = True
-            stream.buffer.clear()
-            self._unregister(stream)
-        self._capacity_changed()
-
-
-class _H2(h2.connection.H2Connection):
-    """h2's connection, counting the open streams in O(1) (amortized).
-
-    h2 reads ``open_outbound_streams`` on every new stream, and computes it by scanning
-    every stream it holds (``_open_streams``, which also forgets the closed ones): O(open
-    streams) per request. Our own count of open streams (``H2Connection._streams``,
-    registered right after HEADERS and unregistered when the stream closes) answers
-    instead, and the scan runs only when h2 holds twice as many streams as after the
-    last one, plus 64, to forget closed streams in amortized O(1).
-    """
-
-    count_open: Callable[[], int] | None = None
-    _scan_at = 64
-
-    @property
-    def open_outbound_streams(self) -> int:
-        count_open = self.count_open
-        if count_open is None or len(self.streams) >= self._scan_at:
-            count = self._open_streams(int(self.config.client_side))
-            self._scan_at = 2 * len(self.streams) + 64
-            return count
-        return count_open()
-
-
-class _StateMachine(h2.connection.H2ConnectionStateMachine):
-    """h2's connection state machine, except that a GOAWAY received does not close it.
-
-    h2 goes to CLOSED on GOAWAY and then rejects every later frame, even those of the
-    streams at or below ``last_stream_id`` that the server still finishes (in the same
-    read, often). We keep receiving; that no new stream opens is ours to enforce
-    (:attr:`H2Connection.is_available`).
-    """
-
-    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
-        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY and self.state in (
-            h2.connection.ConnectionState.IDLE,
-            h2.connection.ConnectionState.CLIENT_OPEN,
-        ):
-            return []
-        return super().process_input(input_)
-
 
 def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
     """The ``content-length`` of a request's header block, or ``None``.
@@ -1645,34 +1048,3 @@ def _content_length(block: list[tuple[bytes, bytes]]) -> int | None:
                 raise ValueError("headers must not have two different Content-Length values")
             length = int(value)
     return length
-
-
-def _answered(stream: _Stream) -> bool:
-    """Whether the server answered ``stream`` before its body was sent: a complete
-    response, or a final status of 300 or more (then the server does not want the
-    rest; a 1xx or 2xx server may still read it, full-duplex)."""
-    if stream.remote_ended:
-        return True
-    headers = stream.headers
-    if headers is None:
-        return False
-    for name, value in headers:
-        if name == b":status":
-            return not value.startswith((b"1", b"2"))
-    return False
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"error code {code}"
-
-
-def _chained(kind: type[HTTPError], message: str, cause: BaseException) -> ErrorFactory:
-    def make() -> HTTPError:
-        exc = kind(message)
-        exc.__cause__ = cause
-        return exc
-
-    return make

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 class Exchange(Protocol):
-    """What a :class:`Response` reads its body from: the HTTP/1.1 exchange
-    (``trio_pool.http._client.Exchange``) or an HTTP/2 stream's (``H2Exchange``)."""
+    """What a :class:`Response` reads its body from: a body reader
+    (``trio_pool.http._interfaces.BodyReader``, of either protocol)."""
 
     target: Target
     done: bool
