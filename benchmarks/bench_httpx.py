@@ -335,7 +335,7 @@ def profile(mode: str = "https/1.1", n: int = 100) -> None:
 
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["profile"]:
-        profile(*argv[1:2], *(int(a) for a in argv[2:3]))
+        profile(argv[1] if argv[1:] else "https/1.1", int(argv[2]) if argv[2:] else 100)
         return
     import argparse
 
