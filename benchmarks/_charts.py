@@ -265,6 +265,7 @@ def _draw_httpx(result: Mapping[str, Any], path: Path) -> None:
     x = 0.0
     first = True
     for mode, points in series.items():
+        start = x
         for n, ratio, cpu in points:
             for offset, value, color, label in (
                 (-width / 2, ratio, "C0", "req/s: c / bound"),
@@ -273,14 +274,24 @@ def _draw_httpx(result: Mapping[str, Any], path: Path) -> None:
                 bar = axes.bar(
                     x + offset, value, width, color=color, label=label if first else None
                 )
-                axes.bar_label(bar, [f"{value:.2f}"], fontsize=7, padding=2)
+                axes.bar_label(bar, [f"{value:.2f}"], fontsize=6, padding=1)
             first = False
-            labels.append(f"{mode}\nc={n}")
+            labels.append(f"c={n}")
             positions.append(x)
             x += 1.0
+        axes.annotate(
+            mode,
+            ((start + x - 1.0) / 2, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -26),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+            fontweight="bold",
+        )
         x += 0.5  # a gap between modes
     axes.axhline(goal, color="C3", linestyle="--", linewidth=1.2, label=f"goal {goal}")
-    axes.set_xticks(positions, labels, fontsize=8)
+    axes.set_xticks(positions, labels, fontsize=7)
     axes.set_ylim(0, max(1.1, axes.get_ylim()[1]))
     axes.set_ylabel("httpx + PoolTransport / glue-free bound")
     axes.grid(True, axis="y", alpha=0.3)
