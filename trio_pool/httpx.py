@@ -474,16 +474,32 @@ def _limits(request: httpx.Request) -> Timeout:
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The response body, read from the connection as httpx asks for it."""
+    """The response body, read from the connection as httpx asks for it.
+
+    An HTTP/2 body that arrived whole with its head is handed over in one piece
+    without another wait, as :meth:`HTTPClient.request <trio_pool.http.HTTPClient.request>`
+    takes it: the wait for the head was the checkpoint (``aclose`` is one too).
+    """
 
     def __init__(self, exchange: Exchange | H2Exchange, request: httpx.Request) -> None:
         self._exchange = exchange
         self._request = request
+        self._whole = type(exchange) is H2Exchange  # not yet asked for its first piece
+        self._ended = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._whole:
+            self._whole = False
+            body = self._exchange.read_complete_nowait()  # type: ignore[union-attr]
+            if body is not None:
+                self._ended = True
+                if body:
+                    return body
+        if self._ended:
+            raise StopAsyncIteration
         try:
             chunk = await self._exchange.read_chunk()
         except PoolError as exc:
