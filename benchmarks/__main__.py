@@ -2,8 +2,8 @@
 
 Discovers every ``benchmarks/bench_<name>.py``, runs those named (all by default; a name
 is ``<name>`` or ``bench_<name>``), writes each result as JSON (and, for ``http``,
-``pooling`` and ``spike``, a PNG chart beside it: :mod:`benchmarks._charts`), and ends with
-a summary of every ratio. Exits 1 if a benchmark raised (the others still run).
+``pooling``, ``spike`` and ``httpx``, a PNG chart beside it: :mod:`benchmarks._charts`),
+and ends with a summary of every ratio. Exits 1 if a benchmark raised (the others still run).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ One chart per benchmark that has one:
   so httpcore's collapse shows as a line falling to zero;
 * ``pooling``: latency percentiles without and with pooling, plain TCP and TLS (log scale);
 * ``spike``: a timeline of the connect hand-off spike, one horizontal segment per request
-  from its start to its end, one panel per variant.
+  from its start to its end, one panel per variant;
+* ``httpx``: httpx + ``PoolTransport`` against its glue-free bound, one bar per mode and
+  concurrency (throughput ratio, and the client-CPU ratio beside it), the goal as a line.
 
 matplotlib (the ``bench`` extra) is imported only when a chart is drawn, with the
 non-interactive Agg backend; without it :func:`write_chart` raises
@@ -29,6 +31,7 @@ __all__ = [
     "CHARTED",
     "ChartsUnavailable",
     "http_series",
+    "httpx_series",
     "pooling_series",
     "spike_series",
     "write_chart",
@@ -88,6 +91,20 @@ def spike_series(
         requests = sorted((float(start), float(end)) for start, end in spans)
         panels.append((variant, opened.get(variant), requests))
     return panels
+
+
+def httpx_series(result: Mapping[str, Any]) -> dict[str, list[tuple[int, float, float]]]:
+    """``bench_httpx``: per mode, ``(concurrency, c / bound, CPU ratio)`` ascending, in
+    the order the modes were measured."""
+    ratios: Mapping[str, float] = result["ratios"]
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for row in result["results"]:
+        mode, n = row["mode"], int(row["concurrency"])
+        point = (n, float(ratios[f"{mode}@{n}"]), float(ratios[f"{mode}_cpu@{n}"]))
+        points = series.setdefault(mode, [])
+        if point not in points:
+            points.append(point)
+    return {mode: sorted(points) for mode, points in series.items()}
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -238,10 +255,60 @@ def _draw_spike(result: Mapping[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def _draw_httpx(result: Mapping[str, Any], path: Path) -> None:
+    series = httpx_series(result)
+    goal = float(result.get("goal", 0.8))
+    figure, (axes,) = _figure()
+    width = 0.38
+    labels: list[str] = []
+    positions: list[float] = []
+    x = 0.0
+    first = True
+    for mode, points in series.items():
+        start = x
+        for n, ratio, cpu in points:
+            for offset, value, color, label in (
+                (-width / 2, ratio, "C0", "req/s: c / bound"),
+                (width / 2, cpu, "C2", "CPU: (a + b) / c"),
+            ):
+                bar = axes.bar(
+                    x + offset, value, width, color=color, label=label if first else None
+                )
+                axes.bar_label(bar, [f"{value:.2f}"], fontsize=6, padding=1)
+            first = False
+            labels.append(f"c={n}")
+            positions.append(x)
+            x += 1.0
+        axes.annotate(
+            mode,
+            ((start + x - 1.0) / 2, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -26),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+            fontweight="bold",
+        )
+        x += 0.5  # a gap between modes
+    axes.axhline(goal, color="C3", linestyle="--", linewidth=1.2, label=f"goal {goal}")
+    axes.set_xticks(positions, labels, fontsize=7)
+    axes.set_ylim(0, max(1.1, axes.get_ylim()[1]))
+    axes.set_ylabel("httpx + PoolTransport / glue-free bound")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    axes.set_title(
+        "httpx + PoolTransport against 1 / (1/HTTPClient + 1/httpx without I/O)\n"
+        + _subtitle(result),
+        fontsize=10,
+    )
+    figure.savefig(path)
+
+
 CHARTED: dict[str, Callable[[Mapping[str, Any], Path], None]] = {
     "http": _draw_http,
     "pooling": _draw_pooling,
     "spike": _draw_spike,
+    "httpx": _draw_httpx,
 }
 
 

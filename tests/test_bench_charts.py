@@ -16,6 +16,7 @@ import pytest
 from benchmarks._charts import (
     ChartsUnavailable,
     http_series,
+    httpx_series,
     pooling_series,
     spike_series,
     write_chart,
@@ -72,6 +73,24 @@ def spike_result() -> dict[str, Any]:
     }
 
 
+def httpx_result() -> dict[str, Any]:
+    rows = []
+    ratios = {}
+    for mode in ("http/1.1", "h2"):
+        for n in (100, 10):
+            for client in ("HTTPClient", "httpx, no I/O", "httpx + PoolTransport"):
+                rows.append({"mode": mode, "client": client, "concurrency": n})
+            ratios[f"{mode}@{n}"] = 0.9 if n == 10 else 0.75
+            ratios[f"{mode}_cpu@{n}"] = 0.85
+    return {"name": "httpx", "quick": True, "results": rows, "ratios": ratios, "goal": 0.8}
+
+
+def test_httpx_series_per_mode_by_concurrency() -> None:
+    series = httpx_series(httpx_result())
+    assert list(series) == ["http/1.1", "h2"]
+    assert series["h2"] == [(10, 0.9, 0.85), (100, 0.75, 0.85)]
+
+
 def test_http_series_is_sorted_by_concurrency_with_ours_first() -> None:
     series = http_series(http_result())
     assert list(series) == ["trio_pool.http", "httpx (httpcore)", "h11 ceiling"]
@@ -111,7 +130,7 @@ def test_without_matplotlib_write_chart_says_so(
         write_chart(http_result(), tmp_path / "x-http.json")
 
 
-@pytest.mark.parametrize("make", [http_result, pooling_result, spike_result])
+@pytest.mark.parametrize("make", [http_result, pooling_result, spike_result, httpx_result])
 def test_chart_is_a_png_beside_the_json(make: Any, tmp_path: Path) -> None:
     result = make()
     json_path = tmp_path / f"20261201-190000-{result['name']}.json"

@@ -573,3 +573,42 @@ async def test_peer_allowing_no_stream(pool_timeout: float | None, nursery: trio
         stats = pool.statistics()
         assert (stats.connections_created, stats.connections_closed) == (1, 1)
         assert server.requests == 0
+
+
+async def test_httpx_transport_http2_body_whole_or_late(nursery: trio.Nursery) -> None:
+    """Over HTTP/2 a body that came with its head is handed to httpx in one piece; one
+    that comes later is read as it comes; traced either way."""
+    from trio_pool.httpx import PoolTransport
+
+    go = trio.Event()
+
+    async def late(stream: ServerStream) -> None:
+        h2c = stream.conn.h2
+        h2c.send_headers(stream.id, [(b":status", b"200")])
+        await stream.conn.flush()
+        await go.wait()
+        h2c.send_data(stream.id, b"late", end_stream=True)
+        stream.conn._close_stream(stream)
+        await stream.conn.flush()
+
+    server = H2Server(routes={"/late": late})
+    port = await server.start(nursery)
+    events: list[str] = []
+
+    async def trace(name: str, info: dict[str, object]) -> None:
+        events.append(name)
+
+    async with trio_pool.open_pool() as pool:
+        transport = PoolTransport(pool, http2="prior-knowledge")
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                response = await client.get(f"http://{HOST}:{port}/", extensions={"trace": trace})
+                assert (response.http_version, response.content) == ("HTTP/2", b"ok")
+            async with client.stream("GET", f"http://{HOST}:{port}/late") as response:
+                go.set()
+                assert [chunk async for chunk in response.aiter_raw()] == [b"late"]
+            assert (await client.get(f"http://{HOST}:{port}/")).content == b"ok"
+        assert events.count("http2.receive_response_body.complete") == 3
+        assert events.count("http2.response_closed.complete") == 3
+        assert len(server.connections) == 1
+        await settled(pool)

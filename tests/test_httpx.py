@@ -215,3 +215,57 @@ async def test_httpx_chunked_and_headers(nursery: trio.Nursery) -> None:
         assert (request.method, request.target) == (b"PUT", b"/p?x=1")
         assert dict(request.headers)[b"x-mine"] == b"yes"
         assert pool.statistics().idle_connections == 1
+
+
+async def test_httpx_heads_built_once_are_still_checked(nursery: trio.Nursery) -> None:
+    """The transport builds the h11 head of a repeated request once: a head h11 refuses
+    (CR/LF in a header value) is refused every time, never kept, and the same headers
+    with another body length have their framing checked again."""
+    seen: list[h11.Request] = []
+
+    async def respond(
+        stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
+    ) -> bool:
+        seen.append(req)
+        await send_response(stream, conn)
+        return True
+
+    server = await start_h11(nursery, respond)
+    async with (
+        trio_pool.open_pool() as pool,
+        httpx.AsyncClient(transport=PoolTransport(pool)) as client,
+    ):
+        for _ in range(2):
+            assert (await client.get(server.url(), headers={"X-A": "1"})).content == b"hi"
+        for _ in range(2):
+            with pytest.raises(httpx.LocalProtocolError, match="'X-A' header") as info:
+                await client.get(server.url(), headers={"X-A": "1\r\nX-B: 2"})
+            assert "X-B" not in str(info.value)
+        headers = {"Content-Length": "3"}
+        assert (await client.post(server.url(), content=b"abc", headers=headers)).content
+        request = client.build_request("POST", server.url(), content=b"abcd", headers=headers)
+        assert request.headers["Content-Length"] == "3"
+        with pytest.raises(httpx.LocalProtocolError, match="Content-Length: 3"):
+            await client.send(request)
+        assert [r.method for r in seen] == [b"GET", b"GET", b"POST"]
+        assert all(dict(r.headers).get(b"x-b") is None for r in seen)
+        assert_settled(pool)
+
+
+async def test_httpx_timeout_extension_made_once_still_checked(nursery: trio.Nursery) -> None:
+    """The timeout extension's Timeout is made once per set of values: a value of
+    another type that compares equal (``True`` after ``1``) is still refused."""
+    server = await start_h11(nursery, ok)
+    async with (
+        trio_pool.open_pool() as pool,
+        httpx.AsyncClient(transport=PoolTransport(pool)) as client,
+    ):
+        for value in (1, 1):
+            timeout = {"connect": value, "read": 1.0, "write": 1.0, "pool": 1.0}
+            response = await client.get(server.url(), extensions={"timeout": timeout})
+            assert response.content == b"hi"
+        for value in (True, [1.0], -1.0, float("nan")):
+            timeout = {"connect": value, "read": 1.0, "write": 1.0, "pool": 1.0}
+            with pytest.raises(httpx.LocalProtocolError, match="bad timeout extension: connect"):
+                await client.get(server.url(), extensions={"timeout": timeout})
+        assert_settled(pool)

@@ -83,11 +83,12 @@ from .http._exceptions import (
 from .http._h2_exceptions import RequestNotProcessed
 from .http._interfaces import BodyReader
 from .http._models import Target, authority, h11_request
-from .http._timeouts import NO_LIMIT, Timeout
+from .http._timeouts import NO_LIMIT, Timeout, phase_timeout
 
 __all__ = ["PoolTransport", "open_client"]
 
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+_CACHE_SIZE: Final = 256
 
 # Most specific first: ConnectTimeout is a ConnectError, PoolTimeout a RequestTimeout.
 _ERRORS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
@@ -238,6 +239,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
             http2=http2,
         )
         self._targets: dict[tuple[bytes, str, int | None], Target] = {}
+        self._requests: dict[
+            tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], int | None], h11.Request
+        ] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -288,14 +292,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
             # To an http:// proxy: the whole URL, and the proxy's own headers.
             names = {name.lower() for name, _ in fields}
             request_target = routed_target(route, request_target, fields, names)
-        try:
-            event = h11_request(method, request_target, fields)
-        except ValueError as exc:  # (its message quotes no header value)
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
         body: Body
         try:
             body = body_bytes(request.content)
-            length: bytes | None = body
+            length: int | None = len(body)
         except httpx.RequestNotRead:
             # A streamed body: sent as httpx's stream produces it, never buffered.
             stream = body_stream(request.stream)
@@ -306,11 +306,15 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 ) from None
             body = stream
             length = None
-        try:
-            check_framing(event, length)
-        except ValueError as exc:
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
-
+        # The same head for the same body length is built and checked once: h11's
+        # validation costs more than the rest of the glue together.
+        head_key = (method, request_target, tuple(fields), length)
+        event = self._requests.get(head_key)
+        if event is None:
+            event = _h11_request(method, request_target, fields, body, length, request)
+            if len(self._requests) >= _CACHE_SIZE:
+                self._requests.clear()
+            self._requests[head_key] = event
         limits = _limits(request)
         idempotent = method in IDEMPOTENT_METHODS
         trace = _trace(extensions.get("trace"), request)
@@ -365,6 +369,30 @@ class PoolTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Nothing to close: the pool belongs to whoever opened it."""
         await trio.lowlevel.checkpoint()
+
+
+def _h11_request(
+    method: bytes,
+    target: bytes,
+    fields: list[tuple[bytes, bytes]],
+    body: Body,
+    length: int | None,
+    request: httpx.Request,
+) -> h11.Request:
+    """The h11 request for these parts, checked as :class:`~trio_pool.http.HTTPClient`
+    checks its own (header syntax, then the framing of a body of ``length`` bytes, or
+    of a streamed one: ``None``).
+
+    Raises:
+        httpx.LocalProtocolError: h11 refuses the head (its message quotes no header
+            value), or its framing headers cannot describe the body.
+    """
+    try:
+        event = h11_request(method, target, fields)
+        check_framing(event, body if length is not None else None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise httpx.LocalProtocolError(str(exc), request=request) from exc
+    return event
 
 
 def _sni(value: object) -> str | None:
@@ -437,28 +465,43 @@ def _limits(request: httpx.Request) -> Timeout:
     if not timeouts:
         return NO_LIMIT
     try:
-        return Timeout(
-            None,
-            connect=timeouts.get("connect"),
-            read=timeouts.get("read"),
-            write=timeouts.get("write"),
-            pool=timeouts.get("pool"),
+        return phase_timeout(
+            timeouts.get("connect"),
+            timeouts.get("read"),
+            timeouts.get("write"),
+            timeouts.get("pool"),
         )
     except (TypeError, ValueError) as exc:
         raise httpx.LocalProtocolError(f"bad timeout extension: {exc}", request=request) from exc
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The response body, read from the connection as httpx asks for it."""
+    """The response body, read from the connection as httpx asks for it.
+
+    An HTTP/2 body that arrived whole with its head is handed over in one piece
+    without another wait, as :meth:`HTTPClient.request <trio_pool.http.HTTPClient.request>`
+    takes it: the wait for the head was the checkpoint (``aclose`` is one too).
+    """
 
     def __init__(self, exchange: BodyReader, request: httpx.Request) -> None:
         self._exchange = exchange
         self._request = request
+        self._whole = type(exchange) is H2Exchange  # not yet asked for its first piece
+        self._ended = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._whole:
+            self._whole = False
+            body = self._exchange.read_complete_nowait()  # type: ignore[union-attr]
+            if body is not None:
+                self._ended = True
+                if body:
+                    return body
+        if self._ended:
+            raise StopAsyncIteration
         try:
             chunk = await self._exchange.read_chunk()
         except PoolError as exc:

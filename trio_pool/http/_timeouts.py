@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from typing import Final
 
-__all__ = ["DEFAULT_TIMEOUT", "USE_CLIENT_DEFAULT", "Timeout", "UseClientDefault", "to_timeout"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "USE_CLIENT_DEFAULT",
+    "Timeout",
+    "UseClientDefault",
+    "phase_timeout",
+    "to_timeout",
+]
 
 #: The default ``timeout`` of :class:`~trio_pool.http.HTTPClient`, in seconds (httpx's).
 DEFAULT_TIMEOUT: Final = 5.0
@@ -154,4 +161,29 @@ def to_timeout(value: object, name: str = "timeout") -> Timeout:
         if len(_BY_NUMBER) >= 64:
             _BY_NUMBER.clear()
         timeout = _BY_NUMBER[seconds] = Timeout(seconds)
+    return timeout
+
+
+_BY_PHASES: dict[tuple[object, ...], Timeout] = {}
+
+
+def phase_timeout(connect: object, read: object, write: object, pool: object) -> Timeout:
+    """``Timeout(None, connect=..., read=..., write=..., pool=...)``, made once for the
+    same four values (of the same types: ``True`` is refused where ``1`` is not), as
+    httpx's ``timeout`` extension gives them with every request.
+
+    Raises:
+        TypeError: A limit that is not a number or ``None``.
+        ValueError: A negative or NaN limit.
+    """
+    key = (connect, read, write, pool, type(connect), type(read), type(write), type(pool))
+    try:
+        timeout = _BY_PHASES.get(key)
+    except TypeError:  # unhashable: not a number, refused below with its name
+        timeout = None
+    if timeout is None:
+        timeout = Timeout(None, connect=connect, read=read, write=write, pool=pool)  # type: ignore[arg-type]
+        if len(_BY_PHASES) >= 64:
+            _BY_PHASES.clear()
+        _BY_PHASES[key] = timeout
     return timeout
