@@ -478,7 +478,7 @@ def _limits(request: httpx.Request) -> Timeout:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body, read from the connection as httpx asks for it.
 
-    An HTTP/2 body that arrived whole with its head is handed over in one piece
+    A body that arrived whole with its head (HTTP/2) is handed over in one piece
     without another wait, as :meth:`HTTPClient.request <trio_pool.http.HTTPClient.request>`
     takes it: the wait for the head was the checkpoint (``aclose`` is one too).
     """
@@ -486,7 +486,7 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __init__(self, exchange: BodyReader, request: httpx.Request) -> None:
         self._exchange = exchange
         self._request = request
-        self._whole = type(exchange) is H2Exchange  # not yet asked for its first piece
+        self._whole = True  # not yet asked for its first piece
         self._ended = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -495,7 +495,7 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def __anext__(self) -> bytes:
         if self._whole:
             self._whole = False
-            body = self._exchange.read_complete_nowait()  # type: ignore[union-attr]
+            body = self._exchange.read_complete_nowait()  # None: not all here (HTTP/1.1)
             if body is not None:
                 self._ended = True
                 if body:
