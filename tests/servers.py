@@ -105,3 +105,18 @@ async def wait_listening(
             else:
                 await stream.aclose()
                 return
+
+
+async def wait_unix_listening(path: str, timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` seconds) until a server accepts on the Unix socket
+    ``path``: a server started with a TCP and a Unix listener may accept on the first
+    before it listens on the second (nginx binds and listens one listener at a time)."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                stream = await trio.open_unix_socket(path)
+            except OSError:
+                await trio.sleep(0.02)
+            else:
+                await stream.aclose()
+                return

@@ -27,7 +27,7 @@ from trio_pool.httpx import PoolTransport
 from .checks import assert_settled
 from .nginx import open_nginx
 from .proxies import open_microsocks, open_tinyproxy, read_head
-from .servers import HOST, open_fds, start_server
+from .servers import HOST, open_fds, start_server, wait_unix_listening
 from .test_http import H11Server, ok, send_response, start_h11
 from .test_tls import server_context
 from .test_uds import start_unix_server
@@ -429,6 +429,7 @@ async def test_nginx_on_a_unix_socket(tmp_path: Path) -> None:
         '        location / { return 200 "uds $host $request_uri"; }\n    }\n'
     )
     async with open_nginx(tmp_path, extra_servers=server), trio_pool.open_pool() as pool:
+        await wait_unix_listening(str(path))
         client = HTTPClient(pool, uds=str(path))
         for _ in range(3):
             r = await client.request("GET", "http://engine.test/v1.43/info")
