@@ -30,6 +30,7 @@ with :func:`trio.from_thread.run`, so hypothesis's stateful machinery runs uncha
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -805,11 +806,9 @@ class DefaultHandoffStateModel(StateModel):
 
 @pytest.mark.parametrize("model", [StateModel, HandoffStateModel, DefaultHandoffStateModel])
 def test_state_model(model: type[StateModel]) -> None:
-    # Derandomized so the suite is deterministic: with random seeds (pytest
-    # --hypothesis-seed=1), HandoffStateModel finds a line that waits with room to
-    # connect after a task's own connect fails (acquire k0, acquire_new k0, acquire k1,
-    # connects ok, acquire k1, connect ok, own connect fails). Whether the state machine
-    # or this model's liveness rule is wrong there is open (issue 21's closing note).
+    # Random examples locally (they found the max_total liveness gap that
+    # tests/test_state_machine.py::test_a_slot_freed_under_max_total_serves_another_keys_line
+    # now guards); derandomized under CI, so a submission's run is reproducible.
     run_state_machine_as_test(
         model,
         settings=settings(
@@ -817,6 +816,6 @@ def test_state_model(model: type[StateModel]) -> None:
             stateful_step_count=40,
             deadline=None,
             database=None,
-            derandomize=True,
+            derandomize=os.environ.get("CI") == "true",
         ),
     )

@@ -313,3 +313,30 @@ async def test_mutating_methods_run_protected_from_keyboard_interrupt(world: Wor
         "_capacity_changed",
         "close",
     }, seen
+
+
+def test_a_slot_freed_under_max_total_serves_another_keys_line(world: World) -> None:
+    """A waiter kept in its key's line (its key had a connect in flight when it came)
+    and then held there by ``max_total`` gets a connect when another key frees a slot
+    of the pool: the case the state model found with a random seed (it waited with room
+    to connect until a release of its own key)."""
+    pool = world.state(max_size=2, max_total=2, max_connecting=1)
+    a = pool.key_state(make_key("a"), world.clock)
+    b = pool.key_state(make_key("b"), world.clock)
+    assert pool.take(a, world.clock) is HANDOFF
+    world.wait(pool, a, "ta", handoff=True)
+    assert pool.take(b, world.clock) is HANDOFF
+    world.wait(pool, b, "tb1", handoff=True)
+    pending_a, pending_b = world.connects
+    assert pool.take(b, world.clock) is None  # the pool is full
+    tb2 = world.wait(pool, b, "tb2", handoff=False)
+    assert tb2.queue is b.waiters  # B's connect in flight may serve it
+    a1 = pool.connected(a, fake_stream(), world.clock, pending=pending_a)
+    b1 = pool.connected(b, fake_stream(), world.clock, pending=pending_b)
+    assert world.take_woken() == [("ta", a1), ("tb1", b1)]
+    assert tb2.owns is None  # the pool is full, nothing idle: no connect for it yet
+    pool.discard(a1, world.clock)
+    # A's slot is free: B's waiter gets a connect in it now, not at B's next release.
+    assert tb2.owns is not None
+    assert world.connects[-1] is tb2.owns
+    assert (b.connecting, pool.total) == (1, 2)

@@ -212,12 +212,26 @@ class Line(Ledger):
         if self.max_connecting is not None:
             if not (state.waiters and self._serve_line(state, now)) and self.global_waiters:
                 self._grant_global(now)
+            if self.max_total is not None and self.total == self.max_total - 1:
+                self._serve_other_lines(state, now)
         elif state.waiters:
             self._grant(_first(state.waiters), now)
         elif self.global_waiters:
             self._grant_global(now)
         if refill and state.total < self.min_size and state.refill_not_before <= now < self.wake_at:
             self._wake_by(now)
+
+    def _serve_other_lines(self, freed: KeyState, now: float) -> None:
+        """The pool just fell below ``max_total`` and the freed slot is still free:
+        serve the lines of other keys, whose waiters ``max_total`` may have held with
+        no connect of their own (they wait in their key's line, not the global one,
+        when their key had a connect in flight as they came). Runs only on that
+        transition, so a pool below its cap pays nothing."""
+        for other in self.keys.values():
+            if other is not freed and other.waiters:
+                self._serve_line(other, now)
+                if self.total >= self.max_total:  # type: ignore[operator]
+                    return
 
     def _next_global_waiter(self) -> Waiter | None:
         """The first globally waiting task whose own key has room; waiters whose key
