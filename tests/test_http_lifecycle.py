@@ -90,6 +90,12 @@ async def start(nursery: trio.Nursery, cut: str | None = None) -> BodyServer:
     return server
 
 
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> BodyServer:
+    """A loopback body server for the test."""
+    return await start(nursery)
+
+
 async def first_chunk(response: Response) -> bytes:
     return await response.aiter_bytes().__anext__()
 
@@ -111,9 +117,8 @@ async def assert_closed(response: Response) -> None:
 
 
 async def test_read_timeout_mid_body_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     async with client.stream("GET", server.url(), timeout=0.2) as r:
         chunks = r.aiter_bytes()
         assert await chunks.__anext__() == BODY[:10]
@@ -150,9 +155,8 @@ async def test_failed_read_mid_body_then_reads_raise_stream_closed(
 
 
 async def test_leaving_the_block_early_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     async with client.stream("GET", server.url()) as r:
         assert await first_chunk(r) == BODY[:10]
     with pytest.raises(StreamClosed, match="block"):
@@ -166,9 +170,8 @@ async def test_leaving_the_block_early_then_reads_raise_stream_closed(
 
 
 async def test_leaving_the_block_by_an_exception_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     with pytest.raises(KeyError):
         async with client.stream("GET", server.url()) as r:
             raise KeyError("mine")
@@ -177,9 +180,8 @@ async def test_leaving_the_block_by_an_exception_then_reads_raise_stream_closed(
 
 
 async def test_aclose_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     async with client.stream("GET", server.url()) as r:
         chunks = r.aiter_bytes()
         assert await chunks.__anext__() == BODY[:10]
@@ -196,9 +198,8 @@ async def test_aclose_then_reads_raise_stream_closed(
 
 
 async def test_aclose_from_another_task_during_a_read(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     async with client.stream("GET", server.url()) as r:
         chunks = r.aiter_bytes()
         assert await chunks.__anext__() == BODY[:10]
@@ -223,9 +224,8 @@ async def test_aclose_from_another_task_during_a_read(
 
 
 async def test_cancelled_read_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     async with client.stream("GET", server.url()) as r:
         with trio.move_on_after(0.05):
             await r.aread()
@@ -242,9 +242,8 @@ async def test_cancelled_read_then_reads_raise_stream_closed(
 
 
 async def test_whole_body_then_double_reads(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     server.go.set()
     # aread, then aread again and aiter_bytes: the kept content, inside and after.
     async with client.stream("GET", server.url()) as r:
@@ -283,9 +282,8 @@ async def test_whole_body_then_double_reads(
 
 
 async def test_content_of_an_unread_stream_is_response_not_read(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
     server.go.set()
     async with client.stream("GET", server.url()) as r:
         with pytest.raises(ResponseNotRead, match=r"await response\.aread\(\)"):
@@ -311,8 +309,7 @@ async def test_stream_errors_are_in_the_hierarchy() -> None:
 # -- the same through httpx --------------------------------------------------------------------
 
 
-async def test_httpx_stream_ends(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
+async def test_httpx_stream_ends(server: BodyServer) -> None:
     async with (
         trio_pool.open_pool() as pool,
         httpx.AsyncClient(transport=PoolTransport(pool)) as client,

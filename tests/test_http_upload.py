@@ -100,6 +100,12 @@ async def start_body_server(nursery: trio.Nursery, keep: bool = True) -> BodySer
     return server
 
 
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> BodyServer:
+    """A loopback body server that keeps its connections alive, for the test."""
+    return await start_body_server(nursery)
+
+
 async def pieces(*chunks: object) -> AsyncIterator[object]:
     for chunk in chunks:
         await trio.lowlevel.checkpoint()
@@ -135,10 +141,8 @@ def framing(head: h11.Request) -> tuple[bytes | None, bytes | None]:
 
 
 async def test_streamed_body_is_sent_as_it_is_produced(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
-
     async def wait_for_the_server() -> AsyncIterator[bytes]:
         yield b"first "
         # A client that buffered the body would never send this piece's predecessor.
@@ -165,9 +169,8 @@ async def test_streamed_body_is_sent_as_it_is_produced(
 
 
 async def test_content_length_is_honoured_exactly(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
     r = await client.request(
         "POST",
         server.url(),
@@ -191,13 +194,12 @@ async def test_content_length_is_honoured_exactly(
     [((b"0123", b"456789xx"), "more bytes"), ((b"0123",), "fewer bytes")],
 )
 async def test_content_length_mismatch_is_an_error_and_never_a_desync(
-    nursery: trio.Nursery,
+    server: BodyServer,
     chunks: tuple[bytes, ...],
     message: str,
     client: HTTPClient,
     pool: ConnectionPool,
 ) -> None:
-    server = await start_body_server(nursery)
     assert (await client.request("GET", server.url())).content == b"0"
     with pytest.raises(LocalProtocolError, match=message):
         await client.request(
@@ -216,9 +218,8 @@ async def test_content_length_mismatch_is_an_error_and_never_a_desync(
 
 
 async def test_a_piece_that_is_not_bytes_is_a_type_error_naming_content(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
     with pytest.raises(TypeError, match="content must yield bytes"):
         await client.request("POST", server.url(), content=pieces(b"ok", "text"))
     stats = pool.statistics()
@@ -280,10 +281,8 @@ async def test_a_streamed_body_is_never_retried(
 
 
 async def test_the_write_limit_is_per_piece_not_for_the_whole_body(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
-
     async def slow() -> AsyncIterator[bytes]:
         for piece in (b"a", b"b", b"c"):
             await trio.sleep(0.5)  # 1.5 s in all: more than the write limit
@@ -375,8 +374,7 @@ async def test_a_64_mib_upload_is_not_buffered(
 
 
 @pytest.mark.proxy
-async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server = await start_body_server(nursery)
+async def test_streamed_upload_through_socks(server: BodyServer, tmp_path: Path) -> None:
     async with open_microsocks(tmp_path) as socks, trio_pool.open_pool() as pool:
         client = HTTPClient(pool, proxy=socks.url)
         r = await client.request("POST", server.url(), content=pieces(b"via ", b"socks"))
@@ -386,9 +384,8 @@ async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Pa
 
 
 async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
-    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
     closed = trio.Event()
     started = trio.Event()
 
@@ -415,9 +412,8 @@ async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
 
 @pytest.mark.proxy
 async def test_streamed_upload_forwarded_through_tinyproxy(
-    nursery: trio.Nursery, tmp_path: Path
+    server: BodyServer, tmp_path: Path
 ) -> None:
-    server = await start_body_server(nursery)
     async with (
         open_tinyproxy(tmp_path, connect_ports=[server.port]) as tinyproxy,
         trio_pool.open_pool() as pool,
