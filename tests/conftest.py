@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 import trustme
+
+import trio_pool
+from trio_pool import ConnectionPool
+from trio_pool.http import HTTPClient
 
 from .servers import HOST, echo, start_server, unroutable_listener
 
@@ -25,6 +29,19 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ConnectionPool]:
+    """A pool with the default settings, open for the test and closed after it."""
+    async with trio_pool.open_pool() as opened:
+        yield opened
+
+
+@pytest.fixture
+def client(pool: ConnectionPool) -> HTTPClient:
+    """An HTTP client on the test's :func:`pool`."""
+    return HTTPClient(pool)
 
 
 @pytest.fixture

@@ -7,7 +7,14 @@ import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import ConnectError, ConnectTimeout, PoolError, PoolExhausted, PoolStatistics
+from trio_pool import (
+    ConnectError,
+    ConnectionPool,
+    ConnectTimeout,
+    PoolError,
+    PoolExhausted,
+    PoolStatistics,
+)
 
 from .servers import HOST, open_fds, refused_port, stall, start_server
 
@@ -27,21 +34,20 @@ def test_exception_hierarchy() -> None:
 # -- refused --------------------------------------------------------------------------
 
 
-async def test_refused_connect_raises_connect_error() -> None:
+async def test_refused_connect_raises_connect_error(pool: ConnectionPool) -> None:
     port = refused_port()
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ConnectError) as info:
-            await pool.acquire(HOST, port)
-        assert not isinstance(info.value, ConnectTimeout)
-        assert isinstance(info.value.__cause__, OSError)
-        assert str(port) in str(info.value)
-        stats = pool.statistics()
-        assert (stats.connecting, stats.connect_failures, stats.pool_misses) == (0, 1, 1)
-        assert (stats.connections_created, stats.active_connections) == (0, 0)
-        with pytest.raises(ConnectError):
-            async with pool.connection(HOST, port):
-                pytest.fail("must not enter")  # pragma: no cover
-        assert pool.statistics().connect_failures == 2
+    with pytest.raises(ConnectError) as info:
+        await pool.acquire(HOST, port)
+    assert not isinstance(info.value, ConnectTimeout)
+    assert isinstance(info.value.__cause__, OSError)
+    assert str(port) in str(info.value)
+    stats = pool.statistics()
+    assert (stats.connecting, stats.connect_failures, stats.pool_misses) == (0, 1, 1)
+    assert (stats.connections_created, stats.active_connections) == (0, 0)
+    with pytest.raises(ConnectError):
+        async with pool.connection(HOST, port):
+            pytest.fail("must not enter")  # pragma: no cover
+    assert pool.statistics().connect_failures == 2
 
 
 async def test_refused_connect_frees_its_slot_for_a_waiter(nursery: trio.Nursery) -> None:
@@ -241,31 +247,29 @@ def assert_untouched(pool: trio_pool.ConnectionPool) -> None:
 
 
 @pytest.mark.parametrize(("host", "error"), BAD_HOSTS)
-async def test_bad_host(host: object, error: type[Exception]) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(error, match="host"):
-            await pool.acquire(host, 80)  # type: ignore[arg-type]
-        with pytest.raises(error, match="host"):
-            await pool.acquire_new(host, 80)  # type: ignore[arg-type]
-        with pytest.raises(error, match="host"):
-            pool.connection(host, 80)  # type: ignore[arg-type]
-        with pytest.raises(error, match="host"):
-            await pool.prewarm(host, 80, count=1)  # type: ignore[arg-type]
-        assert_untouched(pool)
+async def test_bad_host(host: object, error: type[Exception], pool: ConnectionPool) -> None:
+    with pytest.raises(error, match="host"):
+        await pool.acquire(host, 80)  # type: ignore[arg-type]
+    with pytest.raises(error, match="host"):
+        await pool.acquire_new(host, 80)  # type: ignore[arg-type]
+    with pytest.raises(error, match="host"):
+        pool.connection(host, 80)  # type: ignore[arg-type]
+    with pytest.raises(error, match="host"):
+        await pool.prewarm(host, 80, count=1)  # type: ignore[arg-type]
+    assert_untouched(pool)
 
 
 @pytest.mark.parametrize(("port", "error"), BAD_PORTS)
-async def test_bad_port(port: object, error: type[Exception]) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(error, match="port"):
-            await pool.acquire(HOST, port)  # type: ignore[arg-type]
-        with pytest.raises(error, match="port"):
-            await pool.acquire_tls(HOST, port)  # type: ignore[arg-type]
-        with pytest.raises(error, match="port"):
-            pool.connection(HOST, port)  # type: ignore[arg-type]
-        with pytest.raises(error, match="port"):
-            await pool.prewarm(HOST, port, count=1)  # type: ignore[arg-type]
-        assert_untouched(pool)
+async def test_bad_port(port: object, error: type[Exception], pool: ConnectionPool) -> None:
+    with pytest.raises(error, match="port"):
+        await pool.acquire(HOST, port)  # type: ignore[arg-type]
+    with pytest.raises(error, match="port"):
+        await pool.acquire_tls(HOST, port)  # type: ignore[arg-type]
+    with pytest.raises(error, match="port"):
+        pool.connection(HOST, port)  # type: ignore[arg-type]
+    with pytest.raises(error, match="port"):
+        await pool.prewarm(HOST, port, count=1)  # type: ignore[arg-type]
+    assert_untouched(pool)
 
 
 @pytest.mark.parametrize(
@@ -273,29 +277,27 @@ async def test_bad_port(port: object, error: type[Exception]) -> None:
     [(80.0, False, True, "port"), (80, 0, True, "tls"), (80, True, 1, "verify_cert")],
 )
 async def test_values_equal_to_a_cached_key_are_still_type_checked(
-    port: object, tls: object, verify_cert: object, field: str
+    port: object, tls: object, verify_cert: object, field: str, pool: ConnectionPool
 ) -> None:
     # 80.0 == 80 and 0 == False: the key cache must not let them past the type checks.
-    async with trio_pool.open_pool() as pool:
-        pool.connection(HOST, 80)  # caches the plain key for port 80
-        pool.connection(HOST, 80, tls=True)  # and the TLS one
-        with pytest.raises(TypeError, match=field):
-            pool.connection(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match=field):
-            await pool.acquire(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
+    pool.connection(HOST, 80)  # caches the plain key for port 80
+    pool.connection(HOST, 80, tls=True)  # and the TLS one
+    with pytest.raises(TypeError, match=field):
+        pool.connection(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=field):
+        await pool.acquire(HOST, port, tls=tls, verify_cert=verify_cert)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("timeout", "error"), BAD_TIMEOUTS)
-async def test_bad_timeout(timeout: object, error: type[Exception]) -> None:
+async def test_bad_timeout(timeout: object, error: type[Exception], pool: ConnectionPool) -> None:
     port = refused_port()  # never reached
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(error, match="timeout"):
-            await pool.acquire(HOST, port, timeout=timeout)  # type: ignore[arg-type]
-        with pytest.raises(error, match="timeout"):
-            await pool.acquire_new(HOST, port, timeout=timeout)  # type: ignore[arg-type]
-        with pytest.raises(error, match="timeout"):
-            pool.connection(HOST, port, timeout=timeout)  # type: ignore[arg-type]
-        assert_untouched(pool)
+    with pytest.raises(error, match="timeout"):
+        await pool.acquire(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        await pool.acquire_new(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        pool.connection(HOST, port, timeout=timeout)  # type: ignore[arg-type]
+    assert_untouched(pool)
 
 
 @pytest.mark.parametrize(
@@ -309,36 +311,33 @@ async def test_bad_timeout(timeout: object, error: type[Exception]) -> None:
     ],
 )
 async def test_bad_tls_arguments(
-    kwargs: dict[str, object], error: type[Exception], field: str
+    kwargs: dict[str, object], error: type[Exception], field: str, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(error, match=field):
-            await pool.acquire(HOST, refused_port(), **kwargs)  # type: ignore[arg-type]
-        assert_untouched(pool)
+    with pytest.raises(error, match=field):
+        await pool.acquire(HOST, refused_port(), **kwargs)  # type: ignore[arg-type]
+    assert_untouched(pool)
 
 
-async def test_bad_arguments_do_not_checkpoint() -> None:
+async def test_bad_arguments_do_not_checkpoint(pool: ConnectionPool) -> None:
     """Rejected synchronously: even a cancelled task gets the ValueError, not Cancelled."""
-    async with trio_pool.open_pool() as pool:
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            with pytest.raises(ValueError, match="port"):
-                await pool.acquire(HOST, 0)
-        assert_untouched(pool)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(ValueError, match="port"):
+            await pool.acquire(HOST, 0)
+    assert_untouched(pool)
 
 
 # -- errors users can catch ---------------------------------------------------------------
 
 
-async def test_refused_connect_message_names_the_root_cause() -> None:
+async def test_refused_connect_message_names_the_root_cause(pool: ConnectionPool) -> None:
     port = refused_port()
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ConnectError, match="Connection refused") as info:
-            await pool.acquire(HOST, port)
-        assert f"{HOST}:{port}" in str(info.value)
-        # The single attempt's own error is chained, not trio's "all attempts failed"
-        # wrapper around a group of one: a traceback shows the cause once.
-        assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(ConnectError, match="Connection refused") as info:
+        await pool.acquire(HOST, port)
+    assert f"{HOST}:{port}" in str(info.value)
+    # The single attempt's own error is chained, not trio's "all attempts failed"
+    # wrapper around a group of one: a traceback shows the cause once.
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
 async def test_exception_in_the_body_propagates_as_itself() -> None:
@@ -429,10 +428,9 @@ async def test_host_with_a_port_is_a_value_error_before_dns(host: str, hint: str
 
 
 @pytest.mark.parametrize("host", ["::1", "fe80::1%lo", "::ffff:127.0.0.1"])
-async def test_ipv6_literal_host_is_accepted(host: str) -> None:
-    async with trio_pool.open_pool() as pool:
-        pool.connection(host, 8080)
-        pool.connection(host, 8443, tls=True)
+async def test_ipv6_literal_host_is_accepted(host: str, pool: ConnectionPool) -> None:
+    pool.connection(host, 8080)
+    pool.connection(host, 8443, tls=True)
 
 
 @pytest.mark.parametrize(
@@ -445,73 +443,72 @@ async def test_ipv6_literal_host_is_accepted(host: str) -> None:
     ],
 )
 async def test_tls_arguments_without_tls_are_a_value_error(
-    kwargs: dict[str, object], client_ctx: object, echo_port: int
+    kwargs: dict[str, object], client_ctx: object, echo_port: int, pool: ConnectionPool
 ) -> None:
     """TLS settings with ``tls=False`` meant TLS: never a silent plain-TCP connection."""
     kwargs = {k: client_ctx if v == "client_ctx" else v for k, v in kwargs.items()}
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ValueError, match="tls=True") as info:
-            await pool.acquire(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
-        assert next(iter(kwargs)) in str(info.value)
-        with pytest.raises(ValueError, match="tls=True"):
-            await pool.acquire_new(HOST, echo_port, tls=False, **kwargs)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="tls=True"):
-            pool.connection(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="tls=True"):
-            await pool.prewarm(HOST, echo_port, count=1, **kwargs)  # type: ignore[arg-type]
-        assert_untouched(pool)
-        # With tls=True they are fine (no I/O here), and the defaults need no TLS.
-        pool.connection(HOST, echo_port, tls=True, **kwargs)  # type: ignore[arg-type]
-        pool.connection(HOST, echo_port, sni=None, verify_cert=True, ssl_context=None)
+    with pytest.raises(ValueError, match="tls=True") as info:
+        await pool.acquire(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
+    assert next(iter(kwargs)) in str(info.value)
+    with pytest.raises(ValueError, match="tls=True"):
+        await pool.acquire_new(HOST, echo_port, tls=False, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tls=True"):
+        pool.connection(HOST, echo_port, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tls=True"):
+        await pool.prewarm(HOST, echo_port, count=1, **kwargs)  # type: ignore[arg-type]
+    assert_untouched(pool)
+    # With tls=True they are fine (no I/O here), and the defaults need no TLS.
+    pool.connection(HOST, echo_port, tls=True, **kwargs)  # type: ignore[arg-type]
+    pool.connection(HOST, echo_port, sni=None, verify_cert=True, ssl_context=None)
 
 
-async def test_release_and_discard_check_their_argument() -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(TypeError, match="PooledConnection"):
-            pool.release(None)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="PooledConnection"):
-            pool.discard("x")  # type: ignore[arg-type]
-        assert_untouched(pool)
+async def test_release_and_discard_check_their_argument(pool: ConnectionPool) -> None:
+    with pytest.raises(TypeError, match="PooledConnection"):
+        pool.release(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="PooledConnection"):
+        pool.discard("x")  # type: ignore[arg-type]
+    assert_untouched(pool)
 
 
 @pytest.mark.parametrize(
     ("host", "port", "field"), [("127.0.0.1", "8080", "port"), (8080, None, "host")]
 )
-async def test_statistics_checks_its_arguments(host: object, port: object, field: str) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(TypeError, match=field):
-            pool.statistics(host, port)  # type: ignore[arg-type]
+async def test_statistics_checks_its_arguments(
+    host: object, port: object, field: str, pool: ConnectionPool
+) -> None:
+    with pytest.raises(TypeError, match=field):
+        pool.statistics(host, port)  # type: ignore[arg-type]
 
 
-async def test_prewarm_after_close_raises_pool_closed(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        await pool.aclose()
-        with pytest.raises(trio_pool.PoolClosed):
-            await pool.prewarm(HOST, echo_port, count=1)
-        assert pool.statistics().connections_created == 0
+async def test_prewarm_after_close_raises_pool_closed(echo_port: int, pool: ConnectionPool) -> None:
+    await pool.aclose()
+    with pytest.raises(trio_pool.PoolClosed):
+        await pool.prewarm(HOST, echo_port, count=1)
+    assert pool.statistics().connections_created == 0
 
 
-async def test_release_after_the_user_closed_the_connection(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        # Its stream closed by hand: release closes it, frees its slot, never pools it.
-        conn = await pool.acquire(HOST, echo_port)
-        await conn.stream.aclose()
+async def test_release_after_the_user_closed_the_connection(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    # Its stream closed by hand: release closes it, frees its slot, never pools it.
+    conn = await pool.acquire(HOST, echo_port)
+    await conn.stream.aclose()
+    pool.release(conn)
+    stats = pool.statistics()
+    assert conn.is_closed
+    assert (stats.idle_connections, stats.connections_closed) == (0, 1)
+    # Closed with conn.aclose() (a discard): release and discard after it do nothing.
+    conn = await pool.acquire(HOST, echo_port)
+    await conn.aclose()
+    pool.release(conn)
+    pool.discard(conn)
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (0, 2)
+    # A second release of a released connection is still an error.
+    conn = await pool.acquire(HOST, echo_port)
+    pool.release(conn)
+    with pytest.raises(RuntimeError):
         pool.release(conn)
-        stats = pool.statistics()
-        assert conn.is_closed
-        assert (stats.idle_connections, stats.connections_closed) == (0, 1)
-        # Closed with conn.aclose() (a discard): release and discard after it do nothing.
-        conn = await pool.acquire(HOST, echo_port)
-        await conn.aclose()
-        pool.release(conn)
-        pool.discard(conn)
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (0, 2)
-        # A second release of a released connection is still an error.
-        conn = await pool.acquire(HOST, echo_port)
-        pool.release(conn)
-        with pytest.raises(RuntimeError):
-            pool.release(conn)
 
 
 # -- forgetting ``async with`` -----------------------------------------------------------
@@ -533,18 +530,19 @@ async def test_open_pool_without_async_with_says_what_to_write() -> None:
         assert isinstance(pool, trio_pool.ConnectionPool)
 
 
-async def test_connection_without_async_with_says_what_to_write(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(TypeError, match=r"async with pool\.connection\(.*\) as conn"):
-            await pool.connection(HOST, echo_port)  # type: ignore[misc]
-        context = pool.connection(HOST, echo_port)
-        with pytest.raises(AttributeError, match=r"async with pool\.connection\(.*\) as conn"):
-            await context.send_all(b"x")  # type: ignore[attr-defined]
-        with pytest.raises(AttributeError, match=r"async with pool\.connection\("):
-            context.stream  # type: ignore[attr-defined]  # noqa: B018
-        with pytest.raises(TypeError, match=r"async with pool\.connection\("), context:  # type: ignore[attr-defined]
-            pytest.fail("must not enter")  # pragma: no cover
-        assert pool.statistics() == PoolStatistics()  # nothing borrowed, nothing opened
-        async with context as conn:  # still usable the right way
-            await conn.send_all(b"x")
-            assert await conn.receive_some() == b"x"
+async def test_connection_without_async_with_says_what_to_write(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    with pytest.raises(TypeError, match=r"async with pool\.connection\(.*\) as conn"):
+        await pool.connection(HOST, echo_port)  # type: ignore[misc]
+    context = pool.connection(HOST, echo_port)
+    with pytest.raises(AttributeError, match=r"async with pool\.connection\(.*\) as conn"):
+        await context.send_all(b"x")  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match=r"async with pool\.connection\("):
+        context.stream  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(TypeError, match=r"async with pool\.connection\("), context:  # type: ignore[attr-defined]
+        pytest.fail("must not enter")  # pragma: no cover
+    assert pool.statistics() == PoolStatistics()  # nothing borrowed, nothing opened
+    async with context as conn:  # still usable the right way
+        await conn.send_all(b"x")
+        assert await conn.receive_some() == b"x"

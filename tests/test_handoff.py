@@ -18,7 +18,14 @@ import trio.testing
 import trustme
 
 import trio_pool
-from trio_pool import ConnectError, ConnectTimeout, PooledConnection, PoolExhausted, ProxyError
+from trio_pool import (
+    ConnectError,
+    ConnectionPool,
+    ConnectTimeout,
+    PooledConnection,
+    PoolExhausted,
+    ProxyError,
+)
 
 from .checks import assert_settled, roundtrip
 from .servers import HOST, open_fds, refused_port, start_server
@@ -156,21 +163,23 @@ async def test_connect_of_a_cancelled_requester_serves_the_next_waiter(
 
 
 async def test_connect_nobody_waits_for_goes_to_idle(
-    gated: tuple[GatedTLSServer, int], client_ctx: ssl.SSLContext, nursery: trio.Nursery
+    gated: tuple[GatedTLSServer, int],
+    client_ctx: ssl.SSLContext,
+    nursery: trio.Nursery,
+    pool: ConnectionPool,
 ) -> None:
     server, port = gated
     server.close_gate()
-    async with trio_pool.open_pool() as pool:
-        _, _, scopes = await acquirers(pool, port, client_ctx, nursery, ["a"])
-        scopes["a"].cancel()
-        await trio.testing.wait_all_tasks_blocked()
-        server.gate.set()
-        await until(lambda: pool.statistics().connecting == 0, "the connect")
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.active_connections, stats.tasks_waiting) == (1, 0, 0)
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert conn.reused  # the orphaned connect's connection, now a hit
-        pool.release(conn)
+    _, _, scopes = await acquirers(pool, port, client_ctx, nursery, ["a"])
+    scopes["a"].cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    server.gate.set()
+    await until(lambda: pool.statistics().connecting == 0, "the connect")
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.active_connections, stats.tasks_waiting) == (1, 0, 0)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert conn.reused  # the orphaned connect's connection, now a hit
+    pool.release(conn)
 
 
 async def test_refusing_host_fails_every_waiter_with_one_connect() -> None:
@@ -390,17 +399,19 @@ async def test_max_connecting_bounds_connects_per_key(
 
 
 async def test_fail_fast_miss_connects_in_its_own_task(
-    gated: tuple[GatedTLSServer, int], client_ctx: ssl.SSLContext, nursery: trio.Nursery
+    gated: tuple[GatedTLSServer, int],
+    client_ctx: ssl.SSLContext,
+    nursery: trio.Nursery,
+    pool: ConnectionPool,
 ) -> None:
     server, port = gated
     server.close_gate()
-    async with trio_pool.open_pool() as pool:
-        got, _, _ = await acquirers(pool, port, client_ctx, nursery, ["a"], timeout=0)
-        stats = pool.statistics()
-        assert (stats.connecting, stats.tasks_waiting) == (1, 0)
-        server.gate.set()
-        await until(lambda: "a" in got, "the connect")
-        pool.release(got["a"])
+    got, _, _ = await acquirers(pool, port, client_ctx, nursery, ["a"], timeout=0)
+    stats = pool.statistics()
+    assert (stats.connecting, stats.tasks_waiting) == (1, 0)
+    server.gate.set()
+    await until(lambda: "a" in got, "the connect")
+    pool.release(got["a"])
 
 
 async def test_max_waiters_rejects_at_once_when_the_line_is_full(

@@ -17,6 +17,7 @@ import trio.lowlevel
 import trustme
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import (
     HTTPClient,
     HTTPError,
@@ -130,52 +131,52 @@ async def ok(stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, 
 
 
 @pytest.mark.nginx
-async def test_nginx_basics_and_reuse(nginx: Nginx) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("GET", nginx.url("/"))
-        assert (r.status, r.content, r.http_version, r.keep_alive) == (200, b"ok", "1.1", True)
-        r = await client.request("GET", nginx.url("/text"))
-        assert r.content == TEXT
-        assert r.header("Content-Type") == b"text/plain"
-        r = await client.request("GET", nginx.url("/big"))
-        assert r.content == bytes(range(256)) * (BIG_SIZE // 256)
-        r = await client.request("HEAD", nginx.url("/big"))
-        assert r.content == b""
-        assert r.header("content-length") == b"%d" % BIG_SIZE
-        r = await client.request("POST", nginx.url("/"), content=b"x" * 1000)
-        assert r.status == 200
-        r = await client.request("GET", nginx.url("/missing"))
-        assert r.status == 404
-        stats = pool.statistics()
-        assert stats.connections_created == 1
-        assert stats.pool_hits == 5
-        assert stats.idle_connections == 1
+async def test_nginx_basics_and_reuse(
+    nginx: Nginx, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    r = await client.request("GET", nginx.url("/"))
+    assert (r.status, r.content, r.http_version, r.keep_alive) == (200, b"ok", "1.1", True)
+    r = await client.request("GET", nginx.url("/text"))
+    assert r.content == TEXT
+    assert r.header("Content-Type") == b"text/plain"
+    r = await client.request("GET", nginx.url("/big"))
+    assert r.content == bytes(range(256)) * (BIG_SIZE // 256)
+    r = await client.request("HEAD", nginx.url("/big"))
+    assert r.content == b""
+    assert r.header("content-length") == b"%d" % BIG_SIZE
+    r = await client.request("POST", nginx.url("/"), content=b"x" * 1000)
+    assert r.status == 200
+    r = await client.request("GET", nginx.url("/missing"))
+    assert r.status == 404
+    stats = pool.statistics()
+    assert stats.connections_created == 1
+    assert stats.pool_hits == 5
+    assert stats.idle_connections == 1
 
 
 @pytest.mark.nginx
-async def test_nginx_connection_close_is_discarded(nginx: Nginx) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("GET", nginx.url("/close"))
-        assert r.content == b"bye"
-        assert r.header("connection") == b"close"
-        assert not r.keep_alive
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_closed) == (1, 1)
-        assert stats.idle_connections == 0
+async def test_nginx_connection_close_is_discarded(
+    nginx: Nginx, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    r = await client.request("GET", nginx.url("/close"))
+    assert r.content == b"bye"
+    assert r.header("connection") == b"close"
+    assert not r.keep_alive
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.connections_closed) == (1, 1)
+    assert stats.idle_connections == 0
 
 
 @pytest.mark.nginx
-async def test_nginx_keepalive_requests_limit(nginx: Nginx) -> None:
+async def test_nginx_keepalive_requests_limit(
+    nginx: Nginx, client: HTTPClient, pool: ConnectionPool
+) -> None:
     # keepalive_requests 7: the 7th response on a connection says Connection: close.
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        responses = [await client.request("GET", nginx.url("/")) for _ in range(15)]
-        assert [r.keep_alive for r in responses[:7]] == [True] * 6 + [False]
-        stats = pool.statistics()
-        assert stats.connections_created == 3
-        assert stats.connections_closed == 2
+    responses = [await client.request("GET", nginx.url("/")) for _ in range(15)]
+    assert [r.keep_alive for r in responses[:7]] == [True] * 6 + [False]
+    stats = pool.statistics()
+    assert stats.connections_created == 3
+    assert stats.connections_closed == 2
 
 
 @pytest.mark.nginx
@@ -221,45 +222,45 @@ async def test_nginx_users_with_pauses_beyond_keepalive(nginx: Nginx) -> None:
 
 
 @pytest.mark.nginx
-async def test_nginx_reload_closes_idle_connections_without_errors(nginx: Nginx) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        for _ in range(3):
-            assert (await client.request("GET", nginx.url("/"))).content == b"ok"
-        nginx.write_config(keepalive_requests=100)
-        await nginx.reload()  # old workers close their idle keep-alive connections
-        for _ in range(10):
-            assert (await client.request("GET", nginx.url("/text"))).content == TEXT
-        assert pool.statistics().connections_created >= 2
-        assert_settled(pool)
+async def test_nginx_reload_closes_idle_connections_without_errors(
+    nginx: Nginx, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    for _ in range(3):
+        assert (await client.request("GET", nginx.url("/"))).content == b"ok"
+    nginx.write_config(keepalive_requests=100)
+    await nginx.reload()  # old workers close their idle keep-alive connections
+    for _ in range(10):
+        assert (await client.request("GET", nginx.url("/text"))).content == TEXT
+    assert pool.statistics().connections_created >= 2
+    assert_settled(pool)
 
 
 @pytest.mark.nginx
-async def test_nginx_stream_partial_read_discards(nginx: Nginx) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", nginx.url("/big")) as r:
-            assert r.status == 200
-            with pytest.raises(RuntimeError, match="aread"):
-                r.content  # noqa: B018
-            first = await r.aiter_bytes().__anext__()
-            assert first
-            assert not r.is_complete
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
-        # Read to the end: released and reused.
-        async with client.stream("GET", nginx.url("/big")) as r:
-            total = 0
-            async for chunk in r.aiter_bytes():
-                total += len(chunk)
-            assert total == BIG_SIZE
-            assert r.is_complete
-        async with client.stream("GET", nginx.url("/text")) as r:
-            assert await r.aread() == TEXT
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_closed) == (2, 1)
-        assert stats.idle_connections == 1
-        assert_settled(pool)
+async def test_nginx_stream_partial_read_discards(
+    nginx: Nginx, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    async with client.stream("GET", nginx.url("/big")) as r:
+        assert r.status == 200
+        with pytest.raises(RuntimeError, match="aread"):
+            r.content  # noqa: B018
+        first = await r.aiter_bytes().__anext__()
+        assert first
+        assert not r.is_complete
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+    # Read to the end: released and reused.
+    async with client.stream("GET", nginx.url("/big")) as r:
+        total = 0
+        async for chunk in r.aiter_bytes():
+            total += len(chunk)
+        assert total == BIG_SIZE
+        assert r.is_complete
+    async with client.stream("GET", nginx.url("/text")) as r:
+        assert await r.aread() == TEXT
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.connections_closed) == (2, 1)
+    assert stats.idle_connections == 1
+    assert_settled(pool)
 
 
 # -- safe retry ----------------------------------------------------------------------------
@@ -276,38 +277,40 @@ async def answer_first_only(
     return False
 
 
-async def test_retry_idempotent_on_new_connection(nursery: trio.Nursery) -> None:
+async def test_retry_idempotent_on_new_connection(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server = await start_h11(nursery, answer_first_only)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        assert (await client.request("GET", server.url())).content == b"hi"
-        r = await client.request("GET", server.url())  # reused, dies, retried once
-        assert r.content == b"hi"
-        assert server.connections == 2
-        assert len(server.requests) == 3
-        r = await client.request("PUT", server.url(), content=b"x")
-        assert r.status == 200
-        assert server.connections == 3
-        stats = pool.statistics()
-        assert stats.pool_hits == 2
-        assert_settled(pool)
+    assert (await client.request("GET", server.url())).content == b"hi"
+    r = await client.request("GET", server.url())  # reused, dies, retried once
+    assert r.content == b"hi"
+    assert server.connections == 2
+    assert len(server.requests) == 3
+    r = await client.request("PUT", server.url(), content=b"x")
+    assert r.status == 200
+    assert server.connections == 3
+    stats = pool.statistics()
+    assert stats.pool_hits == 2
+    assert_settled(pool)
 
 
-async def test_no_retry_for_post(nursery: trio.Nursery) -> None:
+async def test_no_retry_for_post(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server = await start_h11(nursery, answer_first_only)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("GET", server.url())
-        with pytest.raises(RemoteProtocolError, match="without sending a response") as info:
-            await client.request("POST", server.url(), content=b"data")
-        assert info.value.connection_reused is True
-        assert server.connections == 1
-        assert [r.method for r in server.requests] == [b"GET", b"POST"]
-        assert_settled(pool)
-        assert pool.statistics().idle_connections == 0
+    await client.request("GET", server.url())
+    with pytest.raises(RemoteProtocolError, match="without sending a response") as info:
+        await client.request("POST", server.url(), content=b"data")
+    assert info.value.connection_reused is True
+    assert server.connections == 1
+    assert [r.method for r in server.requests] == [b"GET", b"POST"]
+    assert_settled(pool)
+    assert pool.statistics().idle_connections == 0
 
 
-async def test_reset_before_reply_retries_get_and_fails_post(nursery: trio.Nursery) -> None:
+async def test_reset_before_reply_retries_get_and_fails_post(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def reset_second(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -318,33 +321,31 @@ async def test_reset_before_reply_retries_get_and_fails_post(nursery: trio.Nurse
         return False
 
     server = await start_h11(nursery, reset_second)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("GET", server.url())
-        assert (await client.request("GET", server.url())).content == b"hi"
-        assert server.connections == 2
-        with pytest.raises(ReadError) as info:
-            await client.request("POST", server.url())
-        assert isinstance(info.value.__cause__, trio.BrokenResourceError)
-        assert isinstance(info.value, OSError)
-        assert server.connections == 2
-        assert_settled(pool)
+    await client.request("GET", server.url())
+    assert (await client.request("GET", server.url())).content == b"hi"
+    assert server.connections == 2
+    with pytest.raises(ReadError) as info:
+        await client.request("POST", server.url())
+    assert isinstance(info.value.__cause__, trio.BrokenResourceError)
+    assert isinstance(info.value, OSError)
+    assert server.connections == 2
+    assert_settled(pool)
 
 
-async def test_no_retry_on_fresh_connection(nursery: trio.Nursery) -> None:
+async def test_no_retry_on_fresh_connection(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def never(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
         return False
 
     server = await start_h11(nursery, never)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(RemoteProtocolError) as info:
-            await client.request("GET", server.url())
-        assert info.value.connection_reused is False
-        assert server.connections == 1
-        assert_settled(pool)
+    with pytest.raises(RemoteProtocolError) as info:
+        await client.request("GET", server.url())
+    assert info.value.connection_reused is False
+    assert server.connections == 1
+    assert_settled(pool)
 
 
 async def test_no_retry_when_disabled(nursery: trio.Nursery) -> None:
@@ -357,7 +358,9 @@ async def test_no_retry_when_disabled(nursery: trio.Nursery) -> None:
         assert server.connections == 1
 
 
-async def test_server_closing_idle_right_after_reply(nursery: trio.Nursery) -> None:
+async def test_server_closing_idle_right_after_reply(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     """The server says keep-alive but closes each connection right after replying:
     every GET still succeeds (stale connections are caught at hand-out or retried)."""
 
@@ -368,19 +371,19 @@ async def test_server_closing_idle_right_after_reply(nursery: trio.Nursery) -> N
         return False
 
     server = await start_h11(nursery, reply_then_close)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        for _ in range(20):
-            assert (await client.request("GET", server.url())).content == b"hi"
-            await trio.sleep(0.001)
-        assert server.connections == 20
-        assert_settled(pool)
+    for _ in range(20):
+        assert (await client.request("GET", server.url())).content == b"hi"
+        await trio.sleep(0.001)
+    assert server.connections == 20
+    assert_settled(pool)
 
 
 # -- keep-alive decisions --------------------------------------------------------------------
 
 
-async def test_connection_close_response_not_pooled(nursery: trio.Nursery) -> None:
+async def test_connection_close_response_not_pooled(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def close(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -390,17 +393,17 @@ async def test_connection_close_response_not_pooled(nursery: trio.Nursery) -> No
         return False
 
     server = await start_h11(nursery, close)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        for _ in range(3):
-            r = await client.request("GET", server.url())
-            assert (r.content, r.keep_alive) == (b"hi", False)
-            assert pool.statistics().idle_connections == 0
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_closed, stats.pool_hits) == (3, 3, 0)
+    for _ in range(3):
+        r = await client.request("GET", server.url())
+        assert (r.content, r.keep_alive) == (b"hi", False)
+        assert pool.statistics().idle_connections == 0
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.connections_closed, stats.pool_hits) == (3, 3, 0)
 
 
-async def test_http10_response_not_pooled(nursery: trio.Nursery) -> None:
+async def test_http10_response_not_pooled(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def http10(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -409,15 +412,15 @@ async def test_http10_response_not_pooled(nursery: trio.Nursery) -> None:
         return False
 
     server = await start_h11(nursery, http10)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("GET", server.url())
-        assert (r.content, r.http_version, r.keep_alive) == (b"old body", "1.0", False)
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_closed) == (1, 1)
+    r = await client.request("GET", server.url())
+    assert (r.content, r.http_version, r.keep_alive) == (b"old body", "1.0", False)
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.connections_closed) == (1, 1)
 
 
-async def test_chunked_body(nursery: trio.Nursery) -> None:
+async def test_chunked_body(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def chunked(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -433,13 +436,11 @@ async def test_chunked_body(nursery: trio.Nursery) -> None:
         return True
 
     server = await start_h11(nursery, chunked)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        assert (await client.request("GET", server.url())).content == b"one,two,three"
-        async with client.stream("GET", server.url()) as r:
-            assert b"".join([c async for c in r.aiter_bytes()]) == b"one,two,three"
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.pool_hits, stats.idle_connections) == (1, 1, 1)
+    assert (await client.request("GET", server.url())).content == b"one,two,three"
+    async with client.stream("GET", server.url()) as r:
+        assert b"".join([c async for c in r.aiter_bytes()]) == b"one,two,three"
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.pool_hits, stats.idle_connections) == (1, 1, 1)
 
 
 async def test_request_body_and_headers_reach_server(nursery: trio.Nursery) -> None:
@@ -509,7 +510,9 @@ async def test_method_is_sent_upper_case(nursery: trio.Nursery, method: str) -> 
 # -- failures --------------------------------------------------------------------------------
 
 
-async def test_junk_response_is_remote_protocol_error(nursery: trio.Nursery) -> None:
+async def test_junk_response_is_remote_protocol_error(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def junk(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -517,17 +520,17 @@ async def test_junk_response_is_remote_protocol_error(nursery: trio.Nursery) -> 
         return False
 
     server = await start_h11(nursery, junk)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(RemoteProtocolError) as info:
-            await client.request("GET", server.url())
-        assert isinstance(info.value.__cause__, h11.RemoteProtocolError)
-        assert isinstance(info.value, trio_pool.PoolError)
-        assert_settled(pool)
-        assert pool.statistics().idle_connections == 0
+    with pytest.raises(RemoteProtocolError) as info:
+        await client.request("GET", server.url())
+    assert isinstance(info.value.__cause__, h11.RemoteProtocolError)
+    assert isinstance(info.value, trio_pool.PoolError)
+    assert_settled(pool)
+    assert pool.statistics().idle_connections == 0
 
 
-async def test_truncated_body_is_discarded(nursery: trio.Nursery) -> None:
+async def test_truncated_body_is_discarded(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def short(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -535,19 +538,19 @@ async def test_truncated_body_is_discarded(nursery: trio.Nursery) -> None:
         return False
 
     server = await start_h11(nursery, short)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(RemoteProtocolError):
-            await client.request("GET", server.url())
-        with pytest.raises(RemoteProtocolError):
-            async with client.stream("GET", server.url()) as r:
-                await r.aread()
-        assert server.connections == 2  # a response byte came: never retried
-        assert_settled(pool)
-        assert pool.statistics().idle_connections == 0
+    with pytest.raises(RemoteProtocolError):
+        await client.request("GET", server.url())
+    with pytest.raises(RemoteProtocolError):
+        async with client.stream("GET", server.url()) as r:
+            await r.aread()
+    assert server.connections == 2  # a response byte came: never retried
+    assert_settled(pool)
+    assert pool.statistics().idle_connections == 0
 
 
-async def test_timeout_is_read_timeout(nursery: trio.Nursery) -> None:
+async def test_timeout_is_read_timeout(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def stall(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -555,20 +558,20 @@ async def test_timeout_is_read_timeout(nursery: trio.Nursery) -> None:
         raise AssertionError  # pragma: no cover
 
     server = await start_h11(nursery, stall)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(ReadTimeout) as info:
-            await client.request("GET", server.url(), timeout=0.2)
-        assert isinstance(info.value, TimeoutError)
-        assert isinstance(info.value, RequestTimeout)
-        with pytest.raises(ReadTimeout):
-            async with HTTPClient(pool, timeout=0.2).stream("GET", server.url()):
-                pass  # pragma: no cover
-        assert_settled(pool)
-        assert pool.statistics().idle_connections == 0
+    with pytest.raises(ReadTimeout) as info:
+        await client.request("GET", server.url(), timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, RequestTimeout)
+    with pytest.raises(ReadTimeout):
+        async with HTTPClient(pool, timeout=0.2).stream("GET", server.url()):
+            pass  # pragma: no cover
+    assert_settled(pool)
+    assert pool.statistics().idle_connections == 0
 
 
-async def test_stream_read_timeout_applies_per_read(nursery: trio.Nursery) -> None:
+async def test_stream_read_timeout_applies_per_read(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def head_then_stall(
         stream: trio.SocketStream, conn: h11.Connection, req: h11.Request, i: int
     ) -> bool:
@@ -577,14 +580,12 @@ async def test_stream_read_timeout_applies_per_read(nursery: trio.Nursery) -> No
         raise AssertionError  # pragma: no cover
 
     server = await start_h11(nursery, head_then_stall)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url(), timeout=0.2) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == b"abc"
-            with pytest.raises(ReadTimeout):
-                await chunks.__anext__()
-        assert_settled(pool)
+    async with client.stream("GET", server.url(), timeout=0.2) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == b"abc"
+        with pytest.raises(ReadTimeout):
+            await chunks.__anext__()
+    assert_settled(pool)
 
 
 async def test_timeout_covers_acquire(nursery: trio.Nursery) -> None:
@@ -646,13 +647,11 @@ async def test_cancel_mid_response_discards_and_leaks_nothing(nursery: trio.Nurs
     assert open_fds() <= fds_before
 
 
-async def test_connect_refused_is_pool_error() -> None:
+async def test_connect_refused_is_pool_error(client: HTTPClient) -> None:
     from .servers import refused_port
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(trio_pool.ConnectError):
-            await client.request("GET", f"http://{HOST}:{refused_port()}/")
+    with pytest.raises(trio_pool.ConnectError):
+        await client.request("GET", f"http://{HOST}:{refused_port()}/")
 
 
 # -- https -------------------------------------------------------------------------------------
@@ -706,14 +705,14 @@ async def test_https_reuses_tls_connections(nursery: trio.Nursery) -> None:
         ("CONNECT", "http://127.0.0.1/", "CONNECT"),
     ],
 )
-async def test_bad_input_is_value_error(method: str, url: str, match: str) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(ValueError, match=match):
-            await client.request(method, url)
-        with pytest.raises(ValueError, match=match):
-            client.stream(method, url)
-        assert pool.statistics().pool_misses == 0
+async def test_bad_input_is_value_error(
+    method: str, url: str, match: str, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        await client.request(method, url)
+    with pytest.raises(ValueError, match=match):
+        client.stream(method, url)
+    assert pool.statistics().pool_misses == 0
 
 
 async def test_bad_arguments() -> None:
@@ -736,39 +735,38 @@ async def test_bad_arguments() -> None:
     assert issubclass(HTTPError, trio_pool.PoolError)
 
 
-async def test_response_helpers(nursery: trio.Nursery) -> None:
+async def test_response_helpers(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server = await start_h11(nursery, ok)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("GET", server.url())
-        assert repr(r).startswith("<Response [200")
-        assert r.header("x-missing") is None
-        assert r.header(b"Content-Length") == b"2"
-        assert r.is_complete
-        assert [c async for c in r.aiter_bytes()] == [b"hi"]
-        assert await r.aread() == b"hi"
-        await r.aclose()
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == b"hi"
-            with pytest.raises(RuntimeError, match="aiter_bytes"):
-                await r.aread()
-            with pytest.raises(StopAsyncIteration):
-                await chunks.__anext__()
-        stream = client.stream("GET", server.url())
-        async with stream as r:
+    r = await client.request("GET", server.url())
+    assert repr(r).startswith("<Response [200")
+    assert r.header("x-missing") is None
+    assert r.header(b"Content-Length") == b"2"
+    assert r.is_complete
+    assert [c async for c in r.aiter_bytes()] == [b"hi"]
+    assert await r.aread() == b"hi"
+    await r.aclose()
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == b"hi"
+        with pytest.raises(RuntimeError, match="aiter_bytes"):
             await r.aread()
-            with pytest.raises(RuntimeError, match="entered already"):
-                await stream.__aenter__()
-        assert pool.statistics().connections_created == 1
+        with pytest.raises(StopAsyncIteration):
+            await chunks.__anext__()
+    stream = client.stream("GET", server.url())
+    async with stream as r:
+        await r.aread()
+        with pytest.raises(RuntimeError, match="entered already"):
+            await stream.__aenter__()
+    assert pool.statistics().connections_created == 1
 
 
-async def test_many_clients_share_a_pool(nursery: trio.Nursery) -> None:
+async def test_many_clients_share_a_pool(nursery: trio.Nursery, pool: ConnectionPool) -> None:
     server = await start_h11(nursery, ok)
-    async with trio_pool.open_pool() as pool:
-        first, second = HTTPClient(pool), HTTPClient(pool)
-        for _ in range(3):
-            await first.request("GET", server.url())
-            await second.request("GET", server.url())
-        assert server.connections == 1
-        assert len(server.requests) == 6
+    first, second = HTTPClient(pool), HTTPClient(pool)
+    for _ in range(3):
+        await first.request("GET", server.url())
+        await second.request("GET", server.url())
+    assert server.connections == 1
+    assert len(server.requests) == 6

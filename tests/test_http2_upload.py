@@ -24,6 +24,7 @@ import trustme
 from h2.errors import ErrorCodes
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import (
     HTTPClient,
     LocalProtocolError,
@@ -418,20 +419,18 @@ async def read_slowly(stream: trio.SocketStream) -> None:
 
 
 async def test_a_large_bytes_body_to_a_steady_reader_is_never_cut_off_over_http11(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
 ) -> None:
     """HTTP/1.1 keeps the same rule: the write limit is per wait for the socket to take
     the next piece, not for the whole body (24 MiB at 20 MiB/s: over a second)."""
     port = await start_server(nursery, read_slowly)
     body = bytes(24 * MiB)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with trio.fail_after(30):
-            r = await client.request(
-                "POST", f"http://{HOST}:{port}/", content=body, timeout=Timeout(10, write=0.6)
-            )
-        assert r.content == b"%d" % len(body)
-        assert_settled(pool)
+    with trio.fail_after(30):
+        r = await client.request(
+            "POST", f"http://{HOST}:{port}/", content=body, timeout=Timeout(10, write=0.6)
+        )
+    assert r.content == b"%d" % len(body)
+    assert_settled(pool)
 
 
 @pytest.fixture(params=["HTTP/1.1", "HTTP/2"])

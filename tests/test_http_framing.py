@@ -23,6 +23,7 @@ import trio.testing
 import trustme
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
 
@@ -123,48 +124,48 @@ def form(name: str, payload: bytes) -> object:
 
 
 @pytest.mark.parametrize("name", FORMS)
-async def test_body_is_framed_by_byte_count(server: RecordingServer, name: str) -> None:
+async def test_body_is_framed_by_byte_count(
+    server: RecordingServer, name: str, client: HTTPClient, pool: ConnectionPool
+) -> None:
     payload = smuggling_body()
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("POST", server.url(), content=form(name, payload))  # type: ignore[arg-type]
-        assert r.status == 200
-        # One more request on the same connection: still in sync.
-        assert (await client.request("GET", server.url("/after"))).content == b"ok"
-        assert server.junk == 0
-        assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
-        request, body = server.requests[0]
-        assert dict(request.headers)[b"content-length"] == b"80"
-        assert body == payload
-        assert pool.statistics().connections_created == 1
-        assert_settled(pool)
+    r = await client.request("POST", server.url(), content=form(name, payload))  # type: ignore[arg-type]
+    assert r.status == 200
+    # One more request on the same connection: still in sync.
+    assert (await client.request("GET", server.url("/after"))).content == b"ok"
+    assert server.junk == 0
+    assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
+    request, body = server.requests[0]
+    assert dict(request.headers)[b"content-length"] == b"80"
+    assert body == payload
+    assert pool.statistics().connections_created == 1
+    assert_settled(pool)
 
 
-async def test_non_contiguous_view_sends_its_elements(server: RecordingServer) -> None:
+async def test_non_contiguous_view_sends_its_elements(
+    server: RecordingServer, client: HTTPClient
+) -> None:
     base = bytes(range(80))
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("PUT", server.url(), content=memoryview(base)[::2])
-        request, body = server.requests[0]
-        assert body == base[::2]
-        assert dict(request.headers)[b"content-length"] == b"40"
+    await client.request("PUT", server.url(), content=memoryview(base)[::2])
+    request, body = server.requests[0]
+    assert body == base[::2]
+    assert dict(request.headers)[b"content-length"] == b"40"
 
 
 @pytest.mark.parametrize("name", FORMS)
-async def test_chunked_body_is_framed_by_byte_count(server: RecordingServer, name: str) -> None:
+async def test_chunked_body_is_framed_by_byte_count(
+    server: RecordingServer, name: str, client: HTTPClient
+) -> None:
     payload = smuggling_body()
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request(
-            "POST",
-            server.url(),
-            headers={"Transfer-Encoding": "chunked"},
-            content=form(name, payload),  # type: ignore[arg-type]
-        )
-        await client.request("GET", server.url("/after"))
-        assert server.junk == 0
-        assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
-        assert server.requests[0][1] == payload
+    await client.request(
+        "POST",
+        server.url(),
+        headers={"Transfer-Encoding": "chunked"},
+        content=form(name, payload),  # type: ignore[arg-type]
+    )
+    await client.request("GET", server.url("/after"))
+    assert server.junk == 0
+    assert [req.target for req, _ in server.requests] == [b"/", b"/after"]
+    assert server.requests[0][1] == payload
 
 
 async def test_body_is_copied_when_the_request_is_made(nursery: trio.Nursery) -> None:
@@ -185,36 +186,33 @@ async def test_body_is_copied_when_the_request_is_made(nursery: trio.Nursery) ->
         assert recorder.requests[0][1] == b"12345"
 
 
-async def test_released_view_is_value_error() -> None:
+async def test_released_view_is_value_error(pool: ConnectionPool) -> None:
     view = memoryview(b"abc")
     view.release()
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ValueError, match="content"):
-            await HTTPClient(pool).request("POST", "http://127.0.0.1:9/", content=view)
-        assert pool.statistics().connections_created == 0
+    with pytest.raises(ValueError, match="content"):
+        await HTTPClient(pool).request("POST", "http://127.0.0.1:9/", content=view)
+    assert pool.statistics().connections_created == 0
 
 
 @pytest.mark.parametrize(
     ("method", "expected"), [("POST", [b"0"]), ("PUT", [b"0"]), ("GET", []), ("DELETE", [])]
 )
 async def test_empty_views_frame_as_empty(
-    server: RecordingServer, method: str, expected: list[bytes]
+    server: RecordingServer, method: str, expected: list[bytes], client: HTTPClient
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request(method, server.url(), content=memoryview(b"").cast("I"))
-        request, body = server.requests[0]
-        assert [v for n, v in request.headers if n == b"content-length"] == expected
-        assert body == b""
+    await client.request(method, server.url(), content=memoryview(b"").cast("I"))
+    request, body = server.requests[0]
+    assert [v for n, v in request.headers if n == b"content-length"] == expected
+    assert body == b""
 
 
 @pytest.mark.parametrize("content", ["text", 5, array.array("b", b"ab"), [b"a"]])
-async def test_other_body_types_are_type_errors(content: object) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(TypeError, match="content"):
-            await client.request("POST", "http://127.0.0.1:9/", content=content)  # type: ignore[arg-type]
-        assert pool.statistics().connections_created == 0
+async def test_other_body_types_are_type_errors(
+    content: object, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    with pytest.raises(TypeError, match="content"):
+        await client.request("POST", "http://127.0.0.1:9/", content=content)  # type: ignore[arg-type]
+    assert pool.statistics().connections_created == 0
 
 
 async def view_chunks(payload: bytes) -> AsyncIterator[bytes]:
@@ -291,26 +289,22 @@ IDNA_ASCII = "xn--fa-hia.de"  # IDNA 2008; Python's IDNA 2003 codec says "fass.d
 
 
 async def test_idna_host_header_matches_the_connection(
-    server: RecordingServer, resolver: LoopbackResolver
+    server: RecordingServer, resolver: LoopbackResolver, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("GET", f"http://{IDNA_HOST}:{server.port}/")
-        assert resolver.names == [IDNA_ASCII.encode()]
-        host = dict(server.requests[0][0].headers)[b"host"]
-        assert host == f"{IDNA_ASCII}:{server.port}".encode()
-        # Upper case maps to lower case (UTS 46), as trio does when connecting.
-        await client.request("GET", f"http://FAß.DE:{server.port}/")
-        assert dict(server.requests[1][0].headers)[b"host"] == host
-        assert pool.statistics().connections_created == 1
+    await client.request("GET", f"http://{IDNA_HOST}:{server.port}/")
+    assert resolver.names == [IDNA_ASCII.encode()]
+    host = dict(server.requests[0][0].headers)[b"host"]
+    assert host == f"{IDNA_ASCII}:{server.port}".encode()
+    # Upper case maps to lower case (UTS 46), as trio does when connecting.
+    await client.request("GET", f"http://FAß.DE:{server.port}/")
+    assert dict(server.requests[1][0].headers)[b"host"] == host
+    assert pool.statistics().connections_created == 1
 
 
-async def test_invalid_idna_host_is_value_error() -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(ValueError, match="IDNA"):
-            await client.request("GET", "http://a\u200db.de/")  # a zero-width joiner
-        assert pool.statistics().connections_created == 0
+async def test_invalid_idna_host_is_value_error(client: HTTPClient, pool: ConnectionPool) -> None:
+    with pytest.raises(ValueError, match="IDNA"):
+        await client.request("GET", "http://a\u200db.de/")  # a zero-width joiner
+    assert pool.statistics().connections_created == 0
 
 
 async def test_idna_host_over_tls_uses_the_same_name_for_sni(
@@ -372,16 +366,14 @@ async def test_client_default_host_header_replaces_the_automatic_one(
     ],
 )
 async def test_control_characters_in_url_are_value_errors(
-    server: RecordingServer, url: str
+    server: RecordingServer, url: str, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(ValueError, match="control characters"):
-            await client.request("GET", url.format(port=server.port))
-        with pytest.raises(ValueError, match="control characters"):
-            client.stream("GET", url.format(port=server.port))
-        assert pool.statistics().connections_created == 0
-        assert server.requests == []
+    with pytest.raises(ValueError, match="control characters"):
+        await client.request("GET", url.format(port=server.port))
+    with pytest.raises(ValueError, match="control characters"):
+        client.stream("GET", url.format(port=server.port))
+    assert pool.statistics().connections_created == 0
+    assert server.requests == []
 
 
 # -- defect 9: every check before any I/O ------------------------------------------------------
@@ -406,25 +398,23 @@ BAD_REQUESTS = {
 
 @pytest.mark.parametrize("case", BAD_REQUESTS)
 async def test_bad_request_fails_before_borrowing_a_connection(
-    server: RecordingServer, case: str
+    server: RecordingServer, case: str, client: HTTPClient, pool: ConnectionPool
 ) -> None:
     headers, body = BAD_REQUESTS[case]
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("GET", server.url())
-        before = pool.statistics()
-        assert before.idle_connections == 1
-        with pytest.raises(ValueError):
-            await client.request("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
-        with pytest.raises(ValueError):
-            client.stream("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
-        after = pool.statistics()
-        assert after.idle_connections == 1
-        assert after.connections_closed == 0
-        assert after.pool_hits == before.pool_hits
-        await client.request("GET", server.url())
-        assert pool.statistics().pool_hits == before.pool_hits + 1
-        assert len(server.requests) == 2
+    await client.request("GET", server.url())
+    before = pool.statistics()
+    assert before.idle_connections == 1
+    with pytest.raises(ValueError):
+        await client.request("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        client.stream("POST", server.url(), headers=headers, content=body)  # type: ignore[arg-type]
+    after = pool.statistics()
+    assert after.idle_connections == 1
+    assert after.connections_closed == 0
+    assert after.pool_hits == before.pool_hits
+    await client.request("GET", server.url())
+    assert pool.statistics().pool_hits == before.pool_hits + 1
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import trio.testing
 import trustme
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import (
     HTTPClient,
     HTTPError,
@@ -89,6 +90,12 @@ async def start(nursery: trio.Nursery, cut: str | None = None) -> BodyServer:
     return server
 
 
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> BodyServer:
+    """A loopback body server for the test."""
+    return await start(nursery)
+
+
 async def first_chunk(response: Response) -> bytes:
     return await response.aiter_bytes().__anext__()
 
@@ -110,200 +117,184 @@ async def assert_closed(response: Response) -> None:
 
 
 async def test_read_timeout_mid_body_then_reads_raise_stream_closed(
-    nursery: trio.Nursery,
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url(), timeout=0.2) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == BODY[:10]
-            with pytest.raises(ReadTimeout):
-                await chunks.__anext__()
-            with pytest.raises(StreamClosed, match="timed out"):
-                await chunks.__anext__()
-            await assert_closed(r)
+    async with client.stream("GET", server.url(), timeout=0.2) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == BODY[:10]
+        with pytest.raises(ReadTimeout):
+            await chunks.__anext__()
+        with pytest.raises(StreamClosed, match="timed out"):
+            await chunks.__anext__()
         await assert_closed(r)
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
-        assert_settled(pool)
+    await assert_closed(r)
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+    assert_settled(pool)
 
 
 @pytest.mark.parametrize("cut", ["reset", "close"])
 async def test_failed_read_mid_body_then_reads_raise_stream_closed(
-    nursery: trio.Nursery, cut: str
+    nursery: trio.Nursery, cut: str, client: HTTPClient, pool: ConnectionPool
 ) -> None:
     server = await start(nursery, cut)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            with pytest.raises((ReadError, RemoteProtocolError)):
-                await r.aread()
-            await assert_closed(r)
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == BODY[:10]
-            with pytest.raises((ReadError, RemoteProtocolError)):
-                await chunks.__anext__()
-            await assert_closed(r)
+    async with client.stream("GET", server.url()) as r:
         with pytest.raises((ReadError, RemoteProtocolError)):
-            await client.request("GET", server.url())
-        assert pool.statistics().connections_closed == 3
-        assert_settled(pool)
+            await r.aread()
+        await assert_closed(r)
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == BODY[:10]
+        with pytest.raises((ReadError, RemoteProtocolError)):
+            await chunks.__anext__()
+        await assert_closed(r)
+    with pytest.raises((ReadError, RemoteProtocolError)):
+        await client.request("GET", server.url())
+    assert pool.statistics().connections_closed == 3
+    assert_settled(pool)
 
 
 async def test_leaving_the_block_early_then_reads_raise_stream_closed(
-    nursery: trio.Nursery,
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            assert await first_chunk(r) == BODY[:10]
-        with pytest.raises(StreamClosed, match="block"):
-            await r.aread()
-        await assert_closed(r)
-        async with client.stream("GET", server.url()) as unread:
-            pass
-        await assert_closed(unread)
-        assert pool.statistics().connections_closed == 2
-        assert_settled(pool)
+    async with client.stream("GET", server.url()) as r:
+        assert await first_chunk(r) == BODY[:10]
+    with pytest.raises(StreamClosed, match="block"):
+        await r.aread()
+    await assert_closed(r)
+    async with client.stream("GET", server.url()) as unread:
+        pass
+    await assert_closed(unread)
+    assert pool.statistics().connections_closed == 2
+    assert_settled(pool)
 
 
 async def test_leaving_the_block_by_an_exception_then_reads_raise_stream_closed(
-    nursery: trio.Nursery,
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(KeyError):
-            async with client.stream("GET", server.url()) as r:
-                raise KeyError("mine")
+    with pytest.raises(KeyError):
+        async with client.stream("GET", server.url()) as r:
+            raise KeyError("mine")
+    await assert_closed(r)
+    assert_settled(pool)
+
+
+async def test_aclose_then_reads_raise_stream_closed(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == BODY[:10]
+        await r.aclose()
+        with pytest.raises(StreamClosed, match="aclose"):
+            await chunks.__anext__()
         await assert_closed(r)
-        assert_settled(pool)
+        await r.aclose()  # idempotent
+    async with client.stream("GET", server.url()) as r:
+        await r.aclose()
+        await assert_closed(r)
+    assert pool.statistics().connections_closed == 2
+    assert_settled(pool)
 
 
-async def test_aclose_then_reads_raise_stream_closed(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == BODY[:10]
+async def test_aclose_from_another_task_during_a_read(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == BODY[:10]
+        errors: list[BaseException] = []
+
+        async def reader() -> None:
+            try:
+                await chunks.__anext__()
+            except BaseException as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
             await r.aclose()
-            with pytest.raises(StreamClosed, match="aclose"):
-                await chunks.__anext__()
-            await assert_closed(r)
-            await r.aclose()  # idempotent
-        async with client.stream("GET", server.url()) as r:
-            await r.aclose()
-            await assert_closed(r)
-        assert pool.statistics().connections_closed == 2
-        assert_settled(pool)
+        assert len(errors) == 1
+        assert isinstance(errors[0], StreamClosed), errors
+        await assert_closed(r)
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.active_connections) == (1, 0)
+    assert_settled(pool)
 
 
-async def test_aclose_from_another_task_during_a_read(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == BODY[:10]
-            errors: list[BaseException] = []
-
-            async def reader() -> None:
-                try:
-                    await chunks.__anext__()
-                except BaseException as exc:
-                    errors.append(exc)
-
-            async with trio.open_nursery() as inner:
-                inner.start_soon(reader)
-                await trio.testing.wait_all_tasks_blocked()
-                await r.aclose()
-            assert len(errors) == 1
-            assert isinstance(errors[0], StreamClosed), errors
-            await assert_closed(r)
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.active_connections) == (1, 0)
-        assert_settled(pool)
+async def test_cancelled_read_then_reads_raise_stream_closed(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    async with client.stream("GET", server.url()) as r:
+        with trio.move_on_after(0.05):
+            await r.aread()
+        await assert_closed(r)
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        assert await chunks.__anext__() == BODY[:10]
+        with trio.move_on_after(0.05):
+            await chunks.__anext__()
+        with pytest.raises(StreamClosed, match="Cancelled"):
+            await chunks.__anext__()
+        await assert_closed(r)
+    assert_settled(pool)
 
 
-async def test_cancelled_read_then_reads_raise_stream_closed(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            with trio.move_on_after(0.05):
-                await r.aread()
-            await assert_closed(r)
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            assert await chunks.__anext__() == BODY[:10]
-            with trio.move_on_after(0.05):
-                await chunks.__anext__()
-            with pytest.raises(StreamClosed, match="Cancelled"):
-                await chunks.__anext__()
-            await assert_closed(r)
-        assert_settled(pool)
-
-
-async def test_whole_body_then_double_reads(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
+async def test_whole_body_then_double_reads(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server.go.set()
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        # aread, then aread again and aiter_bytes: the kept content, inside and after.
-        async with client.stream("GET", server.url()) as r:
-            assert await r.aread() == BODY
-            assert r.is_complete
-            assert await r.aread() == BODY
-            assert [c async for c in r.aiter_bytes()] == [BODY]
+    # aread, then aread again and aiter_bytes: the kept content, inside and after.
+    async with client.stream("GET", server.url()) as r:
+        assert await r.aread() == BODY
+        assert r.is_complete
         assert await r.aread() == BODY
         assert [c async for c in r.aiter_bytes()] == [BODY]
-        assert r.content == BODY
-        # aiter_bytes to the end, then reads: the body is gone (consumed), not closed.
-        async with client.stream("GET", server.url()) as r:
-            assert b"".join([c async for c in r.aiter_bytes()]) == BODY
-            assert r.is_complete
-            with pytest.raises(StreamConsumed):
-                await r.aread()
-            with pytest.raises(StreamConsumed):
-                await r.aiter_bytes().__anext__()
+    assert await r.aread() == BODY
+    assert [c async for c in r.aiter_bytes()] == [BODY]
+    assert r.content == BODY
+    # aiter_bytes to the end, then reads: the body is gone (consumed), not closed.
+    async with client.stream("GET", server.url()) as r:
+        assert b"".join([c async for c in r.aiter_bytes()]) == BODY
+        assert r.is_complete
         with pytest.raises(StreamConsumed):
             await r.aread()
+        with pytest.raises(StreamConsumed):
+            await r.aiter_bytes().__anext__()
+    with pytest.raises(StreamConsumed):
+        await r.aread()
+    assert r.is_complete
+    # Part read by aiter_bytes: another reader gets StreamConsumed, the first goes on.
+    async with client.stream("GET", server.url()) as r:
+        chunks = r.aiter_bytes()
+        first = await chunks.__anext__()
+        with pytest.raises(StreamConsumed):
+            await r.aread()
+        with pytest.raises(StreamConsumed):
+            await r.aiter_bytes().__anext__()
+        rest = b"".join([c async for c in chunks])
+        assert first + rest == BODY
         assert r.is_complete
-        # Part read by aiter_bytes: another reader gets StreamConsumed, the first goes on.
-        async with client.stream("GET", server.url()) as r:
-            chunks = r.aiter_bytes()
-            first = await chunks.__anext__()
-            with pytest.raises(StreamConsumed):
-                await r.aread()
-            with pytest.raises(StreamConsumed):
-                await r.aiter_bytes().__anext__()
-            rest = b"".join([c async for c in chunks])
-            assert first + rest == BODY
-            assert r.is_complete
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.pool_hits, stats.connections_closed) == (1, 2, 0)
-        assert_settled(pool)
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.pool_hits, stats.connections_closed) == (1, 2, 0)
+    assert_settled(pool)
 
 
-async def test_content_of_an_unread_stream_is_response_not_read(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
+async def test_content_of_an_unread_stream_is_response_not_read(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server.go.set()
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        async with client.stream("GET", server.url()) as r:
-            with pytest.raises(ResponseNotRead, match=r"await response\.aread\(\)"):
-                r.content  # noqa: B018
-            assert await r.aread() == BODY
-            assert r.content == BODY
-        async with client.stream("GET", server.url()) as r:
-            pass  # left unread: the body is gone with its connection
-        with pytest.raises(ResponseNotRead):
+    async with client.stream("GET", server.url()) as r:
+        with pytest.raises(ResponseNotRead, match=r"await response\.aread\(\)"):
             r.content  # noqa: B018
-        assert_settled(pool)
+        assert await r.aread() == BODY
+        assert r.content == BODY
+    async with client.stream("GET", server.url()) as r:
+        pass  # left unread: the body is gone with its connection
+    with pytest.raises(ResponseNotRead):
+        r.content  # noqa: B018
+    assert_settled(pool)
 
 
 async def test_stream_errors_are_in_the_hierarchy() -> None:
@@ -318,8 +309,7 @@ async def test_stream_errors_are_in_the_hierarchy() -> None:
 # -- the same through httpx --------------------------------------------------------------------
 
 
-async def test_httpx_stream_ends(nursery: trio.Nursery) -> None:
-    server = await start(nursery)
+async def test_httpx_stream_ends(server: BodyServer) -> None:
     async with (
         trio_pool.open_pool() as pool,
         httpx.AsyncClient(transport=PoolTransport(pool)) as client,
@@ -344,20 +334,21 @@ async def test_httpx_stream_ends(nursery: trio.Nursery) -> None:
         assert_settled(pool)
 
 
-async def test_httpx_transport_stream_after_close(nursery: trio.Nursery) -> None:
+async def test_httpx_transport_stream_after_close(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     """The transport's own byte stream, used directly: closed means StreamClosed."""
     server = await start(nursery)
-    async with trio_pool.open_pool() as pool:
-        transport = PoolTransport(pool)
-        response = await transport.handle_async_request(httpx.Request("GET", server.url()))
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        assert await stream.__aiter__().__anext__() == BODY[:10]
-        await stream.aclose()
-        with pytest.raises(httpx.StreamClosed):
-            await stream.__aiter__().__anext__()
-        await stream.aclose()
-        assert_settled(pool)
+    transport = PoolTransport(pool)
+    response = await transport.handle_async_request(httpx.Request("GET", server.url()))
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    assert await stream.__aiter__().__anext__() == BODY[:10]
+    await stream.aclose()
+    with pytest.raises(httpx.StreamClosed):
+        await stream.__aiter__().__anext__()
+    await stream.aclose()
+    assert_settled(pool)
 
 
 # -- defect 4: an early answer to an upload is read -------------------------------------------
@@ -393,38 +384,36 @@ async def answer_413_early(stream: trio.SocketStream) -> None:
 Send = Callable[[str], Awaitable[tuple[int, bytes]]]
 
 
-async def test_early_413_to_a_large_upload_is_returned(nursery: trio.Nursery) -> None:
+async def test_early_413_to_a_large_upload_is_returned(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     port = await start_server(nursery, answer_413_early)
     url = f"http://{HOST}:{port}/upload"
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("POST", url, content=b"x" * UPLOAD, timeout=10)
-        assert (r.status, r.content) == (413, b"too large")
-        async with client.stream("PUT", url, content=b"x" * UPLOAD, timeout=10) as r:
-            assert r.status == 413
-            assert await r.aread() == b"too large"
-        async with httpx.AsyncClient(transport=PoolTransport(pool)) as httpx_client:
-            hr = await httpx_client.post(url, content=b"x" * UPLOAD, timeout=10)
-            assert (hr.status_code, hr.content) == (413, b"too large")
-        stats = pool.statistics()
-        assert stats.idle_connections == 0
-        assert stats.connections_closed == 3
-        assert_settled(pool)
+    r = await client.request("POST", url, content=b"x" * UPLOAD, timeout=10)
+    assert (r.status, r.content) == (413, b"too large")
+    async with client.stream("PUT", url, content=b"x" * UPLOAD, timeout=10) as r:
+        assert r.status == 413
+        assert await r.aread() == b"too large"
+    async with httpx.AsyncClient(transport=PoolTransport(pool)) as httpx_client:
+        hr = await httpx_client.post(url, content=b"x" * UPLOAD, timeout=10)
+        assert (hr.status_code, hr.content) == (413, b"too large")
+    stats = pool.statistics()
+    assert stats.idle_connections == 0
+    assert stats.connections_closed == 3
+    assert_settled(pool)
 
 
 async def test_upload_to_a_server_that_resets_without_answering_is_write_error(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
 ) -> None:
     async def reset_after_head(stream: trio.SocketStream) -> None:
         await stream.receive_some()
         reset(stream)
 
     port = await start_server(nursery, reset_after_head)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises((trio_pool.http.WriteError, trio_pool.http.ReadError)):
-            await client.request("POST", f"http://{HOST}:{port}/", content=b"x" * UPLOAD)
-        assert_settled(pool)
+    with pytest.raises((trio_pool.http.WriteError, trio_pool.http.ReadError)):
+        await client.request("POST", f"http://{HOST}:{port}/", content=b"x" * UPLOAD)
+    assert_settled(pool)
 
 
 # -- raw borrowers and HTTP clients never share a connection ------------------------------

@@ -20,7 +20,7 @@ import trio
 import trustme
 
 import trio_pool
-from trio_pool import ProxyError
+from trio_pool import ConnectionPool, ProxyError
 from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
 
@@ -330,11 +330,12 @@ async def test_trust_env_takes_the_proxy_from_the_environment(
     assert [r.target for r in direct.requests] == [b"/b", b"/d", b"/e"]
 
 
-async def test_trust_env_refuses_a_bad_proxy_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_trust_env_refuses_a_bad_proxy_variable(
+    monkeypatch: pytest.MonkeyPatch, pool: ConnectionPool
+) -> None:
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "ftp://127.0.0.1:21")
-    async with trio_pool.open_pool() as pool:
-        _refuses_bad_env(pool)
+    _refuses_bad_env(pool)
 
 
 def _refuses_bad_env(pool: trio_pool.ConnectionPool) -> None:
@@ -392,10 +393,9 @@ async def test_uds_is_pooled_per_path_with_host_from_the_url(
     ],
 )
 async def test_bad_route_arguments(
-    options: dict[str, object], error: type[Exception], message: str
+    options: dict[str, object], error: type[Exception], message: str, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        _refuses(pool, options, error, message)
+    _refuses(pool, options, error, message)
 
 
 def _refuses(
@@ -408,9 +408,8 @@ def _refuses(
     assert pool.statistics().connections_created == 0
 
 
-async def test_httpx_proxy_with_an_ssl_context_is_refused() -> None:
-    async with trio_pool.open_pool() as pool:
-        _refuses_ssl_context(pool)
+async def test_httpx_proxy_with_an_ssl_context_is_refused(pool: ConnectionPool) -> None:
+    _refuses_ssl_context(pool)
 
 
 def _refuses_ssl_context(pool: trio_pool.ConnectionPool) -> None:

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import (
     DEFAULT_TIMEOUT,
     USE_CLIENT_DEFAULT,
@@ -51,33 +52,33 @@ async def test_acquire_connect_timeout_overrides_connection_timeout(hanging_port
 
 
 async def test_acquire_connect_timeout_zero_only_takes_idle_connections(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, pool: ConnectionPool
 ) -> None:
     port = await start_server(nursery, stall)
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(trio_pool.ConnectTimeout, match="0 s"):
-            await pool.acquire(HOST, port, connect_timeout=0)
-        conn = await pool.acquire(HOST, port)
-        pool.release(conn)
-        assert await pool.acquire(HOST, port, connect_timeout=0) is conn
-        pool.release(conn)
+    with pytest.raises(trio_pool.ConnectTimeout, match="0 s"):
+        await pool.acquire(HOST, port, connect_timeout=0)
+    conn = await pool.acquire(HOST, port)
+    pool.release(conn)
+    assert await pool.acquire(HOST, port, connect_timeout=0) is conn
+    pool.release(conn)
 
 
 @pytest.mark.parametrize(
     ("value", "error"),
     [("1", TypeError), (True, TypeError), (-1, ValueError), (float("nan"), ValueError)],
 )
-async def test_acquire_connect_timeout_is_checked(value: object, error: type[Exception]) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(error, match="connect_timeout"):
-            await pool.acquire(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
-        with pytest.raises(error, match="connect_timeout"):
-            await pool.acquire_tls(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
-        with pytest.raises(error, match="connect_timeout"):
-            await pool.acquire_new(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
-        with pytest.raises(error, match="connect_timeout"):
-            pool.connection(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
-        assert pool.statistics().connections_created == 0
+async def test_acquire_connect_timeout_is_checked(
+    value: object, error: type[Exception], pool: ConnectionPool
+) -> None:
+    with pytest.raises(error, match="connect_timeout"):
+        await pool.acquire(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match="connect_timeout"):
+        await pool.acquire_tls(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match="connect_timeout"):
+        await pool.acquire_new(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match="connect_timeout"):
+        pool.connection(HOST, 80, connect_timeout=value)  # type: ignore[arg-type]
+    assert pool.statistics().connections_created == 0
 
 
 # -- HTTP: every phase through HTTPClient and httpx ----------------------------------------------
@@ -243,43 +244,44 @@ async def test_zero_pool_limit_fails_fast_like_acquire(nursery: trio.Nursery) ->
         assert pool.statistics().acquire_timeouts == 2
 
 
-async def test_zero_timeout_is_accepted_and_means_no_waiting(nursery: trio.Nursery) -> None:
+async def test_zero_timeout_is_accepted_and_means_no_waiting(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     port = await start_server(nursery, answer_ok)
     url = f"http://{HOST}:{port}/"
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        await client.request("GET", url)
-        # Every phase without waiting: the response cannot be there yet.
-        with pytest.raises(ReadTimeout, match=r"0\.0 s \(read timeout"):
-            await client.request("GET", url, timeout=0)
-        with pytest.raises(trio_pool.ConnectTimeout, match=r"0\.0 s"):
-            await HTTPClient(pool, timeout=0).request("GET", f"http://{HOST}:{refused_port()}/")
-        assert HTTPClient(pool, timeout=0).stream("GET", url) is not None
-        assert_settled(pool)
+    await client.request("GET", url)
+    # Every phase without waiting: the response cannot be there yet.
+    with pytest.raises(ReadTimeout, match=r"0\.0 s \(read timeout"):
+        await client.request("GET", url, timeout=0)
+    with pytest.raises(trio_pool.ConnectTimeout, match=r"0\.0 s"):
+        await HTTPClient(pool, timeout=0).request("GET", f"http://{HOST}:{refused_port()}/")
+    assert HTTPClient(pool, timeout=0).stream("GET", url) is not None
+    assert_settled(pool)
 
 
 # -- issue 16 item 2: a finite default ---------------------------------------------------------
 
 
 async def test_default_timeout_is_five_seconds(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    client: HTTPClient,
+    pool: ConnectionPool,
 ) -> None:
     port = await start_server(nursery, read_head_then_stall)
     url = f"http://{HOST}:{port}/"
     assert DEFAULT_TIMEOUT == 5.0
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        start = trio.current_time()
-        with pytest.raises(ReadTimeout, match=r"5\.0 s"):
-            await client.request("GET", url)
-        assert trio.current_time() - start == pytest.approx(5.0)
-        # None: no limit of the client's own.
-        with trio.move_on_after(1000) as scope:
-            await HTTPClient(pool, timeout=None).request("GET", url)
-        assert scope.cancelled_caught
-        with trio.move_on_after(1000) as scope:
-            await client.request("GET", url, timeout=None)
-        assert scope.cancelled_caught
+    start = trio.current_time()
+    with pytest.raises(ReadTimeout, match=r"5\.0 s"):
+        await client.request("GET", url)
+    assert trio.current_time() - start == pytest.approx(5.0)
+    # None: no limit of the client's own.
+    with trio.move_on_after(1000) as scope:
+        await HTTPClient(pool, timeout=None).request("GET", url)
+    assert scope.cancelled_caught
+    with trio.move_on_after(1000) as scope:
+        await client.request("GET", url, timeout=None)
+    assert scope.cancelled_caught
 
 
 # -- the Timeout type ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import trio
 
 import trio_pool
+from trio_pool import ConnectionPool
 from trio_pool.http import (
     HTTPClient,
     LocalProtocolError,
@@ -99,6 +100,12 @@ async def start_body_server(nursery: trio.Nursery, keep: bool = True) -> BodySer
     return server
 
 
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> BodyServer:
+    """A loopback body server that keeps its connections alive, for the test."""
+    return await start_body_server(nursery)
+
+
 async def pieces(*chunks: object) -> AsyncIterator[object]:
     for chunk in chunks:
         await trio.lowlevel.checkpoint()
@@ -133,9 +140,9 @@ def framing(head: h11.Request) -> tuple[bytes | None, bytes | None]:
 # -- sent as produced, chunked or by Content-Length ------------------------------------------
 
 
-async def test_streamed_body_is_sent_as_it_is_produced(nursery: trio.Nursery) -> None:
-    server = await start_body_server(nursery)
-
+async def test_streamed_body_is_sent_as_it_is_produced(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def wait_for_the_server() -> AsyncIterator[bytes]:
         yield b"first "
         # A client that buffered the body would never send this piece's predecessor.
@@ -144,45 +151,42 @@ async def test_streamed_body_is_sent_as_it_is_produced(nursery: trio.Nursery) ->
         yield bytearray(b"second ")
         yield memoryview(b"third")
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("POST", server.url(), content=wait_for_the_server())
-        assert r.content == b"18"
-        assert server.bodies == [b"first second third"]
-        assert framing(server.heads[0]) == (None, b"chunked")
-        server.first_piece = trio.Event()
-        async with client.stream("PUT", server.url(), content=wait_for_the_server()) as r:
-            assert await r.aread() == b"18"
-        server.first_piece = trio.Event()
-        async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
-            hr = await hc.post(server.url(), content=wait_for_the_server())
-            assert hr.content == b"18"
-        assert server.bodies[1:] == [b"first second third"] * 2
-        assert framing(server.heads[2]) == (None, b"chunked")
-        assert server.connections == 1  # a complete streamed exchange keeps its connection
-        assert_settled(pool)
+    r = await client.request("POST", server.url(), content=wait_for_the_server())
+    assert r.content == b"18"
+    assert server.bodies == [b"first second third"]
+    assert framing(server.heads[0]) == (None, b"chunked")
+    server.first_piece = trio.Event()
+    async with client.stream("PUT", server.url(), content=wait_for_the_server()) as r:
+        assert await r.aread() == b"18"
+    server.first_piece = trio.Event()
+    async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
+        hr = await hc.post(server.url(), content=wait_for_the_server())
+        assert hr.content == b"18"
+    assert server.bodies[1:] == [b"first second third"] * 2
+    assert framing(server.heads[2]) == (None, b"chunked")
+    assert server.connections == 1  # a complete streamed exchange keeps its connection
+    assert_settled(pool)
 
 
-async def test_content_length_is_honoured_exactly(nursery: trio.Nursery) -> None:
-    server = await start_body_server(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request(
-            "POST",
-            server.url(),
-            headers={"Content-Length": "10"},
-            content=pieces(b"01234", b"56789"),
+async def test_content_length_is_honoured_exactly(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    r = await client.request(
+        "POST",
+        server.url(),
+        headers={"Content-Length": "10"},
+        content=pieces(b"01234", b"56789"),
+    )
+    assert r.content == b"10"
+    assert framing(server.heads[0]) == (b"10", None)
+    async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
+        hr = await hc.post(
+            server.url(), headers={"Content-Length": "3"}, content=pieces(b"a", b"bc")
         )
-        assert r.content == b"10"
-        assert framing(server.heads[0]) == (b"10", None)
-        async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
-            hr = await hc.post(
-                server.url(), headers={"Content-Length": "3"}, content=pieces(b"a", b"bc")
-            )
-            assert hr.content == b"3"
-        assert server.bodies == [b"0123456789", b"abc"]
-        assert server.connections == 1
-        assert_settled(pool)
+        assert hr.content == b"3"
+    assert server.bodies == [b"0123456789", b"abc"]
+    assert server.connections == 1
+    assert_settled(pool)
 
 
 @pytest.mark.parametrize(
@@ -190,72 +194,70 @@ async def test_content_length_is_honoured_exactly(nursery: trio.Nursery) -> None
     [((b"0123", b"456789xx"), "more bytes"), ((b"0123",), "fewer bytes")],
 )
 async def test_content_length_mismatch_is_an_error_and_never_a_desync(
-    nursery: trio.Nursery, chunks: tuple[bytes, ...], message: str
+    server: BodyServer,
+    chunks: tuple[bytes, ...],
+    message: str,
+    client: HTTPClient,
+    pool: ConnectionPool,
 ) -> None:
-    server = await start_body_server(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        assert (await client.request("GET", server.url())).content == b"0"
-        with pytest.raises(LocalProtocolError, match=message):
-            await client.request(
-                "POST", server.url(), headers={"Content-Length": "10"}, content=pieces(*chunks)
-            )
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)  # discarded
-        async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
-            with pytest.raises(httpx.LocalProtocolError, match=message):
-                await hc.post(
-                    server.url(), headers={"Content-Length": "10"}, content=Pieces(*chunks)
-                )
-            # The next request is on a new connection and reads its own answer.
-            assert (await hc.get(server.url())).content == b"0"
-        assert server.sizes == [0, 0]  # neither bad body was taken as complete
-        assert server.connections == 3
-        assert_settled(pool)
+    assert (await client.request("GET", server.url())).content == b"0"
+    with pytest.raises(LocalProtocolError, match=message):
+        await client.request(
+            "POST", server.url(), headers={"Content-Length": "10"}, content=pieces(*chunks)
+        )
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)  # discarded
+    async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
+        with pytest.raises(httpx.LocalProtocolError, match=message):
+            await hc.post(server.url(), headers={"Content-Length": "10"}, content=Pieces(*chunks))
+        # The next request is on a new connection and reads its own answer.
+        assert (await hc.get(server.url())).content == b"0"
+    assert server.sizes == [0, 0]  # neither bad body was taken as complete
+    assert server.connections == 3
+    assert_settled(pool)
 
 
 async def test_a_piece_that_is_not_bytes_is_a_type_error_naming_content(
-    nursery: trio.Nursery,
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(TypeError, match="content must yield bytes"):
-            await client.request("POST", server.url(), content=pieces(b"ok", "text"))
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+    with pytest.raises(TypeError, match="content must yield bytes"):
+        await client.request("POST", server.url(), content=pieces(b"ok", "text"))
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)
 
-        async def fails() -> AsyncIterator[bytes]:
-            yield b"ok"
-            raise trio.BrokenResourceError("the producer's own error")
+    async def fails() -> AsyncIterator[bytes]:
+        yield b"ok"
+        raise trio.BrokenResourceError("the producer's own error")
 
-        # The iterable's own errors pass through as they are (never read as a failed send).
-        with pytest.raises(trio.BrokenResourceError, match="producer's own"):
-            await client.request("POST", server.url(), content=fails())
-        assert pool.statistics().connections_closed == 2
-        assert server.sizes == []
-        assert_settled(pool)
+    # The iterable's own errors pass through as they are (never read as a failed send).
+    with pytest.raises(trio.BrokenResourceError, match="producer's own"):
+        await client.request("POST", server.url(), content=fails())
+    assert pool.statistics().connections_closed == 2
+    assert server.sizes == []
+    assert_settled(pool)
 
 
-async def test_content_that_is_neither_is_refused_before_any_io() -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(TypeError, match="async iterable of bytes"):
-            await client.request("POST", "http://127.0.0.1:1/", content=[b"a"])  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="Content-Length and Transfer-Encoding"):
-            await client.request(
-                "POST",
-                "http://127.0.0.1:1/",
-                headers={"content-length": "1", "transfer-encoding": "chunked"},
-                content=pieces(b"a"),
-            )
-        assert pool.statistics().connections_created == 0
+async def test_content_that_is_neither_is_refused_before_any_io(
+    client: HTTPClient, pool: ConnectionPool
+) -> None:
+    with pytest.raises(TypeError, match="async iterable of bytes"):
+        await client.request("POST", "http://127.0.0.1:1/", content=[b"a"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Content-Length and Transfer-Encoding"):
+        await client.request(
+            "POST",
+            "http://127.0.0.1:1/",
+            headers={"content-length": "1", "transfer-encoding": "chunked"},
+            content=pieces(b"a"),
+        )
+    assert pool.statistics().connections_created == 0
 
 
 # -- never retried -------------------------------------------------------------------------------
 
 
-async def test_a_streamed_body_is_never_retried(nursery: trio.Nursery) -> None:
+async def test_a_streamed_body_is_never_retried(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server = await start_h11(nursery, answer_first_only)
     produced: list[bytes] = []
 
@@ -264,39 +266,37 @@ async def test_a_streamed_body_is_never_retried(nursery: trio.Nursery) -> None:
             produced.append(piece)
             yield piece
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        assert (await client.request("GET", server.url())).content == b"hi"
-        # Reused, dead: bytes are sent again on a new connection, a stream is not.
-        with pytest.raises(RemoteProtocolError, match="without sending a response") as info:
-            await client.request("PUT", server.url(), content=body())
-        assert info.value.connection_reused is True
-        assert produced == [b"a", b"b"]
-        assert server.connections == 1
-        assert (await client.request("PUT", server.url(), content=b"ab")).content == b"hi"
-        assert_settled(pool)
+    assert (await client.request("GET", server.url())).content == b"hi"
+    # Reused, dead: bytes are sent again on a new connection, a stream is not.
+    with pytest.raises(RemoteProtocolError, match="without sending a response") as info:
+        await client.request("PUT", server.url(), content=body())
+    assert info.value.connection_reused is True
+    assert produced == [b"a", b"b"]
+    assert server.connections == 1
+    assert (await client.request("PUT", server.url(), content=b"ab")).content == b"hi"
+    assert_settled(pool)
 
 
 # -- timeouts and early answers --------------------------------------------------------------------
 
 
-async def test_the_write_limit_is_per_piece_not_for_the_whole_body(nursery: trio.Nursery) -> None:
-    server = await start_body_server(nursery)
-
+async def test_the_write_limit_is_per_piece_not_for_the_whole_body(
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def slow() -> AsyncIterator[bytes]:
         for piece in (b"a", b"b", b"c"):
             await trio.sleep(0.5)  # 1.5 s in all: more than the write limit
             yield piece
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        limits = Timeout(10, write=1.0)
-        r = await client.request("POST", server.url(), content=slow(), timeout=limits)
-        assert r.content == b"3"
-        assert_settled(pool)
+    limits = Timeout(10, write=1.0)
+    r = await client.request("POST", server.url(), content=slow(), timeout=limits)
+    assert r.content == b"3"
+    assert_settled(pool)
 
 
-async def test_a_write_that_stalls_times_out(nursery: trio.Nursery) -> None:
+async def test_a_write_that_stalls_times_out(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     async def never_reads(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
@@ -307,17 +307,17 @@ async def test_a_write_that_stalls_times_out(nursery: trio.Nursery) -> None:
         for _ in range(256):  # far more than the socket buffers hold
             yield big
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(WriteTimeout, match="write timeout"):
-            await client.request(
-                "POST", f"http://{HOST}:{port}/", content=endless(), timeout=Timeout(10, write=0.3)
-            )
-        assert pool.statistics().connections_closed == 1
-        assert_settled(pool)
+    with pytest.raises(WriteTimeout, match="write timeout"):
+        await client.request(
+            "POST", f"http://{HOST}:{port}/", content=endless(), timeout=Timeout(10, write=0.3)
+        )
+    assert pool.statistics().connections_closed == 1
+    assert_settled(pool)
 
 
-async def test_early_413_to_a_streamed_upload_is_returned(nursery: trio.Nursery) -> None:
+async def test_early_413_to_a_streamed_upload_is_returned(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     port = await start_server(nursery, answer_413_early)
     url = f"http://{HOST}:{port}/upload"
     big = b"x" * MiB
@@ -326,25 +326,25 @@ async def test_early_413_to_a_streamed_upload_is_returned(nursery: trio.Nursery)
         for _ in range(64):
             yield big
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        r = await client.request("POST", url, content=upload(), timeout=10)
-        assert (r.status, r.content) == (413, b"too large")
-        async with client.stream("PUT", url, content=upload(), timeout=10) as r:
-            assert r.status == 413
-            assert await r.aread() == b"too large"
-        async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
-            hr = await hc.post(url, content=Pieces(big, count=64), timeout=10)
-            assert (hr.status_code, hr.content) == (413, b"too large")
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (0, 3)
-        assert_settled(pool)
+    r = await client.request("POST", url, content=upload(), timeout=10)
+    assert (r.status, r.content) == (413, b"too large")
+    async with client.stream("PUT", url, content=upload(), timeout=10) as r:
+        assert r.status == 413
+        assert await r.aread() == b"too large"
+    async with httpx.AsyncClient(transport=PoolTransport(pool)) as hc:
+        hr = await hc.post(url, content=Pieces(big, count=64), timeout=10)
+        assert (hr.status_code, hr.content) == (413, b"too large")
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (0, 3)
+    assert_settled(pool)
 
 
 # -- memory ---------------------------------------------------------------------------------------
 
 
-async def test_a_64_mib_upload_is_not_buffered(nursery: trio.Nursery) -> None:
+async def test_a_64_mib_upload_is_not_buffered(
+    nursery: trio.Nursery, client: HTTPClient, pool: ConnectionPool
+) -> None:
     server = await start_body_server(nursery, keep=False)
     piece = b"x" * (256 * 1024)
     count = 64 * MiB // len(piece)
@@ -353,31 +353,28 @@ async def test_a_64_mib_upload_is_not_buffered(nursery: trio.Nursery) -> None:
         for _ in range(count):
             yield piece
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        transport = PoolTransport(pool)
-        tracemalloc.start()
-        try:
-            r = await client.request("POST", server.url(), content=generated(), timeout=30)
-            async with httpx.AsyncClient(transport=transport, timeout=30) as hc:
-                length = {"Content-Length": str(64 * MiB)}
-                hr = await hc.post(server.url(), headers=length, content=generated())
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert r.content == hr.content == b"%d" % (64 * MiB)
-        assert server.sizes == [64 * MiB, 64 * MiB]
-        # Client and server together: a few pieces in flight, nowhere near 64 MiB.
-        assert peak < 8 * MiB, peak
-        assert_settled(pool)
+    transport = PoolTransport(pool)
+    tracemalloc.start()
+    try:
+        r = await client.request("POST", server.url(), content=generated(), timeout=30)
+        async with httpx.AsyncClient(transport=transport, timeout=30) as hc:
+            length = {"Content-Length": str(64 * MiB)}
+            hr = await hc.post(server.url(), headers=length, content=generated())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.content == hr.content == b"%d" % (64 * MiB)
+    assert server.sizes == [64 * MiB, 64 * MiB]
+    # Client and server together: a few pieces in flight, nowhere near 64 MiB.
+    assert peak < 8 * MiB, peak
+    assert_settled(pool)
 
 
 # -- through a proxy -----------------------------------------------------------------------------
 
 
 @pytest.mark.proxy
-async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server = await start_body_server(nursery)
+async def test_streamed_upload_through_socks(server: BodyServer, tmp_path: Path) -> None:
     async with open_microsocks(tmp_path) as socks, trio_pool.open_pool() as pool:
         client = HTTPClient(pool, proxy=socks.url)
         r = await client.request("POST", server.url(), content=pieces(b"via ", b"socks"))
@@ -387,9 +384,8 @@ async def test_streamed_upload_through_socks(nursery: trio.Nursery, tmp_path: Pa
 
 
 async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
-    nursery: trio.Nursery,
+    server: BodyServer, client: HTTPClient, pool: ConnectionPool
 ) -> None:
-    server = await start_body_server(nursery)
     closed = trio.Event()
     started = trio.Event()
 
@@ -402,25 +398,22 @@ async def test_cancelled_upload_closes_its_iterator_and_leaks_nothing(
         finally:
             closed.set()
 
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with trio.move_on_after(10) as scope:
-            async with trio.open_nursery() as inner:
-                inner.start_soon(partial(client.request, "POST", server.url(), content=forever()))
-                await started.wait()
-                inner.cancel_scope.cancel()
-        assert not scope.cancelled_caught
-        assert closed.is_set()
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
-        assert_settled(pool)
+    with trio.move_on_after(10) as scope:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(partial(client.request, "POST", server.url(), content=forever()))
+            await started.wait()
+            inner.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert closed.is_set()
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+    assert_settled(pool)
 
 
 @pytest.mark.proxy
 async def test_streamed_upload_forwarded_through_tinyproxy(
-    nursery: trio.Nursery, tmp_path: Path
+    server: BodyServer, tmp_path: Path
 ) -> None:
-    server = await start_body_server(nursery)
     async with (
         open_tinyproxy(tmp_path, connect_ports=[server.port]) as tinyproxy,
         trio_pool.open_pool() as pool,
@@ -471,10 +464,9 @@ async def test_proxy_reset_mid_upload_is_a_network_error_and_closes_the_iterator
         assert_settled(pool)
 
 
-async def test_transport_refuses_a_sync_only_request_stream() -> None:
-    async with trio_pool.open_pool() as pool:
-        # httpx.AsyncClient refuses these itself; a caller of the transport may not.
-        request = httpx.Request("POST", "http://127.0.0.1:9/", content=iter([b"a"]))
-        with pytest.raises(TypeError, match="async request stream"):
-            await PoolTransport(pool).handle_async_request(request)
-        assert pool.statistics().connections_created == 0
+async def test_transport_refuses_a_sync_only_request_stream(pool: ConnectionPool) -> None:
+    # httpx.AsyncClient refuses these itself; a caller of the transport may not.
+    request = httpx.Request("POST", "http://127.0.0.1:9/", content=iter([b"a"]))
+    with pytest.raises(TypeError, match="async request stream"):
+        await PoolTransport(pool).handle_async_request(request)
+    assert pool.statistics().connections_created == 0

@@ -82,207 +82,200 @@ async def until_readable(conn: PooledConnection) -> None:
 # -- reuse ---------------------------------------------------------------------------
 
 
-async def test_second_acquire_is_a_hit_on_the_same_socket(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        assert not conn.reused
-        assert conn.state.value == "in_use"
-        assert (conn.host, conn.port) == (HOST, echo_port)
-        assert isinstance(conn, trio.abc.Stream)
-        assert isinstance(conn.stream, trio.SocketStream)
-        sock = conn.stream.socket
-        local = sock.getsockname()
+async def test_second_acquire_is_a_hit_on_the_same_socket(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    assert not conn.reused
+    assert conn.state.value == "in_use"
+    assert (conn.host, conn.port) == (HOST, echo_port)
+    assert isinstance(conn, trio.abc.Stream)
+    assert isinstance(conn.stream, trio.SocketStream)
+    sock = conn.stream.socket
+    local = sock.getsockname()
+    await roundtrip(conn)
+    pool.release(conn)
+    assert conn.state is ConnectionState.IDLE
+    again = await pool.acquire(HOST, echo_port)
+    assert again is conn
+    assert again.reused
+    assert isinstance(again.stream, trio.SocketStream)
+    assert again.stream.socket is sock
+    assert sock.getsockname() == local
+    await roundtrip(again, b"second")
+    pool.release(again)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses) == (1, 1)
+    assert (stats.connections_created, stats.idle_connections) == (1, 1)
+    assert stats.hit_rate == 0.5
+    assert_balanced(stats)
+
+
+async def test_reuse_is_lifo(echo_port: int, pool: ConnectionPool) -> None:
+    conns = [await pool.acquire(HOST, echo_port) for _ in range(3)]
+    assert len({id(c) for c in conns}) == 3
+    for conn in conns:  # released coldest first: conns[2] is the warmest
         await roundtrip(conn)
         pool.release(conn)
-        assert conn.state is ConnectionState.IDLE
-        again = await pool.acquire(HOST, echo_port)
-        assert again is conn
-        assert again.reused
-        assert isinstance(again.stream, trio.SocketStream)
-        assert again.stream.socket is sock
-        assert sock.getsockname() == local
-        await roundtrip(again, b"second")
-        pool.release(again)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses) == (1, 1)
-        assert (stats.connections_created, stats.idle_connections) == (1, 1)
-        assert stats.hit_rate == 0.5
-        assert_balanced(stats)
-
-
-async def test_reuse_is_lifo(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conns = [await pool.acquire(HOST, echo_port) for _ in range(3)]
-        assert len({id(c) for c in conns}) == 3
-        for conn in conns:  # released coldest first: conns[2] is the warmest
-            await roundtrip(conn)
-            pool.release(conn)
-        taken = [await pool.acquire(HOST, echo_port) for _ in range(3)]
-        assert taken == conns[::-1]
-        assert all(c.reused for c in taken)
-        for conn in taken:
-            pool.release(conn)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (3, 3, 3)
+    taken = [await pool.acquire(HOST, echo_port) for _ in range(3)]
+    assert taken == conns[::-1]
+    assert all(c.reused for c in taken)
+    for conn in taken:
+        pool.release(conn)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (3, 3, 3)
 
 
 async def test_connection_attributes_follow_the_clock(
-    echo_port: int, mock_clock: trio.testing.MockClock
+    echo_port: int, mock_clock: trio.testing.MockClock, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        start = trio.current_time()
-        conn = await pool.acquire(HOST, echo_port)
-        assert conn.created_at == conn.last_used_at == start
-        assert (conn.use_count, conn.reused, conn.idle_time) == (1, False, 0.0)
-        mock_clock.jump(2.0)
-        await roundtrip(conn)
-        assert conn.idle_time == 2.0  # since hand-out; using it does not count
-        pool.release(conn)
-        assert conn.last_used_at == start + 2.0
-        assert conn.idle_time == 0.0
-        mock_clock.jump(3.0)
-        assert conn.idle_time == 3.0
-        again = await pool.acquire(HOST, echo_port)
-        assert again is conn
-        assert (conn.use_count, conn.reused) == (2, True)
-        assert conn.created_at == start
-        assert conn.last_used_at == start + 5.0
-        assert conn.idle_time == 0.0
-        pool.release(conn)
+    start = trio.current_time()
+    conn = await pool.acquire(HOST, echo_port)
+    assert conn.created_at == conn.last_used_at == start
+    assert (conn.use_count, conn.reused, conn.idle_time) == (1, False, 0.0)
+    mock_clock.jump(2.0)
+    await roundtrip(conn)
+    assert conn.idle_time == 2.0  # since hand-out; using it does not count
+    pool.release(conn)
+    assert conn.last_used_at == start + 2.0
+    assert conn.idle_time == 0.0
+    mock_clock.jump(3.0)
+    assert conn.idle_time == 3.0
+    again = await pool.acquire(HOST, echo_port)
+    assert again is conn
+    assert (conn.use_count, conn.reused) == (2, True)
+    assert conn.created_at == start
+    assert conn.last_used_at == start + 5.0
+    assert conn.idle_time == 0.0
+    pool.release(conn)
 
 
 # -- health at hand-out -----------------------------------------------------------------
 
 
 async def test_idle_connection_closed_by_peer_is_never_handed_out(
-    scripted: tuple[Scripted, int],
+    scripted: tuple[Scripted, int], pool: ConnectionPool
 ) -> None:
     server, port = scripted
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        pool.release(conn)
-        assert pool.statistics().idle_connections == 1
-        await server.sides[0].act("close")
-        await until_readable(conn)
-        assert conn.state is ConnectionState.IDLE
-        assert not conn.validate()
-        fresh = await pool.acquire(HOST, port)
-        assert fresh is not conn
-        assert not fresh.reused
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses) == (0, 2)
-        assert (stats.connections_closed, stats.connections_evicted) == (1, 1)
-        await roundtrip(fresh)
-        pool.release(fresh)
-        assert_balanced(pool.statistics())
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    pool.release(conn)
+    assert pool.statistics().idle_connections == 1
+    await server.sides[0].act("close")
+    await until_readable(conn)
+    assert conn.state is ConnectionState.IDLE
+    assert not conn.validate()
+    fresh = await pool.acquire(HOST, port)
+    assert fresh is not conn
+    assert not fresh.reused
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses) == (0, 2)
+    assert (stats.connections_closed, stats.connections_evicted) == (1, 1)
+    await roundtrip(fresh)
+    pool.release(fresh)
+    assert_balanced(pool.statistics())
 
 
 async def test_idle_connection_with_unread_bytes_is_never_handed_out(
-    scripted: tuple[Scripted, int],
+    scripted: tuple[Scripted, int], pool: ConnectionPool
 ) -> None:
     server, port = scripted
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        pool.release(conn)
-        await server.sides[0].act("junk")
-        await until_readable(conn)
-        assert conn.has_pending_data()
-        assert not conn.validate()
-        assert not conn.is_closed
-        fresh = await pool.acquire(HOST, port)
-        assert fresh is not conn
-        assert conn.is_closed
-        await roundtrip(fresh)  # a clean stream: no JUNK in front of the reply
-        pool.release(fresh)
-        stats = pool.statistics()
-        assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
-        assert_balanced(stats)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    pool.release(conn)
+    await server.sides[0].act("junk")
+    await until_readable(conn)
+    assert conn.has_pending_data()
+    assert not conn.validate()
+    assert not conn.is_closed
+    fresh = await pool.acquire(HOST, port)
+    assert fresh is not conn
+    assert conn.is_closed
+    await roundtrip(fresh)  # a clean stream: no JUNK in front of the reply
+    pool.release(fresh)
+    stats = pool.statistics()
+    assert (stats.pool_misses, stats.connections_evicted) == (2, 1)
+    assert_balanced(stats)
 
 
 async def test_acquire_skips_a_dead_idle_connection_for_the_next_one(
-    scripted: tuple[Scripted, int],
+    scripted: tuple[Scripted, int], pool: ConnectionPool
 ) -> None:
     server, port = scripted
-    async with trio_pool.open_pool() as pool:
-        cold = await pool.acquire(HOST, port)
-        await roundtrip(cold)
-        warm = await pool.acquire(HOST, port)
-        await roundtrip(warm)
-        pool.release(cold)
-        pool.release(warm)  # the warmest: acquire looks at it first
-        await server.sides[1].act("close")
-        await until_readable(warm)
-        got = await pool.acquire(HOST, port)
-        assert got is cold
-        assert got.reused
-        assert warm.is_closed
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (1, 2, 0)
-        pool.release(got)
-        assert_balanced(pool.statistics())
+    cold = await pool.acquire(HOST, port)
+    await roundtrip(cold)
+    warm = await pool.acquire(HOST, port)
+    await roundtrip(warm)
+    pool.release(cold)
+    pool.release(warm)  # the warmest: acquire looks at it first
+    await server.sides[1].act("close")
+    await until_readable(warm)
+    got = await pool.acquire(HOST, port)
+    assert got is cold
+    assert got.reused
+    assert warm.is_closed
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses, stats.idle_connections) == (1, 2, 0)
+    pool.release(got)
+    assert_balanced(pool.statistics())
 
 
 async def test_close_after_reply_server_never_gets_its_dead_connection_reused(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, pool: ConnectionPool
 ) -> None:
     port = await start_server(nursery, close_after_reply)
-    async with trio_pool.open_pool() as pool:
-        for _ in range(5):
-            conn = await pool.acquire(HOST, port)
-            assert not conn.reused
-            await roundtrip(conn)
-            pool.release(conn)  # pooled or, if the FIN is in already, closed right here
-            assert isinstance(conn.stream, trio.SocketStream)
-            if not conn.is_closed:
-                await trio.lowlevel.wait_readable(conn.stream.socket)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses) == (0, 5)
-        assert stats.connections_closed >= 4
-        assert_balanced(stats)
+    for _ in range(5):
+        conn = await pool.acquire(HOST, port)
+        assert not conn.reused
+        await roundtrip(conn)
+        pool.release(conn)  # pooled or, if the FIN is in already, closed right here
+        assert isinstance(conn.stream, trio.SocketStream)
+        if not conn.is_closed:
+            await trio.lowlevel.wait_readable(conn.stream.socket)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses) == (0, 5)
+    assert stats.connections_closed >= 4
+    assert_balanced(stats)
 
 
 async def test_reply_then_junk_server_never_gets_its_dirty_connection_reused(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, pool: ConnectionPool
 ) -> None:
     port = await start_server(nursery, reply_then_junk)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        await until_readable(conn)  # the JUNK is in
-        assert conn.has_pending_data()
-        pool.release(conn)  # unread bytes: closed instead of pooled
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (0, 1)
-        fresh = await pool.acquire(HOST, port)
-        assert not fresh.reused
-        await roundtrip(fresh)
-        pool.release(fresh)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    await until_readable(conn)  # the JUNK is in
+    assert conn.has_pending_data()
+    pool.release(conn)  # unread bytes: closed instead of pooled
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (0, 1)
+    fresh = await pool.acquire(HOST, port)
+    assert not fresh.reused
+    await roundtrip(fresh)
+    pool.release(fresh)
 
 
 async def test_release_closes_a_connection_with_unread_bytes(
-    scripted: tuple[Scripted, int],
+    scripted: tuple[Scripted, int], pool: ConnectionPool
 ) -> None:
     server, port = scripted
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        assert not conn.has_pending_data()
-        assert conn.validate()
-        await server.sides[0].act("junk")
-        await until_readable(conn)
-        assert conn.has_pending_data()
-        assert not conn.validate()
-        pool.release(conn)
-        assert conn.is_closed
-        assert not conn.validate()
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.active_connections) == (0, 0)
-        assert stats.connections_closed == 1
-        assert_balanced(stats)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    assert not conn.has_pending_data()
+    assert conn.validate()
+    await server.sides[0].act("junk")
+    await until_readable(conn)
+    assert conn.has_pending_data()
+    assert not conn.validate()
+    pool.release(conn)
+    assert conn.is_closed
+    assert not conn.validate()
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.active_connections) == (0, 0)
+    assert stats.connections_closed == 1
+    assert_balanced(stats)
 
 
 async def test_connection_context_exit_still_checks_the_connection(
@@ -340,37 +333,37 @@ async def test_dirty_release_serves_the_waiter_a_new_connection(
         assert_balanced(pool.statistics())
 
 
-async def test_receive_eof_marks_connection_unusable(nursery: trio.Nursery) -> None:
+async def test_receive_eof_marks_connection_unusable(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     port = await start_server(nursery, close_after_reply)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        assert await conn.receive_some() == b""
-        pool.release(conn)
-        assert conn.is_closed
-        assert pool.statistics().idle_connections == 0
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    assert await conn.receive_some() == b""
+    pool.release(conn)
+    assert conn.is_closed
+    assert pool.statistics().idle_connections == 0
 
 
 # -- release and discard ------------------------------------------------------------------
 
 
-async def test_double_release_or_discard_raises(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
+async def test_double_release_or_discard_raises(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    pool.release(conn)
+    with pytest.raises(RuntimeError, match="release"):
         pool.release(conn)
-        with pytest.raises(RuntimeError, match="release"):
-            pool.release(conn)
-        with pytest.raises(RuntimeError, match="discard"):
-            pool.discard(conn)
-        conn = await pool.acquire(HOST, echo_port)
+    with pytest.raises(RuntimeError, match="discard"):
         pool.discard(conn)
-        with pytest.raises(RuntimeError):
-            pool.discard(conn)
-        with pytest.raises(RuntimeError):
-            pool.release(conn)
-        stats = pool.statistics()
-        assert (stats.connections_created, stats.connections_closed) == (1, 1)
-        assert_balanced(stats)
+    conn = await pool.acquire(HOST, echo_port)
+    pool.discard(conn)
+    with pytest.raises(RuntimeError):
+        pool.discard(conn)
+    with pytest.raises(RuntimeError):
+        pool.release(conn)
+    stats = pool.statistics()
+    assert (stats.connections_created, stats.connections_closed) == (1, 1)
+    assert_balanced(stats)
 
 
 async def test_connection_from_another_pool_is_refused(echo_port: int) -> None:
@@ -387,64 +380,62 @@ async def test_connection_from_another_pool_is_refused(echo_port: int) -> None:
         assert pool.statistics().idle_connections == 1
 
 
-async def test_discard_closes_and_counts_at_once(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        assert isinstance(conn.stream, trio.SocketStream)
-        sock = conn.stream.socket
-        pool.discard(conn)  # synchronous: no checkpoint before the checks below
-        assert conn.is_closed
-        assert conn.state is ConnectionState.CLOSED
-        assert sock.fileno() == -1
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.active_connections) == (1, 0)
-        assert_balanced(stats)
+async def test_discard_closes_and_counts_at_once(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    assert isinstance(conn.stream, trio.SocketStream)
+    sock = conn.stream.socket
+    pool.discard(conn)  # synchronous: no checkpoint before the checks below
+    assert conn.is_closed
+    assert conn.state is ConnectionState.CLOSED
+    assert sock.fileno() == -1
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.active_connections) == (1, 0)
+    assert_balanced(stats)
 
 
-async def test_released_connection_cannot_be_used(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        pool.release(conn)
-        with pytest.raises(trio.ClosedResourceError):
-            await conn.send_all(b"x")
-        with pytest.raises(trio.ClosedResourceError):
-            await conn.receive_some()
-        with pytest.raises(trio.ClosedResourceError):
-            await conn.wait_send_all_might_not_block()
-        again = await pool.acquire(HOST, echo_port)
-        assert again is conn  # the refused use did not spoil it
-        await roundtrip(again)
-        pool.discard(again)
-        with pytest.raises(trio.ClosedResourceError):
-            await again.send_all(b"x")
+async def test_released_connection_cannot_be_used(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    pool.release(conn)
+    with pytest.raises(trio.ClosedResourceError):
+        await conn.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        await conn.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await conn.wait_send_all_might_not_block()
+    again = await pool.acquire(HOST, echo_port)
+    assert again is conn  # the refused use did not spoil it
+    await roundtrip(again)
+    pool.discard(again)
+    with pytest.raises(trio.ClosedResourceError):
+        await again.send_all(b"x")
 
 
-async def test_aclose_on_the_connection_discards_it(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        await conn.aclose()
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.active_connections, stats.idle_connections) == (
-            1,
-            0,
-            0,
-        )
-        await conn.aclose()  # no-op the second time
-        assert pool.statistics().connections_closed == 1
-        async with await pool.acquire(HOST, echo_port) as conn2:  # trio.abc.AsyncResource
-            await roundtrip(conn2)
-        assert conn2.is_closed
+async def test_aclose_on_the_connection_discards_it(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    await conn.aclose()
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.active_connections, stats.idle_connections) == (
+        1,
+        0,
+        0,
+    )
+    await conn.aclose()  # no-op the second time
+    assert pool.statistics().connections_closed == 1
+    async with await pool.acquire(HOST, echo_port) as conn2:  # trio.abc.AsyncResource
+        await roundtrip(conn2)
+    assert conn2.is_closed
 
 
-async def test_aclose_after_release_leaves_the_pooled_connection_alone(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        pool.release(conn)
-        await conn.aclose()
-        assert conn.state is ConnectionState.IDLE
-        assert await pool.acquire(HOST, echo_port) is conn
-        pool.release(conn)
+async def test_aclose_after_release_leaves_the_pooled_connection_alone(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    pool.release(conn)
+    await conn.aclose()
+    assert conn.state is ConnectionState.IDLE
+    assert await pool.acquire(HOST, echo_port) is conn
+    pool.release(conn)
 
 
 async def test_release_hands_over_to_waiters_in_fifo_order(
@@ -510,103 +501,107 @@ async def test_discard_gives_the_waiter_a_connect_slot(
 # -- connection() ----------------------------------------------------------------------
 
 
-async def test_connection_context_releases_on_clean_exit(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
+async def test_connection_context_releases_on_clean_exit(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    async with pool.connection(HOST, echo_port) as conn:
+        await roundtrip(conn)
+        assert pool.statistics().active_connections == 1
+    assert conn.state is ConnectionState.IDLE
+    async with pool.connection(HOST, echo_port) as again:
+        assert again is conn
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.pool_hits) == (1, 1)
+
+
+async def test_connection_context_discards_on_exception(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    conns: list[PooledConnection] = []
+
+    async def body() -> None:
         async with pool.connection(HOST, echo_port) as conn:
+            conns.append(conn)
             await roundtrip(conn)
-            assert pool.statistics().active_connections == 1
-        assert conn.state is ConnectionState.IDLE
-        async with pool.connection(HOST, echo_port) as again:
-            assert again is conn
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.pool_hits) == (1, 1)
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        await body()
+    [conn] = conns
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.active_connections) == (0, 0)
+    assert stats.connections_closed == 1
 
 
-async def test_connection_context_discards_on_exception(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conns: list[PooledConnection] = []
-
-        async def body() -> None:
-            async with pool.connection(HOST, echo_port) as conn:
-                conns.append(conn)
-                await roundtrip(conn)
-                raise KeyError("boom")
-
-        with pytest.raises(KeyError):
-            await body()
-        [conn] = conns
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.active_connections) == (0, 0)
-        assert stats.connections_closed == 1
-
-
-async def test_connection_context_discards_on_cancellation(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        with trio.CancelScope() as scope:
-            async with pool.connection(HOST, echo_port) as conn:
-                scope.cancel()
-                await trio.sleep_forever()
-        assert scope.cancelled_caught
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.active_connections) == (0, 0)
-        assert_balanced(stats)
+async def test_connection_context_discards_on_cancellation(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    with trio.CancelScope() as scope:
+        async with pool.connection(HOST, echo_port) as conn:
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.active_connections) == (0, 0)
+    assert_balanced(stats)
 
 
 @pytest.mark.parametrize("raises", [False, True])
-async def test_connection_context_exit_after_body_released(echo_port: int, raises: bool) -> None:
-    async with trio_pool.open_pool() as pool:
-        try:
-            async with pool.connection(HOST, echo_port) as conn:
-                pool.release(conn)
-                if raises:
-                    raise ValueError("after release")
-        except ValueError:
-            assert raises
-        assert conn.state is ConnectionState.IDLE
-        try:
-            async with pool.connection(HOST, echo_port) as conn:
-                pool.discard(conn)
-                if raises:
-                    raise ValueError("after discard")
-        except ValueError:
-            assert raises
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.idle_connections) == (1, 0)
-        assert_balanced(stats)
+async def test_connection_context_exit_after_body_released(
+    echo_port: int, raises: bool, pool: ConnectionPool
+) -> None:
+    try:
+        async with pool.connection(HOST, echo_port) as conn:
+            pool.release(conn)
+            if raises:
+                raise ValueError("after release")
+    except ValueError:
+        assert raises
+    assert conn.state is ConnectionState.IDLE
+    try:
+        async with pool.connection(HOST, echo_port) as conn:
+            pool.discard(conn)
+            if raises:
+                raise ValueError("after discard")
+    except ValueError:
+        assert raises
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.idle_connections) == (1, 0)
+    assert_balanced(stats)
 
 
 @pytest.mark.parametrize("raises", [False, True])
 async def test_connection_context_leaves_a_re_leased_connection_alone(
-    echo_port: int, raises: bool
+    echo_port: int, raises: bool, pool: ConnectionPool
 ) -> None:
-    async with trio_pool.open_pool() as pool:
-        try:
-            async with pool.connection(HOST, echo_port) as conn:
-                pool.release(conn)
-                someone_else = await pool.acquire(HOST, echo_port)
-                assert someone_else is conn  # the same object, leased again
-                if raises:
-                    raise ValueError("exit with an error")
-        except ValueError:
-            assert raises
-        # The context's lease ended with its release: the new holder keeps the connection.
-        assert someone_else.state is ConnectionState.IN_USE
-        await roundtrip(someone_else)
-        pool.release(someone_else)
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (1, 0)
+    try:
+        async with pool.connection(HOST, echo_port) as conn:
+            pool.release(conn)
+            someone_else = await pool.acquire(HOST, echo_port)
+            assert someone_else is conn  # the same object, leased again
+            if raises:
+                raise ValueError("exit with an error")
+    except ValueError:
+        assert raises
+    # The context's lease ended with its release: the new holder keeps the connection.
+    assert someone_else.state is ConnectionState.IN_USE
+    await roundtrip(someone_else)
+    pool.release(someone_else)
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (1, 0)
 
 
-async def test_connection_context_cannot_be_entered_twice(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        ctx = pool.connection(HOST, echo_port)
-        async with ctx as conn:
-            with pytest.raises(RuntimeError, match="entered already"):
-                await ctx.__aenter__()
-        assert conn.state is ConnectionState.IDLE
+async def test_connection_context_cannot_be_entered_twice(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    ctx = pool.connection(HOST, echo_port)
+    async with ctx as conn:
+        with pytest.raises(RuntimeError, match="entered already"):
+            await ctx.__aenter__()
+    assert conn.state is ConnectionState.IDLE
 
 
 # -- acquire_tls and acquire_new --------------------------------------------------------
@@ -628,40 +623,40 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-async def test_acquire_tls(nursery: trio.Nursery, ca: trustme.CA) -> None:
+async def test_acquire_tls(nursery: trio.Nursery, ca: trustme.CA, pool: ConnectionPool) -> None:
     port = await tls_echo(nursery, ca)
     context = client_context(ca)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=context)
-        assert conn.is_tls
-        assert isinstance(conn.stream, trio.SSLStream)
-        await roundtrip(conn)
-        pool.release(conn)
-        again = await pool.acquire(HOST, port, tls=True, ssl_context=context)
-        assert again is conn  # acquire_tls is acquire(tls=True): the same key
-        pool.release(again)
-        stats = pool.statistics()
-        assert (stats.tls_handshakes, stats.pool_hits) == (1, 1)
-        conn = await pool.acquire_tls(HOST, port, ssl_context=context)
-        pool.discard(conn)  # close_notify goes out in the pool's nursery, later ...
-        assert conn.is_closed  # ... but the books say closed at once
-        stats = pool.statistics()
-        assert (stats.connections_closed, stats.active_connections) == (1, 0)
-        assert_balanced(stats)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=context)
+    assert conn.is_tls
+    assert isinstance(conn.stream, trio.SSLStream)
+    await roundtrip(conn)
+    pool.release(conn)
+    again = await pool.acquire(HOST, port, tls=True, ssl_context=context)
+    assert again is conn  # acquire_tls is acquire(tls=True): the same key
+    pool.release(again)
+    stats = pool.statistics()
+    assert (stats.tls_handshakes, stats.pool_hits) == (1, 1)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=context)
+    pool.discard(conn)  # close_notify goes out in the pool's nursery, later ...
+    assert conn.is_closed  # ... but the books say closed at once
+    stats = pool.statistics()
+    assert (stats.connections_closed, stats.active_connections) == (1, 0)
+    assert_balanced(stats)
 
 
-async def test_acquire_new_opens_a_new_connection_though_one_is_idle(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        pool.release(conn)
-        new = await pool.acquire_new(HOST, echo_port)
-        assert new is not conn
-        assert not new.reused
-        stats = pool.statistics()
-        assert (stats.pool_misses, stats.idle_connections, stats.active_connections) == (2, 1, 1)
-        await roundtrip(new)
-        pool.release(new)
-        assert pool.statistics().idle_connections == 2
+async def test_acquire_new_opens_a_new_connection_though_one_is_idle(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    pool.release(conn)
+    new = await pool.acquire_new(HOST, echo_port)
+    assert new is not conn
+    assert not new.reused
+    stats = pool.statistics()
+    assert (stats.pool_misses, stats.idle_connections, stats.active_connections) == (2, 1, 1)
+    await roundtrip(new)
+    pool.release(new)
+    assert pool.statistics().idle_connections == 2
 
 
 async def test_acquire_new_closes_the_coldest_idle_when_full(echo_port: int) -> None:
@@ -871,55 +866,55 @@ async def test_prewarm_bad_count(echo_port: int) -> None:
 # -- statistics ------------------------------------------------------------------------
 
 
-async def test_statistics_fresh_pool() -> None:
-    async with trio_pool.open_pool() as pool:
-        stats = pool.statistics()
-        assert stats == PoolStatistics()
-        assert stats.hit_rate == 0.0
-        assert pool.host_statistics() == {}
-        with pytest.raises(AttributeError):
-            stats.pool_hits = 1  # type: ignore[misc]
+async def test_statistics_fresh_pool(pool: ConnectionPool) -> None:
+    stats = pool.statistics()
+    assert stats == PoolStatistics()
+    assert stats.hit_rate == 0.0
+    assert pool.host_statistics() == {}
+    with pytest.raises(AttributeError):
+        stats.pool_hits = 1  # type: ignore[misc]
 
 
-async def test_statistics_per_host_port(nursery: trio.Nursery, ca: trustme.CA) -> None:
+async def test_statistics_per_host_port(
+    nursery: trio.Nursery, ca: trustme.CA, pool: ConnectionPool
+) -> None:
     port_a = await start_server(nursery, echo)
     port_b = await start_server(nursery, echo)
     port_tls = await tls_echo(nursery, ca)
     context_1, context_2 = client_context(ca), client_context(ca)
-    async with trio_pool.open_pool() as pool:
-        for _ in range(2):
-            conns = [
-                await pool.acquire(HOST, port_a),
-                await pool.acquire(HOST, port_a),
-                await pool.acquire(HOST, port_b),
-                # two keys for one host:port: ssl contexts compare by identity
-                await pool.acquire_tls(HOST, port_tls, ssl_context=context_1),
-                await pool.acquire_tls(HOST, port_tls, ssl_context=context_2),
-            ]
-            for conn in conns:
-                pool.release(conn)
-        a = pool.statistics(HOST, port_a)
-        assert (a.connections_created, a.pool_misses, a.pool_hits, a.idle_connections) == (
-            2,
-            2,
-            2,
-            2,
-        )
-        b = pool.statistics(HOST, port_b)
-        assert (b.connections_created, b.pool_hits, b.idle_connections) == (1, 1, 1)
-        tls = pool.statistics(HOST, port_tls)
-        assert (tls.connections_created, tls.pool_hits, tls.tls_handshakes) == (2, 2, 2)
-        assert pool.statistics(port=port_b) == b
-        whole = pool.statistics()
-        assert whole.connections_created == 5
-        assert whole.pool_hits == 5
-        assert whole.hit_rate == 0.5
-        assert pool.statistics(HOST) == whole
-        assert pool.statistics("127.0.0.2", port_a) == PoolStatistics()
-        by_host = pool.host_statistics()
-        assert by_host == {(HOST, port_a): a, (HOST, port_b): b, (HOST, port_tls): tls}
-        for stats in (a, b, tls, whole):
-            assert_balanced(stats)
+    for _ in range(2):
+        conns = [
+            await pool.acquire(HOST, port_a),
+            await pool.acquire(HOST, port_a),
+            await pool.acquire(HOST, port_b),
+            # two keys for one host:port: ssl contexts compare by identity
+            await pool.acquire_tls(HOST, port_tls, ssl_context=context_1),
+            await pool.acquire_tls(HOST, port_tls, ssl_context=context_2),
+        ]
+        for conn in conns:
+            pool.release(conn)
+    a = pool.statistics(HOST, port_a)
+    assert (a.connections_created, a.pool_misses, a.pool_hits, a.idle_connections) == (
+        2,
+        2,
+        2,
+        2,
+    )
+    b = pool.statistics(HOST, port_b)
+    assert (b.connections_created, b.pool_hits, b.idle_connections) == (1, 1, 1)
+    tls = pool.statistics(HOST, port_tls)
+    assert (tls.connections_created, tls.pool_hits, tls.tls_handshakes) == (2, 2, 2)
+    assert pool.statistics(port=port_b) == b
+    whole = pool.statistics()
+    assert whole.connections_created == 5
+    assert whole.pool_hits == 5
+    assert whole.hit_rate == 0.5
+    assert pool.statistics(HOST) == whole
+    assert pool.statistics("127.0.0.2", port_a) == PoolStatistics()
+    by_host = pool.host_statistics()
+    assert by_host == {(HOST, port_a): a, (HOST, port_b): b, (HOST, port_tls): tls}
+    for stats in (a, b, tls, whole):
+        assert_balanced(stats)
 
 
 async def test_statistics_invariant_through_a_mixed_workload(
@@ -975,20 +970,21 @@ async def test_aclose_closes_idle_and_is_idempotent(echo_port: int) -> None:
     assert pool.closed
 
 
-async def test_aclose_closes_in_use_connections_when_they_come_back(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        kept = await pool.acquire(HOST, echo_port)
-        thrown = await pool.acquire(HOST, echo_port)
-        await pool.aclose()
-        assert not kept.is_closed
-        await roundtrip(kept)  # still the holder's to finish with
-        pool.release(kept)
-        assert kept.is_closed
-        pool.discard(thrown)
-        assert thrown.is_closed
-        stats = pool.statistics()
-        assert (stats.active_connections, stats.idle_connections) == (0, 0)
-        assert stats.connections_closed == 2
+async def test_aclose_closes_in_use_connections_when_they_come_back(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    kept = await pool.acquire(HOST, echo_port)
+    thrown = await pool.acquire(HOST, echo_port)
+    await pool.aclose()
+    assert not kept.is_closed
+    await roundtrip(kept)  # still the holder's to finish with
+    pool.release(kept)
+    assert kept.is_closed
+    pool.discard(thrown)
+    assert thrown.is_closed
+    stats = pool.statistics()
+    assert (stats.active_connections, stats.idle_connections) == (0, 0)
+    assert stats.connections_closed == 2
 
 
 async def test_aclose_wakes_waiters_with_pool_closed(echo_port: int, nursery: trio.Nursery) -> None:

@@ -22,7 +22,6 @@ import pytest
 import trio
 import trio.testing
 
-import trio_pool
 from trio_pool import ConnectionPool, PooledConnection
 from trio_pool._state import FRESH_FOR
 
@@ -85,99 +84,95 @@ async def replaced_at_hand_out(pool: ConnectionPool, port: int, dirty: PooledCon
     assert_balanced(stats)
 
 
-async def test_same_step_retake_polls_once_per_cycle(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
+async def test_same_step_retake_polls_once_per_cycle(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    await roundtrip(conn)
+    polls = count_polls(conn)
+    for cycle in range(1, 4):
+        pool.release(conn)  # probed here
+        again = await pool.acquire(HOST, echo_port)  # same step: not probed again
+        assert again is conn
+        assert polls.calls == cycle
         await roundtrip(conn)
-        polls = count_polls(conn)
-        for cycle in range(1, 4):
-            pool.release(conn)  # probed here
-            again = await pool.acquire(HOST, echo_port)  # same step: not probed again
+    pool.release(conn)
+    for _ in range(2):  # connection() too: probed at its exit only
+        async with pool.connection(HOST, echo_port) as again:
             assert again is conn
-            assert polls.calls == cycle
-            await roundtrip(conn)
-        pool.release(conn)
-        for _ in range(2):  # connection() too: probed at its exit only
-            async with pool.connection(HOST, echo_port) as again:
-                assert again is conn
-        assert polls.calls == 3 + 3  # one probe per cycle
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses) == (5, 1)
-        assert_balanced(stats)
+    assert polls.calls == 3 + 3  # one probe per cycle
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses) == (5, 1)
+    assert_balanced(stats)
 
 
-async def test_a_schedule_point_brings_the_hand_out_probe_back(echo_port: int) -> None:
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, echo_port)
-        await roundtrip(conn)
-        polls = count_polls(conn)
-        pool.release(conn)
-        await trio.lowlevel.checkpoint()
-        assert await pool.acquire(HOST, echo_port) is conn
-        assert polls.calls == 2  # at release, and again at hand-out
-        pool.release(conn)
+async def test_a_schedule_point_brings_the_hand_out_probe_back(
+    echo_port: int, pool: ConnectionPool
+) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    await roundtrip(conn)
+    polls = count_polls(conn)
+    pool.release(conn)
+    await trio.lowlevel.checkpoint()
+    assert await pool.acquire(HOST, echo_port) is conn
+    assert polls.calls == 2  # at release, and again at hand-out
+    pool.release(conn)
 
 
 async def test_bytes_arriving_across_a_schedule_point_are_caught(
-    peers: tuple[Peers, int],
+    peers: tuple[Peers, int], pool: ConnectionPool
 ) -> None:
     server, port = peers
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        pool.release(conn)  # clean: pooled
-        assert not conn.is_closed
-        server.sockets[0].send(b"JUNK")  # on loopback, in the client's socket on return
-        await trio.lowlevel.checkpoint()
-        await replaced_at_hand_out(pool, port, conn)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    pool.release(conn)  # clean: pooled
+    assert not conn.is_closed
+    server.sockets[0].send(b"JUNK")  # on loopback, in the client's socket on return
+    await trio.lowlevel.checkpoint()
+    await replaced_at_hand_out(pool, port, conn)
 
 
 async def test_bytes_arriving_across_a_schedule_point_are_caught_by_connection(
-    peers: tuple[Peers, int],
+    peers: tuple[Peers, int], pool: ConnectionPool
 ) -> None:
     server, port = peers
-    async with trio_pool.open_pool() as pool:
-        async with pool.connection(HOST, port) as conn:
-            await roundtrip(conn)
-        assert not conn.is_closed  # pooled by the exit
-        server.sockets[0].send(b"JUNK")
-        await trio.lowlevel.checkpoint()
-        async with pool.connection(HOST, port) as fresh:
-            assert fresh is not conn
-            assert conn.is_closed
-            await roundtrip(fresh)
-        assert_balanced(pool)
-
-
-async def test_another_task_always_probes(peers: tuple[Peers, int]) -> None:
-    server, port = peers
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
+    async with pool.connection(HOST, port) as conn:
         await roundtrip(conn)
+    assert not conn.is_closed  # pooled by the exit
+    server.sockets[0].send(b"JUNK")
+    await trio.lowlevel.checkpoint()
+    async with pool.connection(HOST, port) as fresh:
+        assert fresh is not conn
+        assert conn.is_closed
+        await roundtrip(fresh)
+    assert_balanced(pool)
 
-        # Each in its first step, so both tasks have had as many schedule points (none):
-        # only the task tells them apart.
-        async def releaser() -> None:
-            pool.release(conn)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(releaser)
-        server.sockets[0].send(b"JUNK")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(replaced_at_hand_out, pool, port, conn)
+async def test_another_task_always_probes(peers: tuple[Peers, int], pool: ConnectionPool) -> None:
+    server, port = peers
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+
+    # Each in its first step, so both tasks have had as many schedule points (none):
+    # only the task tells them apart.
+    async def releaser() -> None:
+        pool.release(conn)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(releaser)
+    server.sockets[0].send(b"JUNK")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replaced_at_hand_out, pool, port, conn)
 
 
 async def test_the_clock_moving_on_brings_the_probe_back(
-    peers: tuple[Peers, int], mock_clock: trio.testing.MockClock
+    peers: tuple[Peers, int], mock_clock: trio.testing.MockClock, pool: ConnectionPool
 ) -> None:
     server, port = peers
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        pool.release(conn)
-        server.sockets[0].send(b"JUNK")
-        mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
-        await replaced_at_hand_out(pool, port, conn)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    pool.release(conn)
+    server.sockets[0].send(b"JUNK")
+    mock_clock.jump(FRESH_FOR)  # no schedule point, but the release's look is old
+    await replaced_at_hand_out(pool, port, conn)
 
 
 async def test_trio_resets_the_mark_at_every_schedule_point() -> None:

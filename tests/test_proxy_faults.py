@@ -21,7 +21,7 @@ import trio.testing
 import trustme
 
 import trio_pool
-from trio_pool import ConnectError, ConnectTimeout, Proxy, ProxyError
+from trio_pool import ConnectError, ConnectionPool, ConnectTimeout, Proxy, ProxyError
 
 from .checks import assert_settled, settle_connects
 from .proxies import read_head
@@ -216,19 +216,20 @@ async def test_tunnel_closing_during_tls(
     assert open_fds() == fds
 
 
-async def test_bytes_behind_the_connect_response_are_not_lost(nursery: trio.Nursery) -> None:
+async def test_bytes_behind_the_connect_response_are_not_lost(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     proxy, _ = await fake_http_proxy(nursery, established_then_echo)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire(HOST, 4433, proxy=proxy)
-        received = b""
-        with trio.fail_after(5):
-            while len(received) < len(b"BANNER\n"):
-                received += await conn.receive_some()
-        assert received == b"BANNER\n"
-        await conn.send_all(b"ping")
-        assert await conn.receive_some() == b"ping"
-        pool.release(conn)
-        assert_settled(pool)
+    conn = await pool.acquire(HOST, 4433, proxy=proxy)
+    received = b""
+    with trio.fail_after(5):
+        while len(received) < len(b"BANNER\n"):
+            received += await conn.receive_some()
+    assert received == b"BANNER\n"
+    await conn.send_all(b"ping")
+    assert await conn.receive_some() == b"ping"
+    pool.release(conn)
+    assert_settled(pool)
 
 
 @pytest.mark.parametrize("max_connecting", [None, 64])

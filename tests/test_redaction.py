@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 import trio_pool
-from trio_pool import ConnectError, PoolKey, Proxy, ProxyError
+from trio_pool import ConnectError, ConnectionPool, PoolKey, Proxy, ProxyError
 from trio_pool._redact import redact_url
 from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
@@ -189,17 +189,16 @@ def test_reprs_hide_the_password() -> None:
 )
 @pytest.mark.parametrize("variable", ["HTTPS_PROXY", "http_proxy", "ALL_PROXY"])
 async def test_trust_env_hides_the_password_of_a_bad_variable(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, pool: ConnectionPool
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv(variable, value)
-    async with trio_pool.open_pool() as pool:
-        for make in (HTTPClient, PoolTransport):
-            with pytest.raises(ValueError, match=variable) as info:
-                make(pool, trust_env=True)
-            assert_no_secret(info.value)
+    for make in (HTTPClient, PoolTransport):
+        with pytest.raises(ValueError, match=variable) as info:
+            make(pool, trust_env=True)
+        assert_no_secret(info.value)
 
 
 # -- request URLs -------------------------------------------------------------------------
@@ -222,17 +221,17 @@ BAD_REQUEST_URLS = [
 
 
 @pytest.mark.parametrize("url", BAD_REQUEST_URLS)
-async def test_refused_request_url_hides_the_password(url: str) -> None:
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool)
-        with pytest.raises(ValueError) as info:
-            await client.request("GET", url)
-        assert_no_secret(info.value)
-        with pytest.raises(ValueError) as info:
-            async with client.stream("GET", url):
-                pass  # pragma: no cover
-        assert_no_secret(info.value)
-        assert pool.statistics().connections_created == 0
+async def test_refused_request_url_hides_the_password(
+    url: str, client: HTTPClient, pool: ConnectionPool
+) -> None:
+    with pytest.raises(ValueError) as info:
+        await client.request("GET", url)
+    assert_no_secret(info.value)
+    with pytest.raises(ValueError) as info:
+        async with client.stream("GET", url):
+            pass  # pragma: no cover
+    assert_no_secret(info.value)
+    assert pool.statistics().connections_created == 0
 
 
 BAD_REQUEST_HEADERS = [
@@ -246,16 +245,17 @@ BAD_REQUEST_HEADERS = [
 
 
 @pytest.mark.parametrize("headers", BAD_REQUEST_HEADERS)
-async def test_refused_request_headers_hide_their_values(headers: object) -> None:
+async def test_refused_request_headers_hide_their_values(
+    headers: object, pool: ConnectionPool
+) -> None:
     url = f"http://{HOST}:1/"
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises((ValueError, TypeError)) as info:
-            await HTTPClient(pool).request("GET", url, headers=headers)  # type: ignore[arg-type]
-        assert_no_secret(info.value)
-        with pytest.raises((ValueError, TypeError)) as info:  # the client's own headers
-            await HTTPClient(pool, headers=headers).request("GET", url)  # type: ignore[arg-type]
-        assert_no_secret(info.value)
-        assert pool.statistics().connections_created == 0
+    with pytest.raises((ValueError, TypeError)) as info:
+        await HTTPClient(pool).request("GET", url, headers=headers)  # type: ignore[arg-type]
+    assert_no_secret(info.value)
+    with pytest.raises((ValueError, TypeError)) as info:  # the client's own headers
+        await HTTPClient(pool, headers=headers).request("GET", url)  # type: ignore[arg-type]
+    assert_no_secret(info.value)
+    assert pool.statistics().connections_created == 0
 
 
 @pytest.mark.parametrize("headers", [BAD_REQUEST_HEADERS[i] for i in (0, 1, 3, 4)])
@@ -272,27 +272,25 @@ async def test_http2_request_refusing_a_header_value_hides_it(
     await conn.aclose()
 
 
-async def test_transport_refusing_a_header_value_hides_it() -> None:
-    async with trio_pool.open_pool() as pool:
-        transport = PoolTransport(pool)
-        request = httpx.Request(
-            "GET", f"http://{HOST}:1/", headers={"Authorization": "Bearer s3cr3t\r\nX: y"}
-        )
-        with pytest.raises(httpx.LocalProtocolError) as info:
-            await transport.handle_async_request(request)
-        assert "'authorization' header" in str(info.value).lower()
-        # (its request attribute is httpx's, holding the headers as the caller gave them)
-        assert SECRET not in everything_said(info.value, attributes=False)
+async def test_transport_refusing_a_header_value_hides_it(pool: ConnectionPool) -> None:
+    transport = PoolTransport(pool)
+    request = httpx.Request(
+        "GET", f"http://{HOST}:1/", headers={"Authorization": "Bearer s3cr3t\r\nX: y"}
+    )
+    with pytest.raises(httpx.LocalProtocolError) as info:
+        await transport.handle_async_request(request)
+    assert "'authorization' header" in str(info.value).lower()
+    # (its request attribute is httpx's, holding the headers as the caller gave them)
+    assert SECRET not in everything_said(info.value, attributes=False)
 
 
-async def test_transport_refusing_a_scheme_hides_the_password() -> None:
-    async with trio_pool.open_pool() as pool:
-        transport = PoolTransport(pool)
-        request = httpx.Request("GET", "ftp://user:s3cr3t@127.0.0.1/")
-        with pytest.raises(httpx.UnsupportedProtocol) as info:
-            await transport.handle_async_request(request)
-        # (its request attribute is httpx's, holding the URL as the caller gave it)
-        assert SECRET not in everything_said(info.value, attributes=False)
+async def test_transport_refusing_a_scheme_hides_the_password(pool: ConnectionPool) -> None:
+    transport = PoolTransport(pool)
+    request = httpx.Request("GET", "ftp://user:s3cr3t@127.0.0.1/")
+    with pytest.raises(httpx.UnsupportedProtocol) as info:
+        await transport.handle_async_request(request)
+    # (its request attribute is httpx's, holding the URL as the caller gave it)
+    assert SECRET not in everything_said(info.value, attributes=False)
 
 
 @pytest.mark.parametrize(
@@ -305,11 +303,10 @@ async def test_transport_refusing_a_scheme_hides_the_password() -> None:
         "[user:s3cr3t@h]",
     ],
 )
-async def test_a_url_given_as_host_hides_its_password(host: str) -> None:
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ValueError) as info:
-            await pool.acquire(host, 80)
-        assert_no_secret(info.value)
+async def test_a_url_given_as_host_hides_its_password(host: str, pool: ConnectionPool) -> None:
+    with pytest.raises(ValueError) as info:
+        await pool.acquire(host, 80)
+    assert_no_secret(info.value)
 
 
 # -- connect errors, logs, statistics -------------------------------------------------------

@@ -21,7 +21,7 @@ import trio.testing
 import trustme
 
 import trio_pool
-from trio_pool import ConnectError, ConnectTimeout, PooledConnection
+from trio_pool import ConnectError, ConnectionPool, ConnectTimeout, PooledConnection
 
 from .checks import roundtrip
 from .servers import HOST, open_fds, refused_port, start_server
@@ -305,66 +305,66 @@ async def test_reuse_hands_out_the_same_tls_stream(
 
 
 async def test_second_concurrent_connection_resumes(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     _, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert not first.session_reused
-        # TLS 1.3 tickets come after the handshake: the first reply brings them.
-        await roundtrip(first)
-        second = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert second.stream is not first.stream
-        assert second.session_reused
-        await roundtrip(second)
-        third = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert third.session_reused
-        for conn in (first, second, third):
-            pool.release(conn)
-        stats = pool.statistics(HOST, port)
-        assert (stats.tls_handshakes, stats.tls_resumptions) == (3, 2)
-        assert stats.pool_misses == 3
+    first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert not first.session_reused
+    # TLS 1.3 tickets come after the handshake: the first reply brings them.
+    await roundtrip(first)
+    second = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert second.stream is not first.stream
+    assert second.session_reused
+    await roundtrip(second)
+    third = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert third.session_reused
+    for conn in (first, second, third):
+        pool.release(conn)
+    stats = pool.statistics(HOST, port)
+    assert (stats.tls_handshakes, stats.tls_resumptions) == (3, 2)
+    assert stats.pool_misses == 3
 
 
 async def test_session_saved_from_tickets_read_by_the_health_check(
-    eager_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, tls_version: str
+    eager_server: tuple[TLSServer, int],
+    client_ctx: ssl.SSLContext,
+    tls_version: str,
+    pool: ConnectionPool,
 ) -> None:
     """A connection that never read anything still yields a resumable session: the
     check at release runs the waiting tickets through the SSL object."""
     _, port = eager_server
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await trio.testing.wait_all_tasks_blocked()
-        # TLS 1.3: the server's tickets wait in the socket; TLS 1.2 sent them in the handshake.
-        assert socket_readable(conn) is (tls_version == "1.3")
-        assert not conn.has_pending_data()
-        pool.release(conn)
-        assert pool.statistics().idle_connections == 1
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await trio.testing.wait_all_tasks_blocked()
+    # TLS 1.3: the server's tickets wait in the socket; TLS 1.2 sent them in the handshake.
+    assert socket_readable(conn) is (tls_version == "1.3")
+    assert not conn.has_pending_data()
+    pool.release(conn)
+    assert pool.statistics().idle_connections == 1
 
-        fresh = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
-        assert fresh.session_reused
-        again = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert again is conn
-        assert again.reused
-        await roundtrip(again)
-        pool.release(again)
-        pool.release(fresh)
-        assert pool.statistics().tls_resumptions == 1
+    fresh = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
+    assert fresh.session_reused
+    again = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert again is conn
+    assert again.reused
+    await roundtrip(again)
+    pool.release(again)
+    pool.release(fresh)
+    assert pool.statistics().tls_resumptions == 1
 
 
 async def test_prewarmed_connection_with_tickets_pending_is_a_hit(
-    eager_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    eager_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     _, port = eager_server
-    async with trio_pool.open_pool() as pool:
-        assert await pool.prewarm(HOST, port, count=1, tls=True, ssl_context=client_ctx) == 1
-        await trio.testing.wait_all_tasks_blocked()  # tickets (1.3) have arrived
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert conn.reused
-        await roundtrip(conn)
-        pool.release(conn)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses, stats.connections_closed) == (1, 0, 0)
+    assert await pool.prewarm(HOST, port, count=1, tls=True, ssl_context=client_ctx) == 1
+    await trio.testing.wait_all_tasks_blocked()  # tickets (1.3) have arrived
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert conn.reused
+    await roundtrip(conn)
+    pool.release(conn)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses, stats.connections_closed) == (1, 0, 0)
 
 
 async def test_resumes_after_close_with_a_server_session_cache(
@@ -398,103 +398,104 @@ async def test_resumes_after_close_with_a_server_session_cache(
 
 
 async def test_different_sni_never_share(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     server, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        by_name: dict[str, PooledConnection] = {}
-        for name in ("localhost", "alt.test", "127.0.0.1"):
-            conn = await pool.acquire_tls(HOST, port, sni=name, ssl_context=client_ctx)
-            await roundtrip(conn)
-            assert not conn.session_reused  # sessions never cross names either
-            by_name[name] = conn
-        assert len({id(c.stream) for c in by_name.values()}) == 3
-        # Python sends no SNI for an IP address; the two names reached the server.
-        assert server.server_names == ["localhost", "alt.test", None]
-        for conn in by_name.values():
-            pool.release(conn)
-
-        for name in ("alt.test", "localhost"):
-            conn = await pool.acquire_tls(HOST, port, sni=name, ssl_context=client_ctx)
-            assert conn is by_name[name]
-            pool.release(conn)
-        # sni=None means the host name: the same key as sni="127.0.0.1".
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert conn is by_name["127.0.0.1"]
+    by_name: dict[str, PooledConnection] = {}
+    for name in ("localhost", "alt.test", "127.0.0.1"):
+        conn = await pool.acquire_tls(HOST, port, sni=name, ssl_context=client_ctx)
+        await roundtrip(conn)
+        assert not conn.session_reused  # sessions never cross names either
+        by_name[name] = conn
+    assert len({id(c.stream) for c in by_name.values()}) == 3
+    # Python sends no SNI for an IP address; the two names reached the server.
+    assert server.server_names == ["localhost", "alt.test", None]
+    for conn in by_name.values():
         pool.release(conn)
-        stats = pool.statistics(HOST, port)
-        assert (stats.pool_hits, stats.pool_misses, stats.tls_handshakes) == (3, 3, 3)
+
+    for name in ("alt.test", "localhost"):
+        conn = await pool.acquire_tls(HOST, port, sni=name, ssl_context=client_ctx)
+        assert conn is by_name[name]
+        pool.release(conn)
+    # sni=None means the host name: the same key as sni="127.0.0.1".
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert conn is by_name["127.0.0.1"]
+    pool.release(conn)
+    stats = pool.statistics(HOST, port)
+    assert (stats.pool_hits, stats.pool_misses, stats.tls_handshakes) == (3, 3, 3)
 
 
 async def test_verify_cert_and_context_never_share(
-    tls_server: tuple[TLSServer, int], ca: trustme.CA, client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int],
+    ca: trustme.CA,
+    client_ctx: ssl.SSLContext,
+    pool: ConnectionPool,
 ) -> None:
     _, port = tls_server
     other_ctx = ssl.create_default_context()
     ca.configure_trust(other_ctx)
-    async with trio_pool.open_pool() as pool:
-        unverified = await pool.acquire_tls(HOST, port, verify_cert=False)
-        assert isinstance(unverified.stream, trio.SSLStream)
-        assert unverified.stream.context.verify_mode == ssl.CERT_NONE
-        await roundtrip(unverified)
-        verified = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert isinstance(verified.stream, trio.SSLStream)
-        assert verified.stream.context is client_ctx
-        await roundtrip(verified)
-        other = await pool.acquire_tls(HOST, port, ssl_context=other_ctx)
-        assert isinstance(other.stream, trio.SSLStream)
-        assert other.stream.context is other_ctx
-        assert not other.session_reused  # a session belongs to its context
-        for conn in (unverified, verified, other):
-            pool.release(conn)
+    unverified = await pool.acquire_tls(HOST, port, verify_cert=False)
+    assert isinstance(unverified.stream, trio.SSLStream)
+    assert unverified.stream.context.verify_mode == ssl.CERT_NONE
+    await roundtrip(unverified)
+    verified = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert isinstance(verified.stream, trio.SSLStream)
+    assert verified.stream.context is client_ctx
+    await roundtrip(verified)
+    other = await pool.acquire_tls(HOST, port, ssl_context=other_ctx)
+    assert isinstance(other.stream, trio.SSLStream)
+    assert other.stream.context is other_ctx
+    assert not other.session_reused  # a session belongs to its context
+    for conn in (unverified, verified, other):
+        pool.release(conn)
 
-        assert await pool.acquire_tls(HOST, port, ssl_context=other_ctx) is other
-        assert await pool.acquire_tls(HOST, port, verify_cert=False) is unverified
-        assert await pool.acquire_tls(HOST, port, ssl_context=client_ctx) is verified
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses, stats.active_connections) == (3, 3, 3)
-        for conn in (unverified, verified, other):
-            pool.release(conn)
+    assert await pool.acquire_tls(HOST, port, ssl_context=other_ctx) is other
+    assert await pool.acquire_tls(HOST, port, verify_cert=False) is unverified
+    assert await pool.acquire_tls(HOST, port, ssl_context=client_ctx) is verified
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses, stats.active_connections) == (3, 3, 3)
+    for conn in (unverified, verified, other):
+        pool.release(conn)
 
 
 async def test_plain_and_tls_to_one_port_never_mix(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     _, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        plain = await pool.acquire(HOST, port)
-        assert not plain.is_tls
-        pool.release(plain)
-        secure = await pool.acquire(HOST, port, tls=True, ssl_context=client_ctx)
-        assert secure.is_tls
-        assert not secure.reused
-        await roundtrip(secure)
-        pool.release(secure)
-        again = await pool.acquire(HOST, port)
-        assert again is plain
-        assert not again.is_tls
-        pool.discard(again)
-        stats = pool.statistics(HOST, port)
-        assert (stats.pool_hits, stats.pool_misses, stats.connections_created) == (1, 2, 2)
+    plain = await pool.acquire(HOST, port)
+    assert not plain.is_tls
+    pool.release(plain)
+    secure = await pool.acquire(HOST, port, tls=True, ssl_context=client_ctx)
+    assert secure.is_tls
+    assert not secure.reused
+    await roundtrip(secure)
+    pool.release(secure)
+    again = await pool.acquire(HOST, port)
+    assert again is plain
+    assert not again.is_tls
+    pool.discard(again)
+    stats = pool.statistics(HOST, port)
+    assert (stats.pool_hits, stats.pool_misses, stats.connections_created) == (1, 2, 2)
 
 
-async def test_tls_arguments_are_checked_before_any_io(client_ctx: ssl.SSLContext) -> None:
+async def test_tls_arguments_are_checked_before_any_io(
+    client_ctx: ssl.SSLContext, pool: ConnectionPool
+) -> None:
     port = refused_port()
-    async with trio_pool.open_pool() as pool:
-        with pytest.raises(ValueError, match="verify_cert"):
-            await pool.acquire_tls(HOST, port, verify_cert=False, ssl_context=client_ctx)
-        with pytest.raises(TypeError, match="ssl_context"):
-            await pool.acquire_tls(HOST, port, ssl_context="yes")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="sni"):
-            await pool.acquire_tls(HOST, port, sni="")
-        with pytest.raises(TypeError, match="verify_cert"):
-            await pool.acquire_tls(HOST, port, verify_cert=None)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="tls"):
-            await pool.acquire(HOST, port, tls=1)  # type: ignore[arg-type]
-        # TLS arguments without tls=True are a mistake, not a plain connection.
-        with pytest.raises(ValueError, match="tls=True"):
-            await pool.acquire(HOST, port, verify_cert=False, ssl_context=client_ctx)
-        assert pool.statistics().connect_failures == 0
+    with pytest.raises(ValueError, match="verify_cert"):
+        await pool.acquire_tls(HOST, port, verify_cert=False, ssl_context=client_ctx)
+    with pytest.raises(TypeError, match="ssl_context"):
+        await pool.acquire_tls(HOST, port, ssl_context="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sni"):
+        await pool.acquire_tls(HOST, port, sni="")
+    with pytest.raises(TypeError, match="verify_cert"):
+        await pool.acquire_tls(HOST, port, verify_cert=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tls"):
+        await pool.acquire(HOST, port, tls=1)  # type: ignore[arg-type]
+    # TLS arguments without tls=True are a mistake, not a plain connection.
+    with pytest.raises(ValueError, match="tls=True"):
+        await pool.acquire(HOST, port, verify_cert=False, ssl_context=client_ctx)
+    assert pool.statistics().connect_failures == 0
 
 
 # -- verification failures --------------------------------------------------------------
@@ -633,48 +634,47 @@ async def test_handshake_error_drops_the_saved_session(
     untrusted_cert: trustme.LeafCert,
     client_ctx: ssl.SSLContext,
     tls_version: str,
+    pool: ConnectionPool,
 ) -> None:
     good = server_context(server_cert, tls_version)
     server, port = await start_tls_server(nursery, good)
-    async with trio_pool.open_pool() as pool:
-        first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(first)
-        resumed = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
-        assert resumed.session_reused  # a session is saved for the key
+    first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(first)
+    resumed = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
+    assert resumed.session_reused  # a session is saved for the key
 
-        server.context = server_context(untrusted_cert, tls_version)
-        await expect_ssl_failure(pool, port, ssl_context=client_ctx)
-        server.context = good
-        fresh = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert not fresh.session_reused  # the failure dropped it
-        await roundtrip(fresh)
-        last = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
-        assert last.session_reused
-        for conn in (first, resumed, fresh, last):
-            pool.release(conn)
-        stats = pool.statistics()
-        assert (stats.tls_handshakes, stats.tls_resumptions, stats.connect_failures) == (4, 2, 1)
+    server.context = server_context(untrusted_cert, tls_version)
+    await expect_ssl_failure(pool, port, ssl_context=client_ctx)
+    server.context = good
+    fresh = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert not fresh.session_reused  # the failure dropped it
+    await roundtrip(fresh)
+    last = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
+    assert last.session_reused
+    for conn in (first, resumed, fresh, last):
+        pool.release(conn)
+    stats = pool.statistics()
+    assert (stats.tls_handshakes, stats.tls_resumptions, stats.connect_failures) == (4, 2, 1)
 
 
 async def test_tls_error_in_use_drops_the_saved_session(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     _, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(conn)
-        resumed = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
-        assert resumed.session_reused
-        pool.release(resumed)
-        await conn.send_all(b"garbage")
-        with pytest.raises(trio.BrokenResourceError) as info:
-            await conn.receive_some()
-        assert isinstance(info.value.__cause__, ssl.SSLError)
-        pool.release(conn)  # broken: closed, not pooled
-        assert conn.is_closed
-        fresh = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
-        assert not fresh.session_reused
-        pool.release(fresh)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(conn)
+    resumed = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
+    assert resumed.session_reused
+    pool.release(resumed)
+    await conn.send_all(b"garbage")
+    with pytest.raises(trio.BrokenResourceError) as info:
+        await conn.receive_some()
+    assert isinstance(info.value.__cause__, ssl.SSLError)
+    pool.release(conn)  # broken: closed, not pooled
+    assert conn.is_closed
+    fresh = await pool.acquire_new(HOST, port, tls=True, ssl_context=client_ctx)
+    assert not fresh.session_reused
+    pool.release(fresh)
 
 
 # -- health through TLS -------------------------------------------------------------------------
@@ -689,22 +689,22 @@ async def test_idle_connection_closed_by_the_server_is_never_handed_out(
     client_ctx: ssl.SSLContext,
     tls_version: str,
     handler: TLSHandler,
+    pool: ConnectionPool,
 ) -> None:
     _, port = await start_tls_server(nursery, server_context(server_cert, tls_version), handler)
-    async with trio_pool.open_pool() as pool:
-        first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(first)
-        pool.release(first)
-        await trio.testing.wait_all_tasks_blocked()  # the server has closed its end
-        second = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert second is not first
-        assert not second.reused
-        assert first.is_closed
-        await roundtrip(second)
-        pool.discard(second)  # the server closes this one too
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses, stats.connections_closed) == (0, 2, 2)
-        check_invariant(stats)
+    first = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(first)
+    pool.release(first)
+    await trio.testing.wait_all_tasks_blocked()  # the server has closed its end
+    second = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert second is not first
+    assert not second.reused
+    assert first.is_closed
+    await roundtrip(second)
+    pool.discard(second)  # the server closes this one too
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses, stats.connections_closed) == (0, 2, 2)
+    check_invariant(stats)
 
 
 async def test_idle_connection_with_unread_data_is_never_reused(
@@ -712,20 +712,20 @@ async def test_idle_connection_with_unread_data_is_never_reused(
     server_cert: trustme.LeafCert,
     client_ctx: ssl.SSLContext,
     tls_version: str,
+    pool: ConnectionPool,
 ) -> None:
     context = server_context(server_cert, tls_version)
     _, port = await start_tls_server(nursery, context, reply_then_junk)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(conn)
-        await trio.testing.wait_all_tasks_blocked()  # the junk has arrived
-        pool.release(conn)
-        assert conn.is_closed
-        other = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        assert other is not conn
-        pool.release(other)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.connections_closed, stats.idle_connections) == (0, 1, 1)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(conn)
+    await trio.testing.wait_all_tasks_blocked()  # the junk has arrived
+    pool.release(conn)
+    assert conn.is_closed
+    other = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    assert other is not conn
+    pool.release(other)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.connections_closed, stats.idle_connections) == (0, 1, 1)
 
 
 async def test_pending_check_loses_no_byte(
@@ -733,42 +733,41 @@ async def test_pending_check_loses_no_byte(
     server_cert: trustme.LeafCert,
     client_ctx: ssl.SSLContext,
     tls_version: str,
+    pool: ConnectionPool,
 ) -> None:
     """has_pending_data() on a borrowed connection must decrypt to see application
     data; what it decrypted is still the next thing receive_some returns."""
     context = server_context(server_cert, tls_version)
     _, port = await start_tls_server(nursery, context, reply_then_junk)
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(conn)
-        await trio.testing.wait_all_tasks_blocked()
-        assert conn.has_pending_data()
-        assert not conn.validate()
-        assert conn.has_pending_data()  # asking again changes nothing
-        assert await conn.receive_some(2) == b"JU"
-        assert await conn.receive_some() == b"NK"
-        assert not conn.has_pending_data()
-        await roundtrip(conn)
-        pool.release(conn)
-        async with pool.connection(HOST, port, tls=True, ssl_context=client_ctx) as again:
-            assert again is conn
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(conn)
+    await trio.testing.wait_all_tasks_blocked()
+    assert conn.has_pending_data()
+    assert not conn.validate()
+    assert conn.has_pending_data()  # asking again changes nothing
+    assert await conn.receive_some(2) == b"JU"
+    assert await conn.receive_some() == b"NK"
+    assert not conn.has_pending_data()
+    await roundtrip(conn)
+    pool.release(conn)
+    async with pool.connection(HOST, port, tls=True, ssl_context=client_ctx) as again:
+        assert again is conn
 
 
 async def test_bytes_buffered_inside_tls_count_as_pending(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     _, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await conn.send_all(b"hello")
-        assert await conn.receive_some(1) == b"h"
-        await trio.testing.wait_all_tasks_blocked()
-        assert not socket_readable(conn)  # the rest is decrypted, inside the SSL object
-        assert conn.has_pending_data()
-        pool.release(conn)
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (0, 1)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await conn.send_all(b"hello")
+    assert await conn.receive_some(1) == b"h"
+    await trio.testing.wait_all_tasks_blocked()
+    assert not socket_readable(conn)  # the rest is decrypted, inside the SSL object
+    assert conn.has_pending_data()
+    pool.release(conn)
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (0, 1)
 
 
 async def test_maintenance_sweep_probes_tls(
@@ -800,19 +799,18 @@ async def test_maintenance_sweep_probes_tls(
 
 
 async def test_discard_sends_close_notify(
-    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext
+    tls_server: tuple[TLSServer, int], client_ctx: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
     server, port = tls_server
-    async with trio_pool.open_pool() as pool:
-        baseline = open_fds()
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
-        await roundtrip(conn)
-        await conn.aclose()  # = discard
-        assert conn.is_closed
-        assert pool.statistics().connections_closed == 1
-        await trio.testing.wait_all_tasks_blocked()
-        assert server.ends == ["close_notify"]
-        assert open_fds() == baseline
+    baseline = open_fds()
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_ctx)
+    await roundtrip(conn)
+    await conn.aclose()  # = discard
+    assert conn.is_closed
+    assert pool.statistics().connections_closed == 1
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.ends == ["close_notify"]
+    assert open_fds() == baseline
 
 
 async def test_release_after_the_pool_is_gone_closes_abruptly(

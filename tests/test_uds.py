@@ -16,7 +16,7 @@ import trio.testing
 import trustme
 
 import trio_pool
-from trio_pool import ConnectError
+from trio_pool import ConnectError, ConnectionPool
 
 from .checks import assert_balanced, assert_settled, roundtrip
 from .servers import Handler, close_after_reply, echo, open_fds, reply_then_junk
@@ -60,22 +60,21 @@ async def test_pooled_per_path(nursery: trio.Nursery, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("handler", [close_after_reply, reply_then_junk])
 async def test_health_checked_like_tcp(
-    nursery: trio.Nursery, tmp_path: Path, handler: Handler
+    nursery: trio.Nursery, tmp_path: Path, handler: Handler, pool: ConnectionPool
 ) -> None:
     """A peer that closes (or talks) while the connection is idle: never handed out."""
     path = await start_unix_server(nursery, tmp_path / "s.sock", handler)
-    async with trio_pool.open_pool() as pool:
-        for _ in range(3):
-            conn = await pool.acquire("localhost", 80, uds=path)
-            assert not conn.reused
-            await roundtrip(conn)
-            assert isinstance(conn.stream, trio.SocketStream)
-            await trio.lowlevel.wait_readable(conn.stream.socket)  # FIN or junk arrived
-            pool.release(conn)
-        stats = pool.statistics()
-        assert (stats.pool_hits, stats.pool_misses) == (0, 3)
-        assert stats.connections_closed == 3
-        assert_settled(pool)
+    for _ in range(3):
+        conn = await pool.acquire("localhost", 80, uds=path)
+        assert not conn.reused
+        await roundtrip(conn)
+        assert isinstance(conn.stream, trio.SocketStream)
+        await trio.lowlevel.wait_readable(conn.stream.socket)  # FIN or junk arrived
+        pool.release(conn)
+    stats = pool.statistics()
+    assert (stats.pool_hits, stats.pool_misses) == (0, 3)
+    assert stats.connections_closed == 3
+    assert_settled(pool)
 
 
 async def test_missing_socket_is_a_connect_error_naming_the_path(tmp_path: Path) -> None:
