@@ -538,8 +538,6 @@ class ConnectionContext(AsyncWithOnly):
 
     async def __aenter__(self) -> PooledConnection:
         pool = self._pool
-        if _get_ident() != pool._thread:
-            pool._check_run()
         if self._conn is not None:
             raise RuntimeError("this connection() context was entered already")
         if self._key.dropped:  # unused for max_idle_time since connection() was called
