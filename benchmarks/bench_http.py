@@ -41,7 +41,7 @@ import trio
 import trio.lowlevel
 
 import trio_pool
-from trio_pool.http import HTTPClient
+from trio_pool.http import HTTPClient, HTTPError
 
 from ._common import HOST, print_table, raise_nofile
 
@@ -202,6 +202,24 @@ def _httpx_worker(client: Any, url: str) -> Callable[[list[int]], Awaitable[None
                 response.content  # noqa: B018 - read already
                 counter[0] += 1
             except httpx.HTTPError:
+                counter[1] += 1
+                await trio.lowlevel.checkpoint()
+
+    return worker
+
+
+def client_worker(client: HTTPClient, url: str) -> Callable[[list[int]], Awaitable[None]]:
+    """A benchmark worker: GET ``url`` with ``client`` forever, counting
+    ``[successes, errors]`` (an error is a checkpoint, so a failing server cannot
+    starve the scheduler)."""
+
+    async def worker(counter: list[int]) -> None:
+        request = client.request
+        while True:
+            try:
+                await request("GET", url)
+                counter[0] += 1
+            except (trio_pool.PoolError, HTTPError):
                 counter[1] += 1
                 await trio.lowlevel.checkpoint()
 

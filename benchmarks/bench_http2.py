@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 import trio_pool
-from trio_pool.http import HTTPClient, HTTPError
+from trio_pool.http import HTTPClient
 
 from ._common import HOST, Tls, print_table, raise_nofile, tls_files
 from .bench_http import (
@@ -41,6 +41,7 @@ from .bench_http import (
     _nginx_binary,
     cell_entry,
     child_cell,
+    client_worker,
     nginx_server,
 )
 
@@ -85,16 +86,7 @@ def _run_ours(
         async with trio_pool.open_pool(max_size=n, acquire_timeout=None) as pool:
             client = HTTPClient(pool, http2=http2, ssl_context=context, timeout=None)
 
-            async def worker(counter: list[int]) -> None:
-                request = client.request
-                while True:
-                    try:
-                        await request("GET", url)
-                        counter[0] += 1
-                    except (trio_pool.PoolError, HTTPError):
-                        counter[1] += 1
-                        await trio.lowlevel.checkpoint()
-
+            worker = client_worker(client, url)
             cell = await _measure(worker, n, warmup, window)
             return cell, pool.statistics().connections_created
 

@@ -46,7 +46,7 @@ import trio
 import trio.lowlevel
 
 import trio_pool
-from trio_pool.http import HTTPClient, HTTPError, Timeout
+from trio_pool.http import HTTPClient, Timeout
 
 from ._common import HOST, Tls, median, print_table, raise_nofile, tls_files
 from .bench_http import (
@@ -56,6 +56,7 @@ from .bench_http import (
     _measure,
     _nginx_binary,
     cell_entry,
+    client_worker,
     free_port,
     nginx_server,
     plain_listen,
@@ -172,16 +173,7 @@ def _run_ours(url: str, mode: str, n: int, warmup: float, window: float, context
                 timeout=Timeout(_LIMIT, connect=_CONNECT_LIMIT),
             )
 
-            async def worker(counter: list[int]) -> None:
-                request = client.request
-                while True:
-                    try:
-                        await request("GET", url)
-                        counter[0] += 1
-                    except (trio_pool.PoolError, HTTPError):
-                        counter[1] += 1
-                        await trio.lowlevel.checkpoint()
-
+            worker = client_worker(client, url)
             return await _measure(worker, n, warmup, window)
 
     return trio.run(main)
