@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, cast
@@ -46,9 +46,10 @@ _get_ident: Final = threading.get_ident
 _new_context: Final = object.__new__
 
 
-def _vouch(conn: PooledConnection) -> None:
-    """After a release: if it pooled ``conn``, let its probe stand for a hand-out to the
-    same task before that task yields to the scheduler (see ``ConnectionPool.acquire_on``).
+def _vouch(conn: PooledConnection, task: trio.lowlevel.Task) -> None:
+    """After ``task`` released ``conn``: if that pooled it, let its probe stand for a
+    hand-out to the same task before the task yields to the scheduler (see
+    ``ConnectionPool.acquire_on``).
 
     The mark is the task's :attr:`trio.lowlevel.Task.custom_sleep_data`, which trio
     documents as set to ``None`` whenever it reschedules a task: so it survives exactly
@@ -56,10 +57,7 @@ def _vouch(conn: PooledConnection) -> None:
     uses it while the task runs; whoever puts the task to sleep next may overwrite it.
     """
     if conn._state is IDLE:
-        try:
-            _current_task().custom_sleep_data = conn
-        except RuntimeError:  # released outside any task: nothing to vouch for
-            pass
+        task.custom_sleep_data = conn
 
 
 class ConnectionPool(metaclass=NoPublicConstructor):
@@ -292,6 +290,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         connect_timeout: float | None,
         *,
         new: bool = False,
+        into: ConnectionContext | None = None,
     ) -> PooledConnection | StreamLease:
         """The acquire every other one is made of (internal: the public methods and
         trio_pool's HTTP clients call it, with checked timeouts).
@@ -305,6 +304,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             timeout: Longest wait in line (``None``: ``acquire_timeout``).
             connect_timeout: Limit of a connect this acquire starts.
             new: Always a new connection (:meth:`acquire_new`).
+            into: The ``connection()`` context being entered: it records the
+                connection and its lease, for its exit.
 
         Returns:
             A connection in use; on a key that multiplexes, a stream of a shared
@@ -317,7 +318,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         now = self._now()
         # The connection this task released and pooled, with no schedule point since
         # (see _vouch): its release's probe stands, within FRESH_FOR.
-        taken = self._state.take(key, now, _current_task().custom_sleep_data, new=new)
+        task = _current_task()
+        taken = self._state.take(key, now, task.custom_sleep_data, new=new)
         conn: PooledConnection | StreamLease
         if taken is None or taken is HANDOFF or taken is CONNECT:
             conn = await self._acquire_miss(key, taken, now, timeout, new, connect_timeout)
@@ -326,6 +328,10 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             conn = taken  # type: ignore[assignment]  # neither None, CONNECT nor HANDOFF
         if self._state.borrowed is not None and isinstance(conn, PooledConnection):
             conn.acquired_by = caller_stack()
+        if into is not None:
+            into._conn = conn  # type: ignore[assignment]  # a key that never multiplexes
+            into._lease = conn._lease  # type: ignore[union-attr]
+            into._task = task  # its exit runs in this task: async with is one frame
         return conn
 
     async def _acquire_miss(
@@ -372,7 +378,11 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         if conn._closed_by_user and conn._state is CLOSED:
             return
         self._state.release(conn, self._now())
-        _vouch(conn)
+        try:
+            task = _current_task()
+        except RuntimeError:  # released outside any task: nothing to vouch for
+            return
+        _vouch(conn, task)
 
     @trio.lowlevel.enable_ki_protection
     def discard(self, conn: PooledConnection) -> None:
@@ -525,7 +535,7 @@ class ConnectionContext(AsyncWithOnly):
     that says to write ``async with pool.connection(...) as conn``.
     """
 
-    __slots__ = ("_conn", "_connect_timeout", "_key", "_lease", "_pool", "_timeout")
+    __slots__ = ("_conn", "_connect_timeout", "_key", "_lease", "_pool", "_task", "_timeout")
     _usage = "async with pool.connection(...) as conn"
     _yields = PooledConnection
 
@@ -535,18 +545,18 @@ class ConnectionContext(AsyncWithOnly):
     _connect_timeout: float | None
     _conn: PooledConnection | None
     _lease: int
+    _task: trio.lowlevel.Task
 
-    async def __aenter__(self) -> PooledConnection:
-        pool = self._pool
+    def __aenter__(self) -> Coroutine[Any, Any, PooledConnection]:
+        # Not a coroutine of its own: it hands back acquire_on's, which records the
+        # connection here (one coroutine frame less on every request).
         if self._conn is not None:
             raise RuntimeError("this connection() context was entered already")
         if self._key.dropped:  # unused for max_idle_time since connection() was called
-            self._key = pool._keys.again(self._key)
-        conn = await pool.acquire_on(self._key, self._timeout, self._connect_timeout)
-        assert type(conn) is PooledConnection  # never a multiplexed key
-        self._conn = conn
-        self._lease = conn._lease
-        return conn
+            self._key = self._pool._keys.again(self._key)
+        return self._pool.acquire_on(  # type: ignore[return-value]  # never multiplexed
+            self._key, self._timeout, self._connect_timeout, into=self
+        )
 
     @trio.lowlevel.enable_ki_protection
     async def __aexit__(
@@ -563,7 +573,7 @@ class ConnectionContext(AsyncWithOnly):
             pool = self._pool
             if exc_type is None:
                 pool._state.release(conn, pool._now())
-                _vouch(conn)
+                _vouch(conn, self._task)
             else:
                 pool._state.discard(conn, pool._now())
 
