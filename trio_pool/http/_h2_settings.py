@@ -12,6 +12,7 @@ import h2.connection
 import h2.settings
 
 from ._h2_adapter import new_h2_connection
+from ._h2_hpack import CachingEncoder
 
 __all__ = ["DEFAULT_WINDOW", "MAX_WINDOW", "check_limits", "new_state_machine"]
 
@@ -55,6 +56,7 @@ def new_state_machine(
         validate_inbound_headers=False,
     )
     state = new_h2_connection(config, count_open)
+    state.encoder = CachingEncoder()  # repeated request heads encoded once
     state.local_settings = h2.settings.Settings(
         client=True,
         initial_values={
