@@ -73,18 +73,24 @@ class _Stream:
         self.sent: int = 0  # request body bytes queued
         self.registered: bool = True  # counted in the connection's open streams
         self.error: HTTPError | None = None
-        self.waiter: trio.Event | None = None
+        # The task asleep in wait(): rescheduled directly, with no Event made per wait.
+        self.waiter: trio.lowlevel.Task | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
-            waiter.set()
+            trio.lowlevel.reschedule(waiter)
 
     async def wait(self) -> None:
-        """Sleep until the reader (or a failure) changes something on this stream."""
-        waiter = self.waiter = trio.Event()
-        await waiter.wait()
+        """Sleep until the reader (or a failure) changes something on this stream
+        (a checkpoint: cancellation lands here, and the stream forgets the task)."""
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class H2StreamSlot:
