@@ -12,7 +12,7 @@ from hpack import NeverIndexedHeaderTuple
 
 from .._redact import shape_of
 
-__all__ = ["check_bytes", "content_length", "request_headers"]
+__all__ = ["LastBlock", "check_bytes", "content_length", "request_headers"]
 
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
@@ -104,3 +104,40 @@ def content_length(block: list[tuple[bytes, bytes]]) -> int | None:
                 raise ValueError("headers must not have two different Content-Length values")
             length = int(value)
     return length
+
+
+class LastBlock:
+    """The header block of the last request on a connection and its Content-Length,
+    given again without re-checking when the next request's arguments are the same
+    (a client's requests often are: one method, authority and path, the same headers).
+
+    :func:`request_headers` is a function of its arguments, so equal arguments give an
+    equal block; the arguments are kept as a copy, so a caller changing its list later
+    changes nothing here.
+    """
+
+    __slots__ = ("_arguments", "_block", "_length")
+
+    def __init__(self) -> None:
+        self._arguments: tuple[object, ...] | None = None
+        self._block: list[tuple[bytes, bytes]] = []
+        self._length: int | None = None
+
+    def build(
+        self, method: object, target: object, authority: object, scheme: object, headers: object
+    ) -> tuple[list[tuple[bytes, bytes]], int | None]:
+        """:func:`request_headers` and :func:`content_length` of the arguments.
+
+        Raises:
+            TypeError, ValueError: As :func:`request_headers` and :func:`content_length`.
+        """
+        arguments = None
+        if type(headers) is list or type(headers) is tuple:
+            arguments = (method, target, authority, scheme, tuple(headers))
+            if arguments == self._arguments:
+                return self._block, self._length
+        block = request_headers(method, target, authority, scheme, headers)
+        length = content_length(block)
+        if arguments is not None:
+            self._arguments, self._block, self._length = arguments, block, length
+        return block, length

@@ -52,7 +52,7 @@ import trio
 from ._exceptions import ReadError
 from ._h2_events import ErrorFactory, _FrameWatch
 from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed
-from ._h2_headers import content_length, request_headers
+from ._h2_headers import LastBlock
 from ._h2_response import H2Response as H2Response
 from ._h2_send import H2RequestStream as H2RequestStream
 from ._h2_settings import check_limits, new_state_machine
@@ -132,6 +132,7 @@ class H2Connection:
             max_concurrent_streams, stream_window, lambda: len(self._streams)
         )
         self._streams: dict[int, _Stream] = {}
+        self._last_block = LastBlock()  # the last request's header block, checked once
         self._reserved = 0
         self._started = 0
         self._goaway: int | None = None  # the last_stream_id of a GOAWAY
@@ -401,8 +402,7 @@ class H2Connection:
         if slot is not None and (not isinstance(slot, H2StreamSlot) or slot._conn is not self):
             raise ValueError("slot must be an H2StreamSlot of this connection")
         try:
-            block = request_headers(method, target, authority, scheme, headers)
-            length = content_length(block)
+            block, length = self._last_block.build(method, target, authority, scheme, headers)
             if end_stream and length:
                 raise ValueError(f"headers say Content-Length: {length}, but there is no body")
         except BaseException:
