@@ -180,9 +180,15 @@ def unregister(conn: H2Connection, stream: _Stream) -> None:
     stream.registered = False
     del conn._streams[stream.id]
     if stream.unacked and not conn._closed:
-        # The stream is closed in h2, so this only re-opens the connection window.
-        conn._h2.acknowledge_received_data(stream.unacked, stream.id)
-        conn._kick()
+        # Handed back to the connection window in batches of a stream window: the
+        # connection window has one stream window more than the open streams can use,
+        # so the credit held back never stops them.
+        conn._credit += stream.unacked
+        if conn._credit >= conn._stream_window:
+            # The stream is closed in h2, so this only re-opens the connection window.
+            conn._h2.acknowledge_received_data(conn._credit, stream.id)
+            conn._credit = 0
+            conn._kick()
     stream.unacked = 0
     stream.wake()
     conn._capacity_changed()

@@ -30,7 +30,9 @@ _RECEIVE_SIZE: Final = 65536
 
 async def start(conn: H2Connection, nursery: trio.Nursery, settings_timeout: float) -> None:
     conn._h2.initiate_connection()
-    connection_window = max(conn._cap * conn._stream_window, DEFAULT_WINDOW)
+    # One stream window more than the open streams can use: the credit of closed
+    # streams is handed back a stream window at a time (_h2_stream.unregister).
+    connection_window = (conn._cap + 1) * conn._stream_window
     increment = min(connection_window, MAX_WINDOW) - DEFAULT_WINDOW
     if increment > 0:
         conn._h2.increment_flow_control_window(increment)

@@ -19,9 +19,10 @@ The connection's task runs two loops:
 Flow control: every stream's receive window is ``stream_window`` bytes and is only
 re-opened as the caller consumes the body, so a stream nobody reads buffers at most
 one window and then the peer must stop. The connection window is
-``max_concurrent_streams * stream_window``, so open streams together can never use it
-up and a stalled stream cannot starve the others; when a stream ends or is reset,
-its unread bytes are handed back to the connection window at once. Sending waits for
+``(max_concurrent_streams + 1) * stream_window``, so open streams together can never use
+it up and a stalled stream cannot starve the others; when a stream ends or is reset,
+its unread bytes go back to the connection window, in batches of one stream window
+(the one window more). Sending waits for
 the peer's ``WINDOW_UPDATE`` and for the writer to take what is queued, so the
 outbound buffer stays small; each such wait has the request's write limit.
 
@@ -140,6 +141,7 @@ class H2Connection:
         self._error: ErrorFactory | None = None
         self._outbox = bytearray()  # h2's output, kept safe from h2 clearing it on GOAWAY
         self._queued = 0  # body bytes in h2's buffer that the writer has not taken yet
+        self._credit = 0  # connection-window credit of closed streams, not handed back yet
         self._send_waiters: set[_Stream] = set()  # senders waiting for the writer
         # Bytes of h2's automatic answers to the peer queued since the writer last took
         # the queue (bounded by _MAX_UNSENT_REPLIES).
