@@ -97,3 +97,10 @@ def test_random_sequences_decode_to_what_was_encoded(seed: int) -> None:
 )
 def test_all_indexed(block: bytes, expected: bool) -> None:
     assert all_indexed(block) is expected
+
+
+def test_literals_go_out_without_huffman_coding() -> None:
+    path = b"/items/12345?q=abc"
+    block = CachingEncoder().encode([(b":path", path)])
+    assert path in block  # the value as it is
+    assert hpack.Decoder().decode(block, raw=True) == [(b":path", path)]

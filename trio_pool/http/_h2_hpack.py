@@ -10,6 +10,11 @@ indexed fields only, and forgets them all whenever an encoding was anything else
 the table size is set. A block with a never-indexed field is never taken from the
 cache (its bytes are not all indexed, so it is never put in either).
 
+Literals go out without Huffman coding unless asked for (h2 does not ask): a request
+head with one new value (a path) encodes in about 20% less time (17.4 against 22.2 µs
+a block with hpack 4.2), for about 25% more bytes in that value; netty and Envoy made
+the same choice.
+
 h2 encodes through its connection's public ``encoder`` attribute (an
 :class:`hpack.Encoder`); :func:`trio_pool.http._h2_settings.new_state_machine` puts
 this one there.
@@ -71,7 +76,7 @@ class CachingEncoder(hpack.Encoder):
     def encode(
         self,
         headers: Iterable[Field] | dict[bytes | str, bytes | str],
-        huffman: bool = True,
+        huffman: bool = False,
     ) -> bytes:
         if isinstance(headers, list) and all(type(field) is tuple for field in headers):
             key = tuple(headers)
