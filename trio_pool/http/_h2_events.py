@@ -292,6 +292,7 @@ def _dispatch(conn: H2Connection, event: h2.events.Event) -> None:
             for stream in conn._streams.values():
                 stream.wake()
         if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in changed:
+            conn._limit = min(conn._h2.remote_settings.max_concurrent_streams, conn._cap)
             conn._capacity_changed()
     elif isinstance(event, h2.events.ConnectionTerminated):
         _on_goaway(conn, event)

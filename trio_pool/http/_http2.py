@@ -132,6 +132,9 @@ class H2Connection:
         self._h2 = new_state_machine(
             max_concurrent_streams, stream_window, lambda: len(self._streams)
         )
+        # min(the peer's SETTINGS_MAX_CONCURRENT_STREAMS, ours), read on every pool
+        # decision: kept here, and updated when the peer's settings change (_h2_events).
+        self._limit: int = min(self._h2.remote_settings.max_concurrent_streams, self._cap)
         self._streams: dict[int, _Stream] = {}
         self._last_block = LastBlock()  # the last request's header block, checked once
         self._reserved = 0
@@ -237,7 +240,7 @@ class H2Connection:
     @property
     def max_concurrent_streams(self) -> int:
         """The peer's ``SETTINGS_MAX_CONCURRENT_STREAMS``, capped by our own limit."""
-        return min(self._h2.remote_settings.max_concurrent_streams, self._cap)
+        return self._limit
 
     @property
     def open_streams(self) -> int:
