@@ -338,8 +338,7 @@ def _draw_http2(result: Mapping[str, Any], path: Path) -> None:
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     axes.set_title(
-        "Our HTTP/2 against our HTTP/1.1 (HTTPS GET to nginx)\n"
-        + _subtitle(result),
+        "Our HTTP/2 against our HTTP/1.1 (HTTPS GET to nginx)\n" + _subtitle(result),
         fontsize=10,
     )
     figure.savefig(path)
