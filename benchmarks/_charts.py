@@ -9,6 +9,8 @@ One chart per benchmark that has one:
   from its start to its end, one panel per variant;
 * ``httpx``: httpx + ``PoolTransport`` against its glue-free bound, one bar per mode and
   concurrency (throughput ratio, and the client-CPU ratio beside it), the goal as a line.
+* ``http2``: our HTTP/2 against our HTTP/1.1 at each concurrency, one bar for the
+  throughput ratio and one for the client-CPU-per-request ratio, the parity line at 1.
 
 matplotlib (the ``bench`` extra) is imported only when a chart is drawn, with the
 non-interactive Agg backend; without it :func:`write_chart` raises
@@ -30,6 +32,7 @@ from typing import Any
 __all__ = [
     "CHARTED",
     "ChartsUnavailable",
+    "http2_series",
     "http_series",
     "httpx_series",
     "pooling_series",
@@ -105,6 +108,19 @@ def httpx_series(result: Mapping[str, Any]) -> dict[str, list[tuple[int, float, 
         if point not in points:
             points.append(point)
     return {mode: sorted(points) for mode, points in series.items()}
+
+
+def http2_series(result: Mapping[str, Any]) -> list[tuple[int, float, float]]:
+    """``bench_http2``: ``(concurrency, throughput ratio, CPU ratio)`` of our HTTP/2 to
+    our HTTP/1.1, ascending (from the result's ratios)."""
+    ratios: Mapping[str, float] = result["ratios"]
+    points = []
+    for key, value in ratios.items():
+        name, _, n = key.rpartition("@")
+        if name == "trio_pool h2/ours_http11":
+            cpu = ratios[f"trio_pool h2_cpu/ours_http11_cpu@{n}"]
+            points.append((int(n), float(value), float(cpu)))
+    return sorted(points)
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -304,11 +320,36 @@ def _draw_httpx(result: Mapping[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def _draw_http2(result: Mapping[str, Any], path: Path) -> None:
+    figure, (axes,) = _figure()
+    width = 0.38
+    points = http2_series(result)
+    for x, (_, ratio, cpu) in enumerate(points):
+        for offset, value, color, label in (
+            (-width / 2, ratio, "C0", "req/s: HTTP/2 / HTTP/1.1 (goal >= 1)"),
+            (width / 2, cpu, "C2", "CPU per request: HTTP/2 / HTTP/1.1 (goal <= 1)"),
+        ):
+            bar = axes.bar(x + offset, value, width, color=color, label=label if x == 0 else None)
+            axes.bar_label(bar, [f"{value:.2f}"], fontsize=7, padding=1)
+    axes.axhline(1.0, color="C3", linestyle="--", linewidth=1.2, label="parity")
+    axes.set_xticks(range(len(points)), [f"c={n}" for n, _, _ in points])
+    axes.set_ylim(0, max(1.3, axes.get_ylim()[1]))
+    axes.set_ylabel("trio_pool HTTP/2 / trio_pool HTTP/1.1")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    axes.set_title(
+        "Our HTTP/2 against our HTTP/1.1 (HTTPS GET to nginx)\n" + _subtitle(result),
+        fontsize=10,
+    )
+    figure.savefig(path)
+
+
 CHARTED: dict[str, Callable[[Mapping[str, Any], Path], None]] = {
     "http": _draw_http,
     "pooling": _draw_pooling,
     "spike": _draw_spike,
     "httpx": _draw_httpx,
+    "http2": _draw_http2,
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks._charts import (
     ChartsUnavailable,
+    http2_series,
     http_series,
     httpx_series,
     pooling_series,
@@ -85,6 +86,19 @@ def httpx_result() -> dict[str, Any]:
     return {"name": "httpx", "quick": True, "results": rows, "ratios": ratios, "goal": 0.8}
 
 
+def http2_result() -> dict[str, Any]:
+    ratios = {}
+    for n, value, cpu in ((1000, 1.1, 0.9), (10, 0.8, 1.2), (100, 0.95, 1.05)):
+        ratios[f"trio_pool h2/httpcore_h2@{n}"] = 4.0
+        ratios[f"trio_pool h2/ours_http11@{n}"] = value
+        ratios[f"trio_pool h2_cpu/ours_http11_cpu@{n}"] = cpu
+    return {"name": "http2", "quick": True, "results": [], "ratios": ratios}
+
+
+def test_http2_series_is_ours_against_our_http11_by_concurrency() -> None:
+    assert http2_series(http2_result()) == [(10, 0.8, 1.2), (100, 0.95, 1.05), (1000, 1.1, 0.9)]
+
+
 def test_httpx_series_per_mode_by_concurrency() -> None:
     series = httpx_series(httpx_result())
     assert list(series) == ["http/1.1", "h2"]
@@ -130,7 +144,9 @@ def test_without_matplotlib_write_chart_says_so(
         write_chart(http_result(), tmp_path / "x-http.json")
 
 
-@pytest.mark.parametrize("make", [http_result, pooling_result, spike_result, httpx_result])
+@pytest.mark.parametrize(
+    "make", [http_result, pooling_result, spike_result, httpx_result, http2_result]
+)
 def test_chart_is_a_png_beside_the_json(make: Any, tmp_path: Path) -> None:
     result = make()
     json_path = tmp_path / f"20261201-190000-{result['name']}.json"

@@ -376,6 +376,32 @@ async def test_rst_stream_fails_only_that_stream(nursery: trio.Nursery) -> None:
 # -- flow control ----------------------------------------------------------------------
 
 
+async def test_closed_streams_credit_goes_back_in_batches(nursery: trio.Nursery) -> None:
+    """The connection window is one stream window wider than the open streams can use,
+    and the unread bytes of closed streams go back a stream window at a time: far more
+    than the connection window flows through abandoned streams without a stall."""
+    size = 60_000
+
+    async def big(stream: ServerStream) -> None:
+        await stream.respond(bytes(size))
+
+    server = H2Server(routes={"/big": big})
+    port = await server.start(nursery)
+    conn = await connect_h2(port, nursery, max_concurrent_streams=2, stream_window=65535)
+    peer = server.connections[0].h2
+    await wait_until(
+        lambda: peer.outbound_flow_control_window == 3 * 65535, "(2 + 1) stream windows"
+    )
+    for _ in range(20):  # 1.2 MB unread, six times the connection window
+        with trio.fail_after(10):
+            response = await conn.request("GET", "/big", HOST)
+            stream = response._stream
+            await wait_until(lambda: stream.remote_ended, "the body here")  # noqa: B023
+            response.abandon()
+    assert await get(conn, "/") == (200, b"ok")
+    await conn.aclose()
+
+
 async def test_unread_stream_stops_server_after_one_window(nursery: trio.Nursery) -> None:
     size = 1_000_000
     streams: list[ServerStream] = []

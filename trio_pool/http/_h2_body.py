@@ -10,19 +10,13 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
-from ._http2 import (
-    H2Connection,
-    _Stream,
-    abandon_body,
-    body_arrived,
-    body_ended,
-    receive_body,
-    take_buffered,
-)
+from ._h2_response import abandon_body, body_arrived, body_ended, receive_body, take_buffered
 from ._interfaces import BodyReader, read_timeout_error
 from ._models import Response
 
 if TYPE_CHECKING:
+    from ._h2_stream import _Stream
+    from ._http2 import H2Connection
     from ._models import Target
     from ._timeouts import Timeout
 

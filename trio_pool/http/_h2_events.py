@@ -20,9 +20,11 @@ from h2.errors import ErrorCodes
 
 from ._exceptions import HTTPError, RemoteProtocolError
 from ._h2_exceptions import RequestNotProcessed, StreamReset
+from ._h2_stream import maybe_closed, stream_error, unregister
 
 if TYPE_CHECKING:
-    from ._http2 import H2Connection, _Stream
+    from ._h2_stream import _Stream
+    from ._http2 import H2Connection
 
 __all__ = ["ErrorFactory", "chained", "receive"]
 
@@ -269,7 +271,7 @@ def _dispatch(conn: H2Connection, event: h2.events.Event) -> None:
             trailers = list(event.headers or ())
             problem = _header_problem(trailers, trailers=True)
             if problem is not None:
-                conn._stream_error(stream, f"malformed trailers: {problem}")
+                stream_error(conn, stream, f"malformed trailers: {problem}")
             else:
                 stream.trailers = trailers
     elif isinstance(event, h2.events.InformationalResponseReceived):
@@ -277,7 +279,7 @@ def _dispatch(conn: H2Connection, event: h2.events.Event) -> None:
         if stream is not None:
             problem = _header_problem(list(event.headers or ()), trailers=False)
             if problem is not None:
-                conn._stream_error(stream, f"malformed informational response: {problem}")
+                stream_error(conn, stream, f"malformed informational response: {problem}")
     elif isinstance(event, h2.events.RemoteSettingsChanged):
         conn._ready.set()
         changed = event.changed_settings
@@ -290,6 +292,7 @@ def _dispatch(conn: H2Connection, event: h2.events.Event) -> None:
             for stream in conn._streams.values():
                 stream.wake()
         if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in changed:
+            conn._limit = min(conn._h2.remote_settings.max_concurrent_streams, conn._cap)
             conn._capacity_changed()
     elif isinstance(event, h2.events.ConnectionTerminated):
         _on_goaway(conn, event)
@@ -301,7 +304,7 @@ def _on_head(conn: H2Connection, stream: _Stream, headers: list[tuple[bytes, byt
     """A final response head arrived on ``stream``."""
     problem = _header_problem(headers, trailers=False)
     if problem is not None:
-        conn._stream_error(stream, f"malformed response: {problem}")
+        stream_error(conn, stream, f"malformed response: {problem}")
         return
     stream.headers = headers
     if not stream.head:
@@ -321,17 +324,18 @@ def _on_end(conn: H2Connection, stream: _Stream) -> None:
     """The peer ended ``stream`` (END_STREAM on DATA, the head, or trailers)."""
     stream.remote_ended = True
     if stream.headers is None:  # pragma: no cover - h2 rejects this itself
-        conn._stream_error(stream, "the stream ended without a response")
+        stream_error(conn, stream, "the stream ended without a response")
         return
     if stream.expected is not None and stream.received != stream.expected:
-        conn._stream_error(
+        stream_error(
+            conn,
             stream,
             f"the body ended after {stream.received} bytes of the {stream.expected}"
             " its content-length announced",
         )
         return
     stream.wake()
-    conn._maybe_closed(stream)
+    maybe_closed(conn, stream)
 
 
 def _on_reset(conn: H2Connection, event: h2.events.StreamReset) -> None:
@@ -352,7 +356,7 @@ def _on_reset(conn: H2Connection, event: h2.events.StreamReset) -> None:
     stream.reset = True
     if stream.error is not None:
         stream.buffer.clear()
-    conn._unregister(stream)
+    unregister(conn, stream)
 
 
 def _on_goaway(conn: H2Connection, event: h2.events.ConnectionTerminated) -> None:
@@ -366,7 +370,7 @@ def _on_goaway(conn: H2Connection, event: h2.events.ConnectionTerminated) -> Non
         )
         stream.reset = True
         stream.buffer.clear()
-        conn._unregister(stream)
+        unregister(conn, stream)
     conn._capacity_changed()
 
 

@@ -1,6 +1,6 @@
-"""The sending side of one HTTP/2 request (what :class:`H2RequestStream` does): its
-body as DATA frames within flow control and Content-Length, then the wait for the
-response head. Synchronous changes to h2's state; the connection's writer sends."""
+"""The sending side of one HTTP/2 request, :class:`H2RequestStream`: its body as DATA
+frames within flow control and Content-Length, then the wait for the response head.
+Synchronous changes to h2's state; the connection's writer sends."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ._exceptions import LocalProtocolError, ReadTimeout, WriteTimeout
+from ._h2_response import H2Response, make_response
+from ._h2_stream import _Stream, cancel_stream, maybe_closed
 
 if TYPE_CHECKING:
-    from ._http2 import H2Connection, H2Response, _Stream
+    from ._http2 import H2Connection
 
-__all__ = ["receive_head", "send_data"]
+__all__ = ["H2RequestStream", "receive_head", "send_data"]
 
 # How many body bytes may wait in h2's outbound buffer before a sender waits for the
 # writer: one socket write's worth.
@@ -90,14 +92,14 @@ async def send_data(
 def _ended(conn: H2Connection, stream: _Stream) -> None:
     stream.local_ended = True
     conn._kick()
-    conn._maybe_closed(stream)
+    maybe_closed(conn, stream)
 
 
 def _stop_sending(conn: H2Connection, stream: _Stream) -> None:
     """The server answered before the body was sent: send no more, and close our
     side with ``RST_STREAM(NO_ERROR)`` once the response has ended."""
     stream.send_stopped = True
-    conn._maybe_closed(stream)
+    maybe_closed(conn, stream)
 
 
 async def _send_wait(
@@ -137,7 +139,7 @@ async def receive_head(conn: H2Connection, stream: _Stream, timeout: float | Non
         if stream.error is not None:
             raise stream.error
         raise trio.ClosedResourceError(f"stream {stream.id} was reset (abandoned)")
-    return conn._make_response(stream)
+    return make_response(conn, stream)
 
 
 # -- stream bookkeeping (synchronous) -----------------------------------------
@@ -156,3 +158,88 @@ def _answered(stream: _Stream) -> bool:
         if name == b":status":
             return not value.startswith((b"1", b"2"))
     return False
+
+
+class H2RequestStream:
+    """A request on its stream, being sent: its body, then the response head.
+
+    Made by :meth:`H2Connection.start_request` once the HEADERS are queued. Send the
+    body with :meth:`send_data` (the last piece, or an empty one, with
+    ``end_stream=True``), then wait for the head with :meth:`receive_response`. Any
+    failure, timeout or cancellation of either resets the stream
+    (``RST_STREAM(CANCEL)``); the other streams and the connection carry on.
+
+    Each wait has its own limit: ``timeout`` of :meth:`send_data` limits each wait for
+    the server's flow-control window or for the connection's writer (a steady upload is
+    never cut off, a stalled one is), ``timeout`` of :meth:`receive_response` the wait
+    for the head, counted from when the request was sent.
+    """
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: H2Connection, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def __repr__(self) -> str:
+        return f"<H2RequestStream stream {self._stream.id}>"
+
+    @property
+    def stream_id(self) -> int:
+        """The HTTP/2 stream id."""
+        return self._stream.id
+
+    @property
+    def answered_early(self) -> bool:
+        """Whether the server answered before the body was sent, so sending stopped."""
+        return self._stream.send_stopped
+
+    async def send_data(
+        self, data: bytes, *, end_stream: bool = False, timeout: float | None = None
+    ) -> bool:
+        """Send ``data`` as DATA frames, as the flow-control windows allow, and with
+        END_STREAM on the last frame if ``end_stream``. Returns once every frame is in
+        the connection's outbound buffer (at most about 64 KiB waits there).
+
+        Returns ``False``, having stopped sending, when the server has answered before
+        the body was sent (RFC 9113, 8.1): a complete response, or a final status of
+        300 or more (the server does not want the rest; Go's transport decides the
+        same). The stream is then reset with ``NO_ERROR`` once the response has ended,
+        and :meth:`receive_response` returns it.
+
+        Args:
+            data: The bytes to send (may be empty, to send END_STREAM alone).
+            end_stream: Whether this ends the request body.
+            timeout: Seconds each wait (for window, or for the writer) may last;
+                ``None``: no limit, ``0``: fail as soon as sending would wait.
+
+        Raises:
+            WriteTimeout: A wait took longer than ``timeout``.
+            StreamReset: The server reset the stream.
+            RequestNotProcessed: GOAWAY or ``REFUSED_STREAM``: not processed.
+            ReadError, WriteError, RemoteProtocolError: The connection failed.
+        """
+        try:
+            return await send_data(self._conn, self._stream, data, end_stream, timeout)
+        except BaseException:
+            cancel_stream(self._conn, self._stream)
+            raise
+
+    async def receive_response(self, *, timeout: float | None = None) -> H2Response:
+        """Wait for the response head (at most ``timeout`` seconds, ``None``: no limit).
+
+        Raises:
+            ReadTimeout: No head within ``timeout``.
+            StreamReset, RequestNotProcessed, ReadError, WriteError,
+                RemoteProtocolError: As for :meth:`send_data`.
+        """
+        try:
+            return await receive_head(self._conn, self._stream, timeout)
+        except BaseException:
+            cancel_stream(self._conn, self._stream)
+            raise
+
+    def reset(self) -> None:
+        """Reset the stream (``RST_STREAM(CANCEL)``) unless it is closed already: a
+        request given up while it was sent. Synchronous and idempotent."""
+        cancel_stream(self._conn, self._stream)

@@ -17,21 +17,22 @@ from .._exceptions import ConnectTimeout
 from ._exceptions import ReadError, WriteError
 from ._h2_events import chained, receive
 from ._h2_exceptions import GoAwayOnOpen
+from ._h2_settings import DEFAULT_WINDOW, MAX_WINDOW
 
 if TYPE_CHECKING:
     from ._http2 import H2Connection
 
-__all__ = ["CLOSE_TIMEOUT", "DEFAULT_WINDOW", "MAX_WINDOW", "drained_wait", "run", "start"]
+__all__ = ["CLOSE_TIMEOUT", "drained_wait", "run", "start"]
 
 CLOSE_TIMEOUT: Final = 1.0
 _RECEIVE_SIZE: Final = 65536
-MAX_WINDOW: Final = 2**31 - 1
-DEFAULT_WINDOW: Final = 65535
 
 
 async def start(conn: H2Connection, nursery: trio.Nursery, settings_timeout: float) -> None:
     conn._h2.initiate_connection()
-    connection_window = max(conn._cap * conn._stream_window, DEFAULT_WINDOW)
+    # One stream window more than the open streams can use: the credit of closed
+    # streams is handed back a stream window at a time (_h2_stream.unregister).
+    connection_window = (conn._cap + 1) * conn._stream_window
     increment = min(connection_window, MAX_WINDOW) - DEFAULT_WINDOW
     if increment > 0:
         conn._h2.increment_flow_control_window(increment)
