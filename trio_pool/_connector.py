@@ -18,6 +18,7 @@ import trio
 
 from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
+from ._events import ConnectDone, ConnectFailed, ConnectStarted, TLSResumed
 from ._exceptions import ConnectError, ConnectTimeout
 from ._shared import Multiplexer, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
@@ -186,6 +187,9 @@ class Connector:
         key = state.key
         if timeout is None:
             timeout = self._config.connection_timeout
+        started = trio.current_time()
+        if self.state.on_event is not None:
+            self.state.on_event(ConnectStarted(key, started, pending is not None))
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
@@ -238,6 +242,11 @@ class Connector:
         except BaseException as exc:
             # Synchronous from here to the raise: the slot is given back in the same step.
             cancelled = _is_cancellation(exc)
+            on_event = self.state.on_event
+            if on_event is not None and not cancelled:
+                now = trio.current_time()
+                timed_out = isinstance(exc, ConnectTimeout)
+                on_event(ConnectFailed(key, now, now - started, exc, timed_out))
             self.state.connect_failed(
                 state,
                 failed=not cancelled,
@@ -245,8 +254,11 @@ class Connector:
                 pending=pending,
             )
             raise
+        now = trio.current_time()
+        if self.state.on_event is not None:
+            self.state.on_event(ConnectDone(key, now, now - started, shared is not None))
         return self.state.connected(
-            state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
+            state, stream, now, to_idle=to_idle, pending=pending, shared=shared
         )
 
     @staticmethod
@@ -333,6 +345,8 @@ class Connector:
         state.tls_handshakes += 1
         if stream.session_reused:
             state.tls_resumptions += 1
+            if self.state.on_event is not None:
+                self.state.on_event(TLSResumed(key, trio.current_time()))
         return stream
 
     def close_stream(self, conn: PooledConnection) -> None:
