@@ -81,7 +81,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         self._token = trio.lowlevel.current_trio_token()
         self._thread: int | None = _get_ident()
         self._listeners = Listeners(config.on_event)
-        self._connector = connector = Connector(config, nursery)
+        self._connector = connector = Connector(config, nursery, self._listeners)
         self._state = PoolState(
             self,
             config,

@@ -43,7 +43,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h2.config
 import h2.connection
@@ -65,6 +65,9 @@ from ._h2_events import ErrorFactory, _FrameWatch
 from ._h2_exceptions import ConnectionUnavailable, RequestNotProcessed
 from ._h2_send import receive_head, send_data
 from ._h2_task import CLOSE_TIMEOUT, DEFAULT_WINDOW, MAX_WINDOW, drained_wait, start
+
+if TYPE_CHECKING:
+    from ._h2_liveness import Pinger
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -625,6 +628,7 @@ class H2Connection:
         self._cancel_scope = trio.CancelScope()
         self._capacity_lot = trio.lowlevel.ParkingLot()
         self.idle_since: float | None = None
+        self._pinger: Pinger | None = None  # PINGs a quiet connection (_h2_liveness)
 
     # -- opening and closing -------------------------------------------------------
 
