@@ -14,7 +14,15 @@ import pytest
 import trio
 
 import trio_pool
-from trio_pool import Closed, PingAnswered, PingSent, PingTimedOut, PoolEvent
+from trio_pool import (
+    Closed,
+    ConnectDone,
+    PingAnswered,
+    PingSent,
+    PingTimedOut,
+    PoolEvent,
+    Reused,
+)
 from trio_pool.http import HTTPClient, ReadError, RequestNotProcessed
 from trio_pool.http._h2_client import open_h2
 from trio_pool.http._h2_liveness import Liveness, Pinger
@@ -148,6 +156,11 @@ async def test_answered_pings_keep_the_connection(server: tuple[H2Server, int]) 
         assert (stats.connections_closed, stats.http2_connections) == (0, 1)
     answered = recorder.of(PingAnswered)
     assert all(event.rtt >= 0 for event in answered)  # type: ignore[attr-defined]
+    (done,) = recorder.of(ConnectDone)
+    assert done.multiplexed  # type: ignore[attr-defined]
+    (reused,) = recorder.of(Reused)  # the second request: a stream of the same connection
+    assert reused.multiplexed  # type: ignore[attr-defined]
+    assert reused.idle_for > 0  # type: ignore[attr-defined]
     assert len(recorder.of(PingSent)) >= len(answered)
     assert not recorder.of(PingTimedOut)
 
@@ -189,3 +202,16 @@ async def test_no_pings_by_default(server: tuple[H2Server, int]) -> None:
         (conn,) = pool._state.live
         assert conn.shared._pinger is None  # type: ignore[attr-defined]
     assert not recorder.of(PingSent)
+
+
+async def test_goaway_closes_with_its_reason(server: tuple[H2Server, int]) -> None:
+    h2_server, port = server
+    recorder = Recorder()
+    async with trio_pool.open_pool(on_event=recorder) as pool:
+        client = HTTPClient(pool, http2="prior-knowledge")
+        assert (await client.request("GET", f"http://{HOST}:{port}/")).status == 200
+        await h2_server.connections[0].goaway(last_stream_id=1)
+        await until(lambda: bool(recorder.of(Closed)))
+    (closed,) = recorder.of(Closed)
+    assert closed.reason == "goaway"  # type: ignore[attr-defined]
+    assert closed.uses == 1  # type: ignore[attr-defined]
