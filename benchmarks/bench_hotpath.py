@@ -2,8 +2,10 @@
 
 The floor is a bare :class:`trio.CapacityLimiter` acquire/release plus a deque pop/append:
 one checkpoint and O(1) bookkeeping, which is what a pool hit needs at least. Target:
-``pool.acquire`` + ``pool.release`` <= 1.3x the floor. Also shown: ``pool.connection()``,
-a bare checkpoint, and the synchronous parts alone (bookkeeping, health probe).
+``pool.acquire`` + ``pool.release`` <= 1.3x the floor. Also shown: the same on a pool
+with a no-op ``on_event`` hook (what building and reporting the events costs),
+``pool.connection()``, a bare checkpoint, and the synchronous parts alone (bookkeeping,
+health probe).
 
 Times are this process's CPU time (``time.process_time``), which a busy shared machine
 disturbs far less than wall-clock time; everything here runs in one thread with no I/O.
@@ -29,7 +31,9 @@ from ._common import HOST, echo_server, fmt_us, median, print_table, rounds_of
 Measure = Callable[[], Awaitable[float]]
 
 
-def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Measure]:
+def _variants(
+    pool: trio_pool.ConnectionPool, hooked: trio_pool.ConnectionPool, port: int, n: int
+) -> dict[str, Measure]:
     limiter = trio.CapacityLimiter(100)
     spare: deque[object] = deque([object()])
     conn = None
@@ -46,6 +50,15 @@ def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Me
 
     async def acquire_release() -> float:
         acquire, release = pool.acquire, pool.release
+        start = time.process_time()
+        for _ in range(n):
+            conn = await acquire(HOST, port)
+            release(conn)
+        return (time.process_time() - start) / n
+
+    async def acquire_release_hooked() -> float:
+        # The same on a pool with an on_event hook that does nothing: the events' cost.
+        acquire, release = hooked.acquire, hooked.release
         start = time.process_time()
         for _ in range(n):
             conn = await acquire(HOST, port)
@@ -97,6 +110,7 @@ def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Me
     return {
         "floor (CapacityLimiter + deque)": floor,
         "pool.acquire + pool.release": acquire_release,
+        "the same, on_event hook set": acquire_release_hooked,
         "async with pool.connection()": context,
         "bare checkpoint": checkpoint,
         "sync: PoolState.take + release": sync_bookkeeping,
@@ -105,9 +119,13 @@ def _variants(pool: trio_pool.ConnectionPool, port: int, n: int) -> dict[str, Me
 
 
 async def _measure(port: int, rounds: int, n: int) -> dict[str, list[float]]:
-    async with trio_pool.open_pool(max_size=10) as pool:
+    async with (
+        trio_pool.open_pool(max_size=10) as pool,
+        trio_pool.open_pool(max_size=10, on_event=lambda event: None) as hooked,
+    ):
         await pool.prewarm(HOST, port, count=1)
-        variants = _variants(pool, port, n)
+        await hooked.prewarm(HOST, port, count=1)
+        variants = _variants(pool, hooked, port, n)
         await rounds_of(1, variants)  # warm up
         return await rounds_of(rounds, variants)
 
@@ -139,6 +157,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "acquire_release_vs_floor": pool_med / floor_med,
         "acquire_release_vs_floor_min": min(samples["pool.acquire + pool.release"]) / floor_min,
         "connection_ctx_vs_floor": median(samples["async with pool.connection()"]) / floor_med,
+        "hooked_vs_unhooked": median(samples["the same, on_event hook set"]) / pool_med,
     }
     return {
         "name": "hotpath",

@@ -311,11 +311,14 @@ class ServerConnection:
         self.lock = trio.Lock()
         self.streams: dict[int, ServerStream] = {}
         self.settings_acked = trio.Event()
+        # A peer that vanished without a FIN: it still reads, and sends nothing (not
+        # even the PING ACKs h2 queues by itself).
+        self.frozen = False
 
     async def flush(self) -> None:
         async with self.lock:
             data = self.h2.data_to_send()
-            if data:
+            if data and not self.frozen:
                 try:
                     await self.tcp.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -42,8 +42,12 @@ async def served_while(
     """Hold the key's only connection while another task waits for it, give it back
     with ``give_back``, and return what the waiter's wait observer saw."""
     seen: list[bool] = []
-    pool._state.wait_observers.append(
-        lambda _key, _waited: seen.append(trio.lowlevel.currently_ki_protected())
+    pool.listen(
+        lambda event: (
+            seen.append(trio.lowlevel.currently_ki_protected())
+            if isinstance(event, trio_pool.Waited)
+            else None
+        )
     )
     conn = await pool.acquire(HOST, port)
     async with trio.open_nursery() as nursery:

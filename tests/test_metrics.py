@@ -105,6 +105,37 @@ async def test_counters_gauges_and_wait_histogram(echo_port: int) -> None:
         assert value(scrape(registry), "trio_pool_acquire_timeouts_total", echo_port) == 1
 
 
+async def test_collector_listens_beside_the_on_event_hook(echo_port: int) -> None:
+    """The wait histogram sits on the pool's events: with a user hook set, both hear
+    every served wait (and a hook that raises disturbs neither)."""
+    heard: list[trio_pool.PoolEvent] = []
+
+    def hook(event: trio_pool.PoolEvent) -> None:
+        heard.append(event)
+        raise RuntimeError("a broken hook")
+
+    registry = CollectorRegistry()
+    async with trio_pool.open_pool(max_size=1, on_event=hook) as pool:
+        registry.register(PrometheusCollector(pool))
+        for _ in range(2):
+            conn = await pool.acquire(HOST, echo_port)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_borrow, pool, echo_port)
+                await trio.testing.wait_all_tasks_blocked()
+                pool.release(conn)
+        samples = scrape(registry)
+    waits = [event for event in heard if isinstance(event, trio_pool.Waited)]
+    assert len(waits) == 2
+    assert value(samples, "trio_pool_acquire_wait_seconds_count", echo_port) == 2
+    assert value(samples, "trio_pool_acquire_wait_seconds_sum", echo_port) == pytest.approx(
+        sum(event.waited for event in waits)
+    )
+
+
+async def _borrow(pool: trio_pool.ConnectionPool, port: int) -> None:
+    pool.release(await pool.acquire(HOST, port))
+
+
 async def test_waiters_rejected_by_max_waiters_are_exported(echo_port: int) -> None:
     registry = CollectorRegistry()
     async with trio_pool.open_pool(max_size=1, max_waiters=0) as pool:

@@ -93,7 +93,7 @@ async def test_shared_leases_at_random(seed: int, nursery: trio.Nursery) -> None
     port = await start_server(nursery, echo)
     muxes: list[FakeMux] = []
 
-    async def opener(stream: trio.abc.Stream, _nursery: trio.Nursery) -> FakeMux:
+    async def opener(stream: trio.abc.Stream, _nursery: trio.Nursery, _options: object) -> FakeMux:
         await trio.lowlevel.checkpoint()
         mux = FakeMux(stream, rng.choice([1, 2, 3, 5]))
         muxes.append(mux)

@@ -18,6 +18,26 @@ from ._config import PoolConfig as PoolConfig
 from ._config import recommended_max_size as recommended_max_size
 from ._connection import ConnectionState as ConnectionState
 from ._connection import PooledConnection as PooledConnection
+from ._events import AcquireTimedOut as AcquireTimedOut
+from ._events import AddressEjected as AddressEjected
+from ._events import AddressRestored as AddressRestored
+from ._events import Closed as Closed
+from ._events import CloseReason as CloseReason
+from ._events import ConnectDone as ConnectDone
+from ._events import ConnectFailed as ConnectFailed
+from ._events import ConnectStarted as ConnectStarted
+from ._events import Discarded as Discarded
+from ._events import EventHook as EventHook
+from ._events import PingAnswered as PingAnswered
+from ._events import PingSent as PingSent
+from ._events import PingTimedOut as PingTimedOut
+from ._events import PoolEvent as PoolEvent
+from ._events import Queued as Queued
+from ._events import Released as Released
+from ._events import Resolved as Resolved
+from ._events import Reused as Reused
+from ._events import TLSResumed as TLSResumed
+from ._events import Waited as Waited
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import ConnectTimeout as ConnectTimeout
 from ._exceptions import PoolClosed as PoolClosed
@@ -42,20 +62,40 @@ __version__ = "0.2.0"
 _SUBMODULES = frozenset({"anyio", "http", "httpx", "metrics"})
 
 __all__ = [
+    "AcquireTimedOut",
+    "AddressEjected",
+    "AddressRestored",
+    "CloseReason",
+    "Closed",
+    "ConnectDone",
     "ConnectError",
+    "ConnectFailed",
+    "ConnectStarted",
     "ConnectTimeout",
     "ConnectionContext",
     "ConnectionPool",
     "ConnectionState",
+    "Discarded",
+    "EventHook",
+    "PingAnswered",
+    "PingSent",
+    "PingTimedOut",
     "PoolClosed",
     "PoolConfig",
     "PoolError",
+    "PoolEvent",
     "PoolExhausted",
     "PoolKey",
     "PoolStatistics",
     "PooledConnection",
     "Proxy",
     "ProxyError",
+    "Queued",
+    "Released",
+    "Resolved",
+    "Reused",
+    "TLSResumed",
+    "Waited",
     "open_pool",
     "recommended_max_size",
 ]

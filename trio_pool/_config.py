@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
+from ._events import EventHook
 from ._util import check_int, check_timeout
 
 __all__ = ["PoolConfig", "recommended_max_size"]
@@ -50,6 +51,18 @@ class PoolConfig:
             every miss opens its own connection and waits for it (tied connects).
         max_waiters: Most tasks waiting in line per host key for a full key (or pool);
             one more gets :class:`~trio_pool.PoolExhausted` at once. ``None``: no limit.
+        on_event: Called with each lifecycle event (:class:`~trio_pool.PoolEvent`:
+            connects, reuse, waits, closes, HTTP/2 pings; see :doc:`/events`).
+            Synchronous and called from inside the pool's bookkeeping: it must not
+            block or call into the pool; what it raises is logged and swallowed.
+            ``None`` (the default): no event is built at all.
+        h2_ping_interval: Send a PING on an HTTP/2 connection that received nothing
+            for this long. ``None`` (the default): never; servers such as gRPC's
+            answer pings they find too frequent with GOAWAY (``ENHANCE_YOUR_CALM``).
+        h2_ping_timeout: Close an HTTP/2 connection whose PING is not acknowledged
+            within this long (Go's ``http2.Transport.PingTimeout`` default). Requests
+            it never sent are retried on another connection; those sent fail with
+            :class:`~trio_pool.http.ReadError`.
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -67,6 +80,9 @@ class PoolConfig:
     leak_detection_threshold: float | None = None
     max_connecting: int | None = 64
     max_waiters: int | None = None
+    on_event: EventHook | None = None
+    h2_ping_interval: float | None = None
+    h2_ping_timeout: float = 15.0
 
     # Where fields' values came from, for messages (a preset, PoolConfig's defaults);
     # set on the instance by _with_origins, not a field: it takes no part in equality.
@@ -93,6 +109,12 @@ class PoolConfig:
             raise ValueError(f"max_connecting must be >= 1 or None, got {self.max_connecting!r}")
         if self.max_waiters is not None and check_int("max_waiters", self.max_waiters) < 0:
             raise ValueError(f"max_waiters must be >= 0 or None, got {self.max_waiters!r}")
+        if self.on_event is not None and not callable(self.on_event):
+            raise TypeError(
+                f"on_event must be a callable or None, not {type(self.on_event).__name__}"
+            )
+        _check_positive_time("h2_ping_interval", self.h2_ping_interval, allow_none=True)
+        _check_positive_time("h2_ping_timeout", self.h2_ping_timeout)
 
     def replace(self, **overrides: Any) -> PoolConfig:
         """Return a copy with some fields changed (validated again).

@@ -18,8 +18,9 @@ import trio
 
 from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
+from ._events import ConnectDone, ConnectFailed, ConnectStarted, Listeners, TLSResumed
 from ._exceptions import ConnectError, ConnectTimeout
-from ._shared import Multiplexer, SharedConnection, StreamLease
+from ._shared import Multiplexer, MultiplexOptions, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
 from ._tls import close_tls, default_context
 from ._trace import Trace, connect_trace, traced
@@ -91,11 +92,14 @@ class Connector:
         config: The pool's configuration.
         nursery: The pool's nursery: hand-off connects (when the maintenance nursery
             is gone), HTTP/2 reader tasks and TLS ``close_notify`` run in it.
+        listeners: The pool's event listeners, handed to HTTP/2 connections (their
+            PING events).
     """
 
-    def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
+    def __init__(self, config: PoolConfig, nursery: trio.Nursery, listeners: Listeners) -> None:
         self._config = config
         self._nursery = nursery
+        self._listeners = listeners
         #: The state machine; set by the pool right after making both.
         self.state: PoolState
         #: The maintenance task's nursery, where hand-off connects run while it lives.
@@ -186,6 +190,9 @@ class Connector:
         key = state.key
         if timeout is None:
             timeout = self._config.connection_timeout
+        started = trio.current_time()
+        if self.state.on_event is not None:
+            self.state.on_event(ConnectStarted(key, started, pending is not None))
         tcp: trio.SocketStream | None = None
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
@@ -217,7 +224,7 @@ class Connector:
                         )
                     ):
                         phase.name = "HTTP/2 SETTINGS exchange"
-                        shared = await opener(stream, self._nursery)
+                        shared = await opener(stream, self._nursery, self._multiplex_options(key))
                 if scope.cancelled_caught:
                     raise ConnectTimeout(
                         f"connecting to {route_of(key)} took longer than {timeout} s"
@@ -238,6 +245,11 @@ class Connector:
         except BaseException as exc:
             # Synchronous from here to the raise: the slot is given back in the same step.
             cancelled = _is_cancellation(exc)
+            on_event = self.state.on_event
+            if on_event is not None and not cancelled:
+                now = trio.current_time()
+                timed_out = isinstance(exc, ConnectTimeout)
+                on_event(ConnectFailed(key, now, now - started, exc, timed_out))
             self.state.connect_failed(
                 state,
                 failed=not cancelled,
@@ -245,8 +257,17 @@ class Connector:
                 pending=pending,
             )
             raise
+        now = trio.current_time()
+        if self.state.on_event is not None:
+            self.state.on_event(ConnectDone(key, now, now - started, shared is not None))
         return self.state.connected(
-            state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
+            state, stream, now, to_idle=to_idle, pending=pending, shared=shared
+        )
+
+    def _multiplex_options(self, key: PoolKey) -> MultiplexOptions:
+        config = self._config
+        return MultiplexOptions(
+            key, self._listeners, config.h2_ping_interval, config.h2_ping_timeout
         )
 
     @staticmethod
@@ -333,6 +354,8 @@ class Connector:
         state.tls_handshakes += 1
         if stream.session_reused:
             state.tls_resumptions += 1
+            if self.state.on_event is not None:
+                self.state.on_event(TLSResumed(key, trio.current_time()))
         return stream
 
     def close_stream(self, conn: PooledConnection) -> None:

@@ -20,6 +20,7 @@ from trio.lowlevel import enable_ki_protection
 from ._config import PoolConfig
 from ._connection import ConnectionOwner, ConnectionState, PooledConnection
 from ._counters import retire, zero_counters
+from ._events import Closed, CloseReason, EventHook
 from ._records import (
     SESSION_CAPACITY,
     Grant,
@@ -62,6 +63,9 @@ class Ledger:
         start_connect: Starts a hand-off connect for a key, in the pool's nursery.
         connection_type: Makes connections (tests pass a fake one).
         shared_type: Makes multiplexed connections (tests pass a fake one).
+        on_event: Called with each lifecycle event decided here (see
+            :mod:`trio_pool._events`); ``None``: none is built. The pool replaces
+            :attr:`on_event` when a listener is added.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Ledger:
         start_connect: Callable[[KeyState, PendingConnect], None],
         connection_type: type[PooledConnection] = PooledConnection,
         shared_type: type[SharedConnection] = SharedConnection,
+        on_event: EventHook | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
@@ -113,9 +118,8 @@ class Ledger:
         # When the sleeping maintenance task wakes next (-inf while it is not asleep): a
         # connection going idle with an earlier deadline brings the wake-up forward.
         self.wake_at = -float("inf")
-        # Called (synchronously; must not raise) with the key and the seconds waited each
-        # time a waiting acquire is served: the metrics' acquire-wait histogram.
-        self.wait_observers: list[Callable[[PoolKey, float], None]] = []
+        # The event hook (guarded: it never raises), or None: then no event is built.
+        self.on_event: EventHook | None = on_event
 
     # -- keys ------------------------------------------------------------------
 
@@ -176,14 +180,14 @@ class Ledger:
         conn.last_used_at = now
         return state
 
-    def _evict(self, conn: PooledConnection, *, counted: bool = True) -> None:
+    def _evict(self, conn: PooledConnection, reason: CloseReason, *, counted: bool = True) -> None:
         """Close an idle connection (it leaves every idle index)."""
         if isinstance(conn, SharedConnection):
             self._drop_shared(conn)
         else:
             del conn._key.idle[conn]  # type: ignore[attr-defined]
             del self.idle_lru[conn]
-        self._close(conn, evicted=counted)
+        self._close(conn, reason, evicted=counted)
 
     def _drop_shared(self, conn: SharedConnection) -> None:
         """A multiplexed connection leaves its key's indexes (it is about to close)."""
@@ -193,7 +197,7 @@ class Ledger:
         self.idle_lru.pop(conn, None)
         state.in_use -= 1
 
-    def _close(self, conn: PooledConnection, *, evicted: bool = False) -> None:
+    def _close(self, conn: PooledConnection, reason: CloseReason, *, evicted: bool = False) -> None:
         """Count ``conn`` closed, free its slot, and have the I/O layer close it."""
         conn._state = CLOSED
         self.live.pop(conn, None)
@@ -203,3 +207,6 @@ class Ledger:
         if evicted:
             state.evicted += 1
         self._close_stream(conn)
+        if self.on_event is not None:
+            now = self._now()
+            self.on_event(Closed(state.key, now, reason, now - conn.created_at, conn.use_count))

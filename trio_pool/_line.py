@@ -23,6 +23,7 @@ import outcome
 from trio.lowlevel import enable_ki_protection
 
 from ._connection import ConnectionState, PooledConnection
+from ._events import Reused, Waited
 from ._exceptions import ConnectError, ConnectTimeout, PoolClosed
 from ._ledger import Ledger
 from ._records import CONNECT, Grant, KeyState, PendingConnect, PoolKey, Waiter
@@ -131,8 +132,8 @@ class Line(Ledger):
             waited = now - waiter.since
             state.wait_count += 1
             state.wait_seconds += waited
-            for observe in self.wait_observers:
-                observe(state.key, waited)
+            if self.on_event is not None:
+                self.on_event(Waited(state.key, now, waited))
         if hit:
             state.hits += 1
         else:
@@ -160,7 +161,7 @@ class Line(Ledger):
                     self._serve_fresh(waiter, conn, now)
                 elif waiter.new:
                     # acquire_new wants a fresh connection: this one makes room for it.
-                    self._close(conn)
+                    self._close(conn, "capacity")
                     self._grant(waiter, now)
                 else:
                     self._hand_over(waiter, conn, now)
@@ -176,7 +177,7 @@ class Line(Ledger):
         self.idle_lru[conn] = None
         if waiter_of_cap is not None:
             # The coldest idle connection anywhere (maybe this one) makes room for it.
-            self._evict(next(iter(self.idle_lru)))
+            self._evict(next(iter(self.idle_lru)), "capacity")
             self._grant(waiter_of_cap, now)
             return
         deadline = now + self.max_idle_time
@@ -191,6 +192,8 @@ class Line(Ledger):
         self._settle(waiter, now, hit=True)
         self._hand_out(waiter.key, conn, now, reused=False)
         conn.reused = True
+        if self.on_event is not None:
+            self.on_event(Reused(waiter.key.key, now, 0.0, False))
         self._wake(waiter, outcome.Value(conn))
 
     def _serve_fresh(self, waiter: Waiter, conn: PooledConnection, now: float) -> None:
@@ -303,7 +306,7 @@ class Line(Ledger):
             if self.max_total is not None and self.total >= self.max_total:
                 if self.global_waiters or not self.idle_lru:
                     break
-                self._evict(next(iter(self.idle_lru)))
+                self._evict(next(iter(self.idle_lru)), "capacity")
             if waiter.new:
                 self._grant(waiter, now)  # leaves the line: restart the scan
                 return self._serve_line(state, now) or True

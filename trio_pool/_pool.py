@@ -22,6 +22,7 @@ from ._config import PoolConfig, default_config
 from ._connection import ConnectionState, PooledConnection
 from ._connector import Connector
 from ._describe import caller_stack
+from ._events import EventHook, Listeners
 from ._exceptions import PoolClosed
 from ._maintenance import Maintenance
 from ._proxy import Proxy
@@ -77,7 +78,8 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         # in it (see _check_run). _thread is None once open_pool's block has ended.
         self._token = trio.lowlevel.current_trio_token()
         self._thread: int | None = _get_ident()
-        self._connector = connector = Connector(config, nursery)
+        self._listeners = Listeners(config.on_event)
+        self._connector = connector = Connector(config, nursery, self._listeners)
         self._state = PoolState(
             self,
             config,
@@ -87,6 +89,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
             wake=trio.lowlevel.reschedule,
             wake_by=self._wake_by,
             start_connect=connector.start_connect,
+            on_event=self._listeners.emit,
         )
         self._keys = KeyTable(self._state, self._now, self._check_run)
         self._maintenance = Maintenance(config, connector, self._keys)
@@ -267,6 +270,13 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         )
 
     # -- the internal interface of trio_pool's adapters (HTTP, httpx, anyio) ---------
+
+    def listen(self, listener: EventHook) -> None:
+        """Hear the pool's lifecycle events from now on, beside ``on_event`` (internal:
+        for trio_pool's Prometheus collector). Like the hook, ``listener`` is called
+        synchronously and what it raises is logged and swallowed."""
+        self._listeners.add(listener)
+        self._state.on_event = self._listeners.emit
 
     def lookup(self, route: Route, opener: OpenMultiplexer | None = None) -> KeyState:
         """The state of ``route``'s key, for :meth:`acquire_on` (internal: for

@@ -8,13 +8,24 @@ the streams (:class:`Multiplexer`); this module imports nothing above the core.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from ._connection import ConnectionKey, ConnectionOwner, ConnectionState, PooledConnection
 
-__all__ = ["Multiplexer", "OpenMultiplexer", "SharedConnection", "StreamLease"]
+if TYPE_CHECKING:
+    from ._events import Listeners
+    from ._records import PoolKey
+
+__all__ = [
+    "MultiplexOptions",
+    "Multiplexer",
+    "OpenMultiplexer",
+    "SharedConnection",
+    "StreamLease",
+]
 
 
 class StreamLease(Protocol):
@@ -49,9 +60,27 @@ class Multiplexer(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class MultiplexOptions:
+    """What the pool tells the protocol about a new multiplexed connection.
+
+    Attributes:
+        key: The connection's key (for the events it reports).
+        events: The pool's event listeners (read at each event: ``events.emit``).
+        ping_interval: ``PoolConfig.h2_ping_interval`` (``None``: no PINGs).
+        ping_timeout: ``PoolConfig.h2_ping_timeout``.
+    """
+
+    key: PoolKey
+    events: Listeners
+    ping_interval: float | None
+    ping_timeout: float
+
+
 #: Starts the protocol on a freshly connected stream, its task in the given nursery.
 OpenMultiplexer = Callable[
-    [trio.SocketStream | trio.SSLStream[trio.SocketStream], trio.Nursery], Awaitable[Multiplexer]
+    [trio.SocketStream | trio.SSLStream[trio.SocketStream], trio.Nursery, MultiplexOptions],
+    Awaitable[Multiplexer],
 ]
 
 

@@ -32,6 +32,7 @@ from trio.lowlevel import enable_ki_protection
 
 from ._connection import ConnectionState, PooledConnection
 from ._counters import build_statistics
+from ._events import CloseReason, Discarded, Released, Reused
 from ._exceptions import PoolClosed
 from ._line import MIN_CONNECTING, _first
 from ._records import (
@@ -131,10 +132,12 @@ class PoolState(Streams):
                         (conn is fresh and now - conn.last_used_at < FRESH_FOR) or conn._reusable()
                     )
                 ):
+                    if self.on_event is not None:
+                        self.on_event(Reused(state.key, now, now - conn.last_used_at, False))
                     self._hand_out(state, conn, now, True)  # reused: a hit
                     return conn
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
-                self._close(conn, evicted=True)
+                self._close(conn, self._why_not_taken(state, conn, now), evicted=True)
             if self.max_connecting is not None:
                 return self._miss(state)
         if state.waiters:
@@ -142,14 +145,22 @@ class PoolState(Streams):
         if state.total >= self.max_size:
             if not (new and state.idle):
                 return None
-            self._evict(next(iter(state.idle)))
+            self._evict(next(iter(state.idle)), "capacity")
         if self.max_total is not None and self.total >= self.max_total:
             if self.global_waiters or not self.idle_lru:
                 return None
-            self._evict(next(iter(self.idle_lru)))
+            self._evict(next(iter(self.idle_lru)), "capacity")
         self._reserve(state)
         state.misses += 1
         return CONNECT
+
+    def _why_not_taken(self, state: KeyState, conn: PooledConnection, now: float) -> CloseReason:
+        """Why ``take`` closed an idle connection instead of handing it out."""
+        if not (now < conn.last_used_at + self.max_idle_time or state.total <= self.min_size):
+            return "idle_timeout"
+        if now >= conn._expires_at:
+            return "lifetime"
+        return "unhealthy"
 
     def _miss(self, state: KeyState) -> _Handoff | None:
         """A miss with hand-off on: wait for a connect if there is room for one."""
@@ -178,7 +189,7 @@ class PoolState(Streams):
         """Reserve a slot for a miss that connects in its own task after all (a fail-fast
         acquire, ``timeout=0``, after :meth:`take` said :data:`HANDOFF`)."""
         if self.max_total is not None and self.total >= self.max_total:
-            self._evict(next(iter(self.idle_lru)))
+            self._evict(next(iter(self.idle_lru)), "capacity")
         self._reserve(state)
         state.misses += 1
 
@@ -216,7 +227,7 @@ class PoolState(Streams):
         if pending is not None:
             owner = self._handoff_done(state, pending)
             if self.closed:
-                self._close(conn)
+                self._close(conn, "pool_closed")
             elif owner is not None:
                 self._serve_fresh(owner, conn, now)
             else:
@@ -224,7 +235,7 @@ class PoolState(Streams):
             self._serve_line(state, now)
         elif to_idle:
             if self.closed:
-                self._close(conn)
+                self._close(conn, "pool_closed")
             else:
                 self._offer(state, conn, now)
         else:
@@ -269,19 +280,35 @@ class PoolState(Streams):
         """Take a borrowed connection back: pool it, hand it over, or close it."""
         state = self._take_back(conn, "release", now)
         if self.closed or not conn._reusable():
-            self._close(conn)
-            self._freed(state, now)
+            self._give_back_closed(state, conn, now, "pool_closed" if self.closed else "unusable")
         elif now >= conn._expires_at:
-            self._close(conn, evicted=True)
-            self._freed(state, now)
+            self._give_back_closed(state, conn, now, "lifetime", evicted=True)
         else:
+            if self.on_event is not None:
+                self.on_event(Released(state.key, now, now - conn.acquired_at))
             self._offer(state, conn, now)
 
     @enable_ki_protection
-    def discard(self, conn: PooledConnection, now: float) -> None:
+    def discard(
+        self, conn: PooledConnection, now: float, reason: CloseReason = "discarded"
+    ) -> None:
         """Close a borrowed connection for good."""
         state = self._take_back(conn, "discard", now)
-        self._close(conn)
+        self._give_back_closed(state, conn, now, reason)
+
+    def _give_back_closed(
+        self,
+        state: KeyState,
+        conn: PooledConnection,
+        now: float,
+        reason: CloseReason,
+        *,
+        evicted: bool = False,
+    ) -> None:
+        """A borrowed connection came back to be closed: close it, free its slot."""
+        if self.on_event is not None:
+            self.on_event(Discarded(state.key, now, now - conn.acquired_at, reason))
+        self._close(conn, reason, evicted=evicted)
         self._freed(state, now)
 
     # -- maintenance --------------------------------------------------------------
@@ -307,33 +334,37 @@ class PoolState(Streams):
         min_size = self.min_size
         # The same comparisons as next_idle_deadline: a pass woken at a deadline
         # always closes what made it wake (no busy loop on float rounding).
+        doomed: list[tuple[PooledConnection, CloseReason]] = []
         if not min_size:
-            doomed = [
-                conn
-                for conn in self.idle_lru
-                if now >= conn.last_used_at + max_idle
-                or now >= conn._expires_at
-                or (probe and not conn._reusable())
-            ]
+            for conn in self.idle_lru:
+                if now >= conn.last_used_at + max_idle:
+                    doomed.append((conn, "idle_timeout"))
+                elif now >= conn._expires_at:
+                    doomed.append((conn, "lifetime"))
+                elif probe and not conn._reusable():
+                    doomed.append((conn, "unhealthy"))
         else:
-            doomed = []
             left: dict[KeyState, int] = {}  # connections each key keeps so far
             recycling: set[KeyState] = set()  # keys retiring an expired one this pass
             for conn in self.idle_lru:  # coldest first
                 state: KeyState = conn._key  # type: ignore[assignment]
                 kept = left.get(state, state.total)
+                reason: CloseReason = "unhealthy"  # dead or dirty: always replaced
                 if probe and not conn._reusable():
-                    pass  # dead or dirty: always replaced
+                    pass
                 elif now >= conn._expires_at:
                     if kept <= min_size and (state.connecting or state in recycling):
                         continue  # the floor recycles one connection at a time
                     recycling.add(state)
+                    reason = "lifetime"
                 elif not (now >= conn.last_used_at + max_idle and kept > min_size):
                     continue  # fresh, or part of the warm floor
-                doomed.append(conn)
+                else:
+                    reason = "idle_timeout"
+                doomed.append((conn, reason))
                 left[state] = kept - 1
-        for conn in doomed:
-            self._evict(conn)
+        for conn, reason in doomed:
+            self._evict(conn, reason)
             self._freed(conn._key, now)  # type: ignore[arg-type]
         return len(doomed)
 
@@ -377,7 +408,7 @@ class PoolState(Streams):
             return
         self.closed = True
         for conn in list(self.idle_lru):
-            self._evict(conn, counted=False)
+            self._evict(conn, "pool_closed", counted=False)
         for state in self.keys.values():
             state.shared_ready.clear()  # busy HTTP/2 connections close when their streams end
         for queue in [self.global_waiters, *(s.waiters for s in self.keys.values())]:
@@ -394,7 +425,7 @@ class PoolState(Streams):
             if conn._state is IN_USE and not isinstance(conn, SharedConnection):
                 conn._broken = True  # closed abruptly, see ConnectionPool._close_stream
                 conn._closed_by_user = True  # not the holder's to give back any more
-                self.discard(conn, now)
+                self.discard(conn, now, "pool_closed")
 
     # -- statistics -------------------------------------------------------------
 

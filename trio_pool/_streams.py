@@ -17,6 +17,7 @@ import outcome
 from trio.lowlevel import enable_ki_protection
 
 from ._connection import ConnectionState
+from ._events import CloseReason, Reused
 from ._exceptions import ConnectError, PoolClosed
 from ._line import Line, _first
 from ._records import KeyState, PendingConnect, Waiter
@@ -42,9 +43,18 @@ class Streams(Line):
         lease = shared.reserve_stream_nowait()
         if not shared.is_available:
             del state.shared_ready[conn]
+        if self.on_event is not None:
+            self._report_reuse(conn, now)
         self._lend_stream(conn, now)
         state.hits += 1
         return lease
+
+    def _report_reuse(self, conn: SharedConnection, now: float) -> None:
+        """Report a stream of ``conn`` lent (before :meth:`_lend_stream`)."""
+        assert self.on_event is not None
+        idle_for = now - conn.last_used_at if conn._state is IDLE else 0.0
+        state: KeyState = conn._key  # type: ignore[assignment]
+        self.on_event(Reused(state.key, now, idle_for, True))
 
     def _lend_stream(self, conn: SharedConnection, now: float) -> None:
         if conn._state is IDLE:  # its first stream since it went idle
@@ -81,7 +91,7 @@ class Streams(Line):
                     if self.closed
                     else ConnectError("the new HTTP/2 connection has no free stream"),
                 )
-            self._retire_shared(conn, now)
+            self._retire_shared(conn, now, self._why_retired(conn, now))
             return conn
         if owner is not None:
             self._lend_stream(conn, now)
@@ -110,7 +120,7 @@ class Streams(Line):
             # Never a new stream; the slot is freed once its streams are done.
             state.shared_ready.pop(conn, None)
             if not shared.open_streams:
-                self._retire_shared(conn, now)
+                self._retire_shared(conn, now, self._why_retired(conn, now))
             return
         while shared.is_available and state.waiters:
             self._lend_to(_first(state.waiters), conn, now)
@@ -136,12 +146,26 @@ class Streams(Line):
 
     def _lend_to(self, waiter: Waiter, conn: SharedConnection, now: float) -> None:
         """Serve a waiter with a stream of ``conn`` (a hit)."""
+        if self.on_event is not None:
+            self._report_reuse(conn, now)
         self._lend_stream(conn, now)
         self._settle(waiter, now, hit=True)
         self._wake(waiter, outcome.Value(conn.shared.reserve_stream_nowait()))
 
-    def _retire_shared(self, conn: SharedConnection, now: float) -> None:
+    def _why_retired(self, conn: SharedConnection, now: float) -> CloseReason:
+        """Why a multiplexed connection takes no new stream (see ``_capacity_changed``)."""
+        if self.closed:
+            return "pool_closed"
+        if conn.shared.is_closed or conn._broken:
+            return "lost"
+        if conn.shared.is_going_away:
+            return "goaway"
+        if now >= conn._expires_at:
+            return "lifetime"
+        return "unusable"
+
+    def _retire_shared(self, conn: SharedConnection, now: float, reason: CloseReason) -> None:
         """Close a multiplexed connection with no stream open and free its slot."""
         self._drop_shared(conn)
-        self._close(conn)
+        self._close(conn, reason)
         self._freed(conn._key, now)  # type: ignore[arg-type]

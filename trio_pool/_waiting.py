@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from ._events import AcquireTimedOut, Queued
 from ._exceptions import PoolExhausted
 from ._state import CONNECT, Grant, KeyState, PoolState, Waiter
 
@@ -40,6 +41,8 @@ async def wait_in_line(
         max_waiters = pool_state.config.max_waiters
         if max_waiters is not None and state.line >= max_waiters:
             pool_state.reject(state)
+            if pool_state.on_event is not None:
+                pool_state.on_event(AcquireTimedOut(state.key, now, 0.0, "line_full"))
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise PoolExhausted(
                 f"the line for {state.key.host}:{state.key.port} is full:"
@@ -47,11 +50,15 @@ async def wait_in_line(
             )
         if timeout is not None and timeout <= 0:
             state.acquire_timeouts += 1
+            if pool_state.on_event is not None:
+                pool_state.on_event(AcquireTimedOut(state.key, now, 0.0, "fail_fast"))
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise PoolExhausted(f"no connection to {state.key.host}:{state.key.port} is free")
     scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
     waiter = Waiter(state, now, new, handoff=handoff, connect_timeout=connect_timeout, scope=scope)
     pool_state.enqueue(waiter, now)
+    if not handoff and pool_state.on_event is not None:
+        pool_state.on_event(Queued(state.key, now, state.line))
 
     def abort(_: Any) -> trio.lowlevel.Abort:
         pool_state.cancel_wait(waiter, timed_out=False)
@@ -61,6 +68,9 @@ async def wait_in_line(
         grant: Grant = await trio.lowlevel.wait_task_rescheduled(abort)
         return grant
     state.acquire_timeouts += 1
+    if pool_state.on_event is not None:
+        end = trio.current_time()
+        pool_state.on_event(AcquireTimedOut(state.key, end, end - now, "timeout"))
     raise PoolExhausted(
         f"no connection to {state.key.host}:{state.key.port} became free within {timeout} s"
     )

@@ -60,8 +60,8 @@ from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final
 
+from ._events import PoolEvent, Waited
 from ._pool import ConnectionPool
-from ._state import PoolKey
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
@@ -182,10 +182,15 @@ class PrometheusCollector:
         self._namespace = namespace
         self._bounds = bounds
         self._waits: dict[tuple[str, int], _WaitHistogram] = {}
-        pool._state.wait_observers.append(self._observe)
+        pool.listen(self._observe)
 
-    def _observe(self, key: PoolKey, seconds: float) -> None:
-        """Called by the pool's state machine each time a waiting acquire is served."""
+    def _observe(self, event: PoolEvent) -> None:
+        """The pool's event listener: a :class:`~trio_pool.Waited` (a task that waited
+        in line got its turn) is observed in the acquire-wait histogram."""
+        if type(event) is not Waited:
+            return
+        key = event.key
+        seconds = event.waited
         histogram = self._waits.get((key.host, key.port))
         if histogram is None:
             histogram = self._waits[(key.host, key.port)] = _WaitHistogram(len(self._bounds) + 1)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from .._shared import Multiplexer
+from .._shared import Multiplexer, MultiplexOptions
 from ._body import chunk_bytes, close_iterator
 from ._exceptions import LocalProtocolError, RequestTimeout
 from ._h2_exceptions import RequestNotProcessed
@@ -27,11 +27,12 @@ if TYPE_CHECKING:
     from .._trace import Trace
     from ._body import Body
     from ._h2_body import H2Body
-    from ._http2 import H2RequestStream, H2StreamSlot
+    from ._h2_liveness import Pinger
+    from ._http2 import H2Connection, H2RequestStream, H2StreamSlot
     from ._models import Target
     from ._timeouts import Timeout
 
-__all__ = ["ATTEMPTS", "MODES", "HTTP2Stream", "open_multiplexed"]
+__all__ = ["ATTEMPTS", "MODES", "HTTP2Stream", "open_h2", "open_multiplexed"]
 
 #: Attempts of a request the server did not process (GOAWAY, REFUSED_STREAM).
 ATTEMPTS: Final = 3
@@ -41,12 +42,34 @@ MODES: Final = {True: "h2", "prior-knowledge": "h2c"}
 
 
 async def open_multiplexed(
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], nursery: trio.Nursery
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    nursery: trio.Nursery,
+    options: MultiplexOptions,
 ) -> Multiplexer:
-    """The pool's opener for keys that offer HTTP/2: start it on a new connection."""
-    from ._http2 import H2Connection
+    """The pool's opener for keys that offer HTTP/2: start it on a new connection,
+    with a :class:`~trio_pool.http._h2_liveness.Pinger` if ``h2_ping_interval``."""
+    from ._h2_liveness import Pinger
 
-    return await H2Connection.open(stream, nursery)
+    pinger = None
+    if options.ping_interval is not None:
+        pinger = Pinger(
+            options.ping_interval, options.ping_timeout, key=options.key, events=options.events
+        )
+    return await open_h2(stream, nursery, pinger)
+
+
+async def open_h2(
+    stream: trio.abc.Stream, nursery: trio.Nursery, pinger: Pinger | None
+) -> H2Connection:
+    """:meth:`H2Connection.open <trio_pool.http._http2.H2Connection.open>` with its
+    defaults, and ``pinger`` keeping it alive (it starts with the connection's task)."""
+    from ._h2_task import start
+    from ._http2 import _DEFAULT_SETTINGS_TIMEOUT, H2Connection
+
+    conn = H2Connection(stream)
+    conn._pinger = pinger
+    await start(conn, nursery, _DEFAULT_SETTINGS_TIMEOUT)
+    return conn
 
 
 class HTTP2Stream:

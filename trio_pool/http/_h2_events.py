@@ -58,7 +58,6 @@ _GOAWAY_HEADER: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 _IGNORED_EVENTS: Final = (
     h2.events.SettingsAcknowledged,
     h2.events.PingReceived,
-    h2.events.PingAckReceived,
     h2.events.PriorityUpdated,
     h2.events.AlternativeServiceAvailable,
     h2.events.UnknownFrameReceived,
@@ -296,6 +295,9 @@ def _dispatch(conn: H2Connection, event: h2.events.Event) -> None:
             conn._capacity_changed()
     elif isinstance(event, h2.events.ConnectionTerminated):
         _on_goaway(conn, event)
+    elif isinstance(event, h2.events.PingAckReceived):
+        if conn._pinger is not None and event.ping_data is not None:
+            conn._pinger.acked(event.ping_data)
     elif isinstance(event, _IGNORED_EVENTS):
         pass
 

@@ -90,8 +90,12 @@ async def run(
         with conn._cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_write_loop, conn)
+                if conn._pinger is not None:
+                    nursery.start_soon(conn._pinger.run, conn)
                 task_status.started()
                 await _read_loop(conn)
+                if conn._pinger is not None:
+                    conn._pinger.stop()
                 # The reader stopped on a connection error (the socket is fine): the
                 # writer sends what is queued, our GOAWAY last, and stops; a writer
                 # the peer does not let write is given a short deadline.
@@ -155,5 +159,7 @@ async def _read_loop(conn: H2Connection) -> None:
         if not data:
             conn._die(lambda: ReadError("the server closed the HTTP/2 connection"))
             return
+        if conn._pinger is not None:
+            conn._pinger.received()
         if not receive(conn, bytes(data)):
             return

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h2.exceptions
 import trio
@@ -60,6 +60,9 @@ from ._h2_settings import check_limits, new_state_machine
 from ._h2_stream import H2StreamSlot as H2StreamSlot
 from ._h2_stream import _Stream
 from ._h2_task import CLOSE_TIMEOUT, drained_wait, start
+
+if TYPE_CHECKING:
+    from ._h2_liveness import Pinger
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_STREAMS",
@@ -161,6 +164,7 @@ class H2Connection:
         self._cancel_scope = trio.CancelScope()
         self._capacity_lot = trio.lowlevel.ParkingLot()
         self.idle_since: float | None = None
+        self._pinger: Pinger | None = None  # PINGs a quiet connection (_h2_liveness)
 
     # -- opening and closing -------------------------------------------------------
 

@@ -16,13 +16,10 @@ from ._exceptions import PoolTimeout
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable
-
-    import trio
 
     from .._connection import PooledConnection
     from .._pool import ConnectionPool
-    from .._shared import Multiplexer
+    from .._shared import OpenMultiplexer
     from ._http2 import H2StreamSlot
     from ._models import Target
     from ._timeouts import Timeout
@@ -108,10 +105,7 @@ async def lease_stream(
     verify_cert: bool,
     ssl_context: ssl.SSLContext | None,
     mode: str,
-    opener: Callable[
-        [trio.SocketStream | trio.SSLStream[trio.SocketStream], trio.Nursery],
-        Awaitable[Multiplexer],
-    ],
+    opener: OpenMultiplexer,
     limits: Timeout,
 ) -> PooledConnection | H2StreamSlot:
     """A stream of a shared HTTP/2 connection for ``target`` (``mode``: ``"h2"`` or
