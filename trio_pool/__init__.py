@@ -20,6 +20,7 @@ from ._connection import ConnectionState as ConnectionState
 from ._connection import PooledConnection as PooledConnection
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import ConnectTimeout as ConnectTimeout
+from ._exceptions import HostUnavailable as HostUnavailable
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolExhausted as PoolExhausted
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionContext",
     "ConnectionPool",
     "ConnectionState",
+    "HostUnavailable",
     "PoolClosed",
     "PoolConfig",
     "PoolError",

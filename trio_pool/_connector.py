@@ -8,16 +8,20 @@ connect and is told how it ended (:meth:`~trio_pool._state.PoolState.connected` 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
 import ssl
 import weakref
 from typing import Any, Final
 
 import trio
 
+from ._addresses import Upstream, answer_of
 from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
+from ._dial import Dial, dial
 from ._exceptions import ConnectError, ConnectTimeout
 from ._shared import Multiplexer, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
@@ -102,6 +106,10 @@ class Connector:
         self.background: trio.Nursery | None = None
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self._h2_contexts: dict[bool, ssl.SSLContext] = {}
+        # Lookups in flight, one per upstream: later connects wait for it.
+        self._resolving: dict[Upstream, trio.Event] = {}
+        # Whether a key's connections dial addresses the pool resolved itself.
+        self._booked: dict[PoolKey, bool] = {}
 
     def start_connect(self, state: KeyState, pending: PendingConnect) -> None:
         """The state machine's hook: run a hand-off connect in the pool's nursery."""
@@ -190,14 +198,15 @@ class Connector:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
         phase = Phase()
+        attempts = Dial() if self._is_booked(key) else None
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
                     trace = connect_trace.get()
                     if trace is None:
-                        tcp = await open_transport(key, phase)
+                        tcp = await self._transport(state, phase, attempts)
                     else:
-                        tcp = await self._traced_transport(trace, key, phase, timeout)
+                        tcp = await self._traced_transport(trace, state, phase, timeout, attempts)
                     stream = tcp
                     if key.tls:
                         tunnelled = key.proxy is not None
@@ -238,6 +247,19 @@ class Connector:
         except BaseException as exc:
             # Synchronous from here to the raise: the slot is given back in the same step.
             cancelled = _is_cancellation(exc)
+            if attempts is not None:
+                # A timeout, a refusal or a failed handshake counts against the
+                # addresses dialed; a cancellation or another error (the peer spoke)
+                # does not.
+                attempts.settle(
+                    self.state.addresses,
+                    isinstance(exc, ConnectTimeout)
+                    or (
+                        isinstance(exc, ConnectError)
+                        and isinstance(exc.__cause__, (OSError, ssl.SSLError))
+                    ),
+                    trio.current_time(),
+                )
             self.state.connect_failed(
                 state,
                 failed=not cancelled,
@@ -245,16 +267,107 @@ class Connector:
                 pending=pending,
             )
             raise
+        address = None
+        if attempts is not None:
+            address = attempts.address
+            if shared is not None and address is not None:
+                # The peer's SETTINGS arrived: a response, so the address works.
+                self.state.addresses.succeeded(address, trio.current_time())
         return self.state.connected(
-            state, stream, trio.current_time(), to_idle=to_idle, pending=pending, shared=shared
+            state,
+            stream,
+            trio.current_time(),
+            to_idle=to_idle,
+            pending=pending,
+            shared=shared,
+            address=address,
         )
 
-    @staticmethod
-    async def _traced_transport(
-        trace: Trace, key: PoolKey, phase: Phase, timeout: float | None
+    def _is_booked(self, key: PoolKey) -> bool:
+        """Whether ``key``'s connections go to addresses the pool resolves itself:
+        direct TCP to a host name (an IP literal needs no lookup; a Unix socket
+        none; a proxy is dialed by its own address, and resolves the origin's)."""
+        booked = self._booked.get(key)
+        if booked is None:
+            booked = key.proxy is None and key.uds is None
+            if booked:
+                try:
+                    ipaddress.ip_address(key.host)
+                except ValueError:
+                    pass
+                else:
+                    booked = False
+            if len(self._booked) >= 4096:
+                self._booked.clear()
+            self._booked[key] = booked
+        return booked
+
+    async def _transport(
+        self, state: KeyState, phase: Phase, attempts: Dial | None
     ) -> trio.SocketStream:
-        """:func:`open_transport` reporting ``connection.connect_tcp.*`` (httpcore's
+        """:func:`open_transport`, or for a host name (``attempts``) a dial to its
+        addresses, resolved when their TTL ran out."""
+        key = state.key
+        if attempts is None:
+            return await open_transport(key, phase)
+        book = self.state.addresses
+        upstream = state.upstream
+        if upstream is None:
+            upstream = state.upstream = book.upstream(key.host, key.port)
+        await self._resolve(upstream, phase)
+        plan = book.plan(upstream, state.address_counts, trio.current_time())
+        phase.name = "TCP connect"
+        return await dial(book, plan, key.port, attempts)
+
+    async def _resolve(self, upstream: Upstream, phase: Phase) -> None:
+        """Resolve ``upstream`` if its answer is stale (one lookup at a time per
+        upstream: others wait for it). A failed lookup keeps the known addresses.
+
+        Raises:
+            ConnectError: The lookup failed and no address is known.
+        """
+        book = self.state.addresses
+        while book.stale(upstream, trio.current_time()):
+            running = self._resolving.get(upstream)
+            if running is not None:
+                await running.wait()
+                continue
+            phase.name = "name lookup"
+            done = self._resolving[upstream] = trio.Event()
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    upstream.host, upstream.port, type=socket.SOCK_STREAM
+                )
+                answer = answer_of(infos)
+                if not answer:
+                    raise OSError(f"no IPv4 or IPv6 address for {upstream.host!r}")
+            except OSError as exc:
+                if not book.resolve_failed(upstream, trio.current_time()):
+                    raise ConnectError(f"cannot resolve {upstream.host!r}: {exc}") from exc
+                logger.warning(
+                    "trio_pool: resolving %r failed (%s): keeping its %d known address(es)",
+                    upstream.host,
+                    exc,
+                    len(upstream.addresses),
+                )
+            else:
+                now = trio.current_time()
+                self.state.drain(book.resolved(upstream, answer, now), now)
+            finally:
+                del self._resolving[upstream]
+                done.set()
+
+    async def _traced_transport(
+        self,
+        trace: Trace,
+        state: KeyState,
+        phase: Phase,
+        timeout: float | None,
+        attempts: Dial | None,
+    ) -> trio.SocketStream:
+        """:meth:`_transport` reporting ``connection.connect_tcp.*`` (httpcore's
         names; a Unix socket reports ``connection.connect_unix_socket.*``)."""
+        key = state.key
         if key.uds is not None:
             info: dict[str, Any] = {"path": key.uds, "timeout": timeout}
             return await traced(
@@ -268,7 +381,7 @@ class Connector:
             "socket_options": None,
         }
         return await traced(
-            trace, "connection.connect_tcp", info, lambda: open_transport(key, phase)
+            trace, "connection.connect_tcp", info, lambda: self._transport(state, phase, attempts)
         )
 
     async def _traced_handshake(

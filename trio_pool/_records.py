@@ -13,6 +13,7 @@ import ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from ._addresses import Address, Upstream
 from ._connection import ConnectionState, PooledConnection
 from ._proxy import Proxy
 from ._shared import OpenMultiplexer, SharedConnection, StreamLease
@@ -171,6 +172,7 @@ class KeyState:
 
     __slots__ = (
         "acquire_timeouts",
+        "address_counts",
         "aliases",
         "closed",
         "connect_failures",
@@ -198,6 +200,7 @@ class KeyState:
         "shared_ready",
         "tls_handshakes",
         "tls_resumptions",
+        "upstream",
         "wait_count",
         "wait_seconds",
         "waiters",
@@ -248,6 +251,10 @@ class KeyState:
         # a connection that negotiated HTTP/1.1 sets it back.
         self.multiplexed: bool = key.http2 is not None
         self.open_shared: OpenMultiplexer | None = None  # set by the protocol layer
+        # A direct TCP key to a host name: its host's addresses (set by the connector on
+        # its first connect), and the key's open connections per address.
+        self.upstream: Upstream | None = None
+        self.address_counts: dict[Address, int] = {}
 
     @property
     def total(self) -> int:
