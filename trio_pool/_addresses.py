@@ -135,9 +135,9 @@ class Upstream:
             if at == math.inf
             else f"next try in {max(0.0, at - now):.3g} s"
         )
+        which = "its only address is" if count == 1 else f"all {count} addresses are"
         return HostUnavailable(
-            f"{self.name} is unavailable: {'its only address is' if count == 1 else f'all {count} addresses are'}"
-            f" ejected after failing ({when})",
+            f"{self.name} is unavailable: {which} ejected after failing ({when})",
             host=self.host,
             port=self.port,
             addresses=count,
@@ -324,7 +324,9 @@ class AddressBook:
 
 
 def answer_of(
-    infos: Iterable[tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]],
+    infos: Iterable[
+        tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]
+    ],
 ) -> list[tuple[int, str]]:
     """``(family, ip)`` pairs of a :func:`trio.socket.getaddrinfo` answer, in order."""
     return [

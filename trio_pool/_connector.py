@@ -198,7 +198,7 @@ class Connector:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
         phase = Phase()
-        attempts = Dial() if self._is_booked(key) else None
+        attempts = Dial(state.address_counts) if self._is_booked(key) else None
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
@@ -269,7 +269,7 @@ class Connector:
             raise
         address = None
         if attempts is not None:
-            address = attempts.address
+            address = attempts.won()
             if shared is not None and address is not None:
                 # The peer's SETTINGS arrived: a response, so the address works.
                 self.state.addresses.succeeded(address, trio.current_time())
@@ -331,6 +331,8 @@ class Connector:
             running = self._resolving.get(upstream)
             if running is not None:
                 await running.wait()
+                if upstream.addresses:
+                    return  # (fresh: with dns_ttl=0 it is stale again at once)
                 continue
             phase.name = "name lookup"
             done = self._resolving[upstream] = trio.Event()
@@ -356,6 +358,7 @@ class Connector:
             finally:
                 del self._resolving[upstream]
                 done.set()
+            return
 
     async def _traced_transport(
         self,

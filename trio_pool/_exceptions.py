@@ -53,7 +53,12 @@ class HostUnavailable(ConnectError):
     """
 
     def __init__(
-        self, message: str, *, host: str = "", port: int = 0, addresses: int = 0,
+        self,
+        message: str,
+        *,
+        host: str = "",
+        port: int = 0,
+        addresses: int = 0,
         retry_at: float | None = None,
     ) -> None:
         super().__init__(message)
