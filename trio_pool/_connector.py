@@ -23,6 +23,7 @@ from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
 from ._dial import Dial, dial
 from ._exceptions import ConnectError, ConnectTimeout
+from ._route import SocketOption
 from ._shared import Multiplexer, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
 from ._tls import close_tls, default_context
@@ -86,6 +87,20 @@ def _root_causes(exc: BaseException) -> str:
         if reason not in reasons:
             reasons.append(reason)
     return "; ".join(reasons) or str(exc)
+
+
+def _set_options(stream: trio.SocketStream, options: tuple[SocketOption, ...]) -> None:
+    """Set ``options`` on a socket that just connected (httpcore sets them then too).
+
+    Raises:
+        ConnectError: The system refused one (the socket is closed).
+    """
+    for option in options:
+        try:
+            stream.socket.setsockopt(*option)
+        except OSError as exc:
+            stream.socket.close()
+            raise ConnectError(f"cannot set the socket option {option!r}: {exc}") from exc
 
 
 class Connector:
@@ -309,15 +324,19 @@ class Connector:
         addresses, resolved when their TTL ran out."""
         key = state.key
         if attempts is None:
-            return await open_transport(key, phase)
-        book = self.state.addresses
-        upstream = state.upstream
-        if upstream is None:
-            upstream = state.upstream = book.upstream(key.host, key.port)
-        await self._resolve(upstream, phase)
-        plan = book.plan(upstream, state.address_counts, trio.current_time())
-        phase.name = "TCP connect"
-        return await dial(book, plan, key.port, attempts)
+            stream = await open_transport(key, phase)
+        else:
+            book = self.state.addresses
+            upstream = state.upstream
+            if upstream is None:
+                upstream = state.upstream = book.upstream(key.host, key.port)
+            await self._resolve(upstream, phase)
+            plan = book.plan(upstream, state.address_counts, trio.current_time())
+            phase.name = "TCP connect"
+            stream = await dial(book, plan, key.port, attempts, key.local_address)
+        if key.socket_options is not None:
+            _set_options(stream, key.socket_options)
+        return stream
 
     async def _resolve(self, upstream: Upstream, phase: Phase) -> None:
         """Resolve ``upstream`` if its answer is stale (one lookup at a time per
@@ -379,9 +398,9 @@ class Connector:
         info = {
             "host": key.host,
             "port": key.port,
-            "local_address": None,
+            "local_address": key.local_address,
             "timeout": timeout,
-            "socket_options": None,
+            "socket_options": key.socket_options,
         }
         return await traced(
             trace, "connection.connect_tcp", info, lambda: self._transport(state, phase, attempts)

@@ -92,6 +92,13 @@ class PoolKey(NamedTuple):
     #: (``acquire``, ``connection()``) may give one back mid-answer, its tail still on
     #: the way (after any probe could see it): raw and HTTP connections never mix.
     http: bool = False
+    #: The source IP address of its TCP connects (httpx's ``local_address``).
+    local_address: str | None = None
+    #: Options set on its socket right after connecting (httpcore's ``socket_options``):
+    #: ``(level, option, value)`` or ``(level, option, None, length)`` tuples.
+    socket_options: tuple[tuple[int, int, int | bytes] | tuple[int, int, None, int], ...] | None = (
+        None
+    )
 
 
 class Waiter:
