@@ -242,3 +242,32 @@ async def test_ip_literals_and_eject_after_none_keep_the_old_path(
                 await pool.acquire_new(NAME, 9)
             assert not isinstance(info.value, HostUnavailable)
     assert resolver.lookups == 1
+
+
+async def test_statistics_and_prometheus_show_connections_per_address(
+    replicas: Replicas, resolver: ReplicaResolver
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from trio_pool.metrics import PrometheusCollector
+
+    from .test_metrics import scrape
+
+    resolver.answer = IPS[:2]
+    for ip in IPS[:2]:
+        await replicas.start(ip)
+    registry = CollectorRegistry()
+    async with trio_pool.open_pool() as pool:
+        registry.register(PrometheusCollector(pool))
+        held = [await pool.acquire(NAME, replicas.port) for _ in range(3)]
+        expected = ((f"{IPS[0]}:{replicas.port}", 2), (f"{IPS[1]}:{replicas.port}", 1))
+        assert pool.statistics().address_connections == expected
+        assert pool.statistics(NAME).address_connections == expected
+        assert pool.host_statistics()[(NAME, replicas.port)].address_connections == expected
+        samples = scrape(registry)
+        for address, count in expected:
+            labels = (("address", address), ("host", NAME), ("port", str(replicas.port)))
+            assert samples[("trio_pool_address_connections", labels)] == count
+        for conn in held:
+            pool.discard(conn)
+        assert pool.statistics().address_connections == ()
