@@ -271,3 +271,23 @@ async def test_statistics_and_prometheus_show_connections_per_address(
         for conn in held:
             pool.discard(conn)
         assert pool.statistics().address_connections == ()
+
+
+async def test_http_client_requests_eject_a_replica_that_resets(
+    replicas: Replicas, resolver: ReplicaResolver
+) -> None:
+    """The HTTP/1.1 client reads through the pooled connection: a reset before the
+    response's first byte counts against the address (echo replicas answer with bytes,
+    which is enough for the address, though they are not HTTP)."""
+    from trio_pool.http import HTTPClient, HTTPError
+
+    resolver.answer = IPS[:2]
+    await replicas.start(IPS[0])
+    await replicas.start(IPS[1], "reset")
+    async with trio_pool.open_pool(eject_after=3) as pool:
+        client = HTTPClient(pool, retry=False)
+        for _ in range(20):
+            with pytest.raises(HTTPError):
+                await client.request("GET", f"http://{NAME}:{replicas.port}/")
+    assert replicas.accepted[IPS[1]] == 3
+    assert replicas.accepted[IPS[0]] == 17
