@@ -49,6 +49,8 @@ class FakeConnection(PooledConnection):
         self.session_reused = False
         self._session_fresh = False
         self._unread = b""
+        self._address = None
+        self._unproven = None
 
     def _reusable(self) -> bool:
         return not self._broken and self._state is not ConnectionState.CLOSED

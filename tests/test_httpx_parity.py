@@ -238,8 +238,10 @@ def test_bad_arguments_raise_before_io(ca_file: str) -> None:
         ({"retries": 1.5}, TypeError, "retries"),
         ({"retries": -1}, ValueError, "retries"),
         ({"limits": {"max_connections": 1}}, TypeError, "limits"),
-        ({"local_address": "127.0.0.1"}, NotImplementedError, "local_address"),
-        ({"socket_options": []}, NotImplementedError, "socket_options"),
+        ({"local_address": "localhost"}, ValueError, "local_address"),
+        ({"local_address": 127}, TypeError, "local_address"),
+        ({"socket_options": 5}, TypeError, "socket_options"),
+        ({"socket_options": [(1, 2)]}, TypeError, "socket option"),
     ]
     for kwargs, error, name in cases:
         with pytest.raises(error, match=name) as info:

@@ -17,7 +17,15 @@ FOREIGN_PRIVATE = frozenset(
     {"_schedule_points", "_open_streams", "_runner", "_cancel_status", "_parent_nursery"}
 )
 #: The synchronous state machine: it reads no clock and wakes no task itself.
-STATE_MODULES = ("_records", "_counters", "_ledger", "_line", "_streams", "_state")
+STATE_MODULES = (
+    "_addresses",
+    "_records",
+    "_counters",
+    "_ledger",
+    "_line",
+    "_streams",
+    "_state",
+)
 
 
 def module_name(path: Path) -> str:

@@ -40,6 +40,7 @@ from ._events import TLSResumed as TLSResumed
 from ._events import Waited as Waited
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import ConnectTimeout as ConnectTimeout
+from ._exceptions import HostUnavailable as HostUnavailable
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolError as PoolError
 from ._exceptions import PoolExhausted as PoolExhausted
@@ -77,6 +78,7 @@ __all__ = [
     "ConnectionState",
     "Discarded",
     "EventHook",
+    "HostUnavailable",
     "PingAnswered",
     "PingSent",
     "PingTimedOut",

@@ -63,6 +63,19 @@ class PoolConfig:
             within this long (Go's ``http2.Transport.PingTimeout`` default). Requests
             it never sent are retried on another connection; those sent fail with
             :class:`~trio_pool.http.ReadError`.
+        dns_ttl: How long the pool reuses the addresses a host name resolved to
+            (direct TCP routes to a host name; see :doc:`upstreams`). ``0``: resolve
+            for every connect; ``None``: resolve once. Default 10 s, aiohttp's
+            ``ttl_dns_cache``: a replica that leaves DNS stops getting connections
+            within seconds, for one lookup per host per 10 s.
+        eject_after: Consecutive failures (refused or timed-out connect, failed TLS
+            handshake, reset before the first response byte) that eject an address
+            from the rotation for ``eject_for``. Default 5, as Envoy's outlier
+            detection (``consecutive_5xx``). ``None``: never eject.
+        eject_for: Seconds an ejected address gets no new connection; doubled on each
+            ejection that follows a failed trial, up to ten times this. Default 5 s:
+            a restarting server is tried again within seconds, while a dead one costs
+            one dial per backoff instead of one per request.
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -83,6 +96,9 @@ class PoolConfig:
     on_event: EventHook | None = None
     h2_ping_interval: float | None = None
     h2_ping_timeout: float = 15.0
+    dns_ttl: float | None = 10.0
+    eject_after: int | None = 5
+    eject_for: float = 5.0
 
     # Where fields' values came from, for messages (a preset, PoolConfig's defaults);
     # set on the instance by _with_origins, not a field: it takes no part in equality.
@@ -115,6 +131,11 @@ class PoolConfig:
             )
         _check_positive_time("h2_ping_interval", self.h2_ping_interval, allow_none=True)
         _check_positive_time("h2_ping_timeout", self.h2_ping_timeout)
+        if self.dns_ttl is not None:
+            check_timeout("dns_ttl", self.dns_ttl)
+        if self.eject_after is not None and check_int("eject_after", self.eject_after) < 1:
+            raise ValueError(f"eject_after must be >= 1 or None, got {self.eject_after!r}")
+        _check_positive_time("eject_for", self.eject_for)
 
     def replace(self, **overrides: Any) -> PoolConfig:
         """Return a copy with some fields changed (validated again).

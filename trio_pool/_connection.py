@@ -12,7 +12,14 @@ import trio
 from ._probe import Health, _peek, probe_tls
 from ._tls import is_tls_error
 
-__all__ = ["ConnectionKey", "ConnectionOwner", "ConnectionState", "Health", "PooledConnection"]
+__all__ = [
+    "ConnectionKey",
+    "ConnectionOwner",
+    "ConnectionState",
+    "Health",
+    "PooledConnection",
+    "Verdicts",
+]
 
 _POLLIN: Final = select.POLLIN | select.POLLPRI
 
@@ -58,6 +65,20 @@ class _HostPort(Protocol):
     def port(self) -> int: ...
 
 
+class Verdicts(Protocol):
+    """What a connection tells the address it was opened to
+    (``trio_pool._addresses.Address``): whether it got a response."""
+
+    @property
+    def ip(self) -> str: ...
+
+    def succeeded(self, now: float, /) -> None: ...
+
+    def failed(self, now: float, /) -> None: ...
+
+    def ended(self) -> None: ...
+
+
 class ConnectionKey(Protocol):
     """What a connection needs of its key's state (``trio_pool._state.KeyState``)."""
 
@@ -92,6 +113,7 @@ class PooledConnection(trio.abc.Stream):
     """
 
     __slots__ = (
+        "_address",
         "_broken",
         "_closed_by_user",
         "_expires_at",
@@ -102,6 +124,7 @@ class PooledConnection(trio.abc.Stream):
         "_protocol",
         "_session_fresh",
         "_state",
+        "_unproven",
         "_unread",
         "acquired_at",
         "acquired_by",
@@ -149,6 +172,10 @@ class PooledConnection(trio.abc.Stream):
         # The HTTP protocol object speaking on this socket (trio_pool.http._http11 owns
         # it): its state outlives each borrower, and the socket.
         self._protocol: object = None
+        # The address it was dialed to when the pool chose it (a host name's address
+        # book), and that address until the first byte read decides its verdict.
+        self._address: Verdicts | None = None
+        self._unproven: Verdicts | None = None
         if isinstance(stream, trio.SSLStream):
             self.session_reused = bool(stream.session_reused)
             self._session_fresh = not key.save_session(stream)
@@ -299,15 +326,40 @@ class PooledConnection(trio.abc.Stream):
             raise
         if not data:
             self._broken = True
-        elif self._session_fresh:
-            assert isinstance(self.stream, trio.SSLStream)
-            self._session_fresh = not self._key.save_session(self.stream)
+            if self._unproven is not None:
+                self._verdict(False)
+        else:
+            if self._unproven is not None:
+                self._verdict(True)
+            if self._session_fresh:
+                assert isinstance(self.stream, trio.SSLStream)
+                self._session_fresh = not self._key.save_session(self.stream)
         return data
+
+    @property
+    def address(self) -> str | None:
+        """The IP address the pool dialed for it, when it chose one among the addresses
+        of a host name (see :doc:`upstreams`); ``None`` for IP literals, Unix sockets
+        and proxies."""
+        return None if self._address is None else self._address.ip
+
+    def _verdict(self, success: bool) -> None:
+        """The first read of a new connection decided: a byte arrived (its address
+        works), or the peer closed or reset it first (a failure of its address)."""
+        address = self._unproven
+        assert address is not None
+        self._unproven = None
+        if success:
+            address.succeeded(trio.current_time())
+        else:
+            address.failed(trio.current_time())
 
     def _failed(self, exc: BaseException) -> None:
         """A read or write raised: never reuse the connection, and after a TLS error never
         offer the key's saved session again."""
         self._broken = True
+        if self._unproven is not None and isinstance(exc, (OSError, trio.BrokenResourceError)):
+            self._verdict(False)  # reset before the first response byte
         if isinstance(self.stream, trio.SSLStream) and is_tls_error(exc):
             self._key.forget_session()  # never offer the session again after a TLS error
 

@@ -8,18 +8,23 @@ connect and is told how it ended (:meth:`~trio_pool._state.PoolState.connected` 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
 import ssl
 import weakref
 from typing import Any, Final
 
 import trio
 
+from ._addresses import Upstream, answer_of
 from ._config import PoolConfig
 from ._connection import PooledConnection, _socket_of
+from ._dial import Dial, dial
 from ._events import ConnectDone, ConnectFailed, ConnectStarted, Listeners, TLSResumed
 from ._exceptions import ConnectError, ConnectTimeout
+from ._route import SocketOption
 from ._shared import Multiplexer, MultiplexOptions, SharedConnection, StreamLease
 from ._state import KeyState, PendingConnect, PoolKey, PoolState
 from ._tls import close_tls, default_context
@@ -85,6 +90,20 @@ def _root_causes(exc: BaseException) -> str:
     return "; ".join(reasons) or str(exc)
 
 
+def _set_options(stream: trio.SocketStream, options: tuple[SocketOption, ...]) -> None:
+    """Set ``options`` on a socket that just connected (httpcore sets them then too).
+
+    Raises:
+        ConnectError: The system refused one (the socket is closed).
+    """
+    for option in options:
+        try:
+            stream.socket.setsockopt(*option)
+        except OSError as exc:
+            stream.socket.close()
+            raise ConnectError(f"cannot set the socket option {option!r}: {exc}") from exc
+
+
 class Connector:
     """Opens connections in slots the state machine reserved, and closes them.
 
@@ -106,6 +125,10 @@ class Connector:
         self.background: trio.Nursery | None = None
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self._h2_contexts: dict[bool, ssl.SSLContext] = {}
+        # Lookups in flight, one per upstream: later connects wait for it.
+        self._resolving: dict[Upstream, trio.Event] = {}
+        # Whether a key's connections dial addresses the pool resolved itself.
+        self._booked: dict[PoolKey, bool] = {}
 
     def start_connect(self, state: KeyState, pending: PendingConnect) -> None:
         """The state machine's hook: run a hand-off connect in the pool's nursery."""
@@ -197,14 +220,15 @@ class Connector:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
         phase = Phase()
+        attempts = Dial(state.address_counts) if self._is_booked(key) else None
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
                     trace = connect_trace.get()
                     if trace is None:
-                        tcp = await open_transport(key, phase)
+                        tcp = await self._transport(state, phase, attempts)
                     else:
-                        tcp = await self._traced_transport(trace, key, phase, timeout)
+                        tcp = await self._traced_transport(trace, state, phase, timeout, attempts)
                     stream = tcp
                     if key.tls:
                         tunnelled = key.proxy is not None
@@ -245,6 +269,19 @@ class Connector:
         except BaseException as exc:
             # Synchronous from here to the raise: the slot is given back in the same step.
             cancelled = _is_cancellation(exc)
+            if attempts is not None:
+                # A timeout, a refusal or a failed handshake counts against the
+                # addresses dialed; a cancellation or another error (the peer spoke)
+                # does not.
+                attempts.settle(
+                    self.state.addresses,
+                    isinstance(exc, ConnectTimeout)
+                    or (
+                        isinstance(exc, ConnectError)
+                        and isinstance(exc.__cause__, (OSError, ssl.SSLError))
+                    ),
+                    trio.current_time(),
+                )
             on_event = self.state.on_event
             if on_event is not None and not cancelled:
                 now = trio.current_time()
@@ -258,10 +295,22 @@ class Connector:
             )
             raise
         now = trio.current_time()
+        address = None
+        if attempts is not None:
+            address = attempts.won()
+            if shared is not None and address is not None:
+                # The peer's SETTINGS arrived: a response, so the address works.
+                self.state.addresses.succeeded(address, now)
         if self.state.on_event is not None:
             self.state.on_event(ConnectDone(key, now, now - started, shared is not None))
         return self.state.connected(
-            state, stream, now, to_idle=to_idle, pending=pending, shared=shared
+            state,
+            stream,
+            now,
+            to_idle=to_idle,
+            pending=pending,
+            shared=shared,
+            address=address,
         )
 
     def _multiplex_options(self, key: PoolKey) -> MultiplexOptions:
@@ -270,12 +319,98 @@ class Connector:
             key, self._listeners, config.h2_ping_interval, config.h2_ping_timeout
         )
 
-    @staticmethod
-    async def _traced_transport(
-        trace: Trace, key: PoolKey, phase: Phase, timeout: float | None
+    def _is_booked(self, key: PoolKey) -> bool:
+        """Whether ``key``'s connections go to addresses the pool resolves itself:
+        direct TCP to a host name (an IP literal needs no lookup; a Unix socket
+        none; a proxy is dialed by its own address, and resolves the origin's)."""
+        booked = self._booked.get(key)
+        if booked is None:
+            booked = key.proxy is None and key.uds is None
+            if booked:
+                try:
+                    ipaddress.ip_address(key.host)
+                except ValueError:
+                    pass
+                else:
+                    booked = False
+            if len(self._booked) >= 4096:
+                self._booked.clear()
+            self._booked[key] = booked
+        return booked
+
+    async def _transport(
+        self, state: KeyState, phase: Phase, attempts: Dial | None
     ) -> trio.SocketStream:
-        """:func:`open_transport` reporting ``connection.connect_tcp.*`` (httpcore's
+        """:func:`open_transport`, or for a host name (``attempts``) a dial to its
+        addresses, resolved when their TTL ran out."""
+        key = state.key
+        if attempts is None:
+            stream = await open_transport(key, phase)
+        else:
+            book = self.state.addresses
+            upstream = state.upstream
+            if upstream is None:
+                upstream = state.upstream = book.upstream(key.host, key.port)
+            await self._resolve(upstream, phase)
+            plan = book.plan(upstream, state.address_counts, trio.current_time())
+            phase.name = "TCP connect"
+            stream = await dial(book, plan, key.port, attempts, key.local_address)
+        if key.socket_options is not None:
+            _set_options(stream, key.socket_options)
+        return stream
+
+    async def _resolve(self, upstream: Upstream, phase: Phase) -> None:
+        """Resolve ``upstream`` if its answer is stale (one lookup at a time per
+        upstream: others wait for it). A failed lookup keeps the known addresses.
+
+        Raises:
+            ConnectError: The lookup failed and no address is known.
+        """
+        book = self.state.addresses
+        while book.stale(upstream, trio.current_time()):
+            running = self._resolving.get(upstream)
+            if running is not None:
+                await running.wait()
+                if upstream.addresses:
+                    return  # (fresh: with dns_ttl=0 it is stale again at once)
+                continue
+            phase.name = "name lookup"
+            done = self._resolving[upstream] = trio.Event()
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    upstream.host, upstream.port, type=socket.SOCK_STREAM
+                )
+                answer = answer_of(infos)
+                if not answer:
+                    raise OSError(f"no IPv4 or IPv6 address for {upstream.host!r}")
+            except OSError as exc:
+                if not book.resolve_failed(upstream, trio.current_time()):
+                    raise ConnectError(f"cannot resolve {upstream.host!r}: {exc}") from exc
+                logger.warning(
+                    "trio_pool: resolving %r failed (%s): keeping its %d known address(es)",
+                    upstream.host,
+                    exc,
+                    len(upstream.addresses),
+                )
+            else:
+                now = trio.current_time()
+                self.state.drain(book.resolved(upstream, answer, now), now)
+            finally:
+                del self._resolving[upstream]
+                done.set()
+            return
+
+    async def _traced_transport(
+        self,
+        trace: Trace,
+        state: KeyState,
+        phase: Phase,
+        timeout: float | None,
+        attempts: Dial | None,
+    ) -> trio.SocketStream:
+        """:meth:`_transport` reporting ``connection.connect_tcp.*`` (httpcore's
         names; a Unix socket reports ``connection.connect_unix_socket.*``)."""
+        key = state.key
         if key.uds is not None:
             info: dict[str, Any] = {"path": key.uds, "timeout": timeout}
             return await traced(
@@ -284,12 +419,12 @@ class Connector:
         info = {
             "host": key.host,
             "port": key.port,
-            "local_address": None,
+            "local_address": key.local_address,
             "timeout": timeout,
-            "socket_options": None,
+            "socket_options": key.socket_options,
         }
         return await traced(
-            trace, "connection.connect_tcp", info, lambda: open_transport(key, phase)
+            trace, "connection.connect_tcp", info, lambda: self._transport(state, phase, attempts)
         )
 
     async def _traced_handshake(

@@ -58,8 +58,15 @@ def build_statistics(
     if retired is not None:
         totals.update(retired)
     idle = in_use = waiting = connecting = multiplexed = streams = 0
+    by_address: dict[str, int] = {}
     for state in states:
         retire(totals, state)
+        if state.address_counts:
+            port = state.key.port
+            for address, count in state.address_counts.items():
+                ip = address.ip
+                name = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                by_address[name] = by_address.get(name, 0) + count
         idle += len(state.idle)
         in_use += state.in_use
         waiting += state.waiting
@@ -90,4 +97,5 @@ def build_statistics(
         waiters_rejected=int(totals["waiters_rejected"]),
         http2_connections=multiplexed,
         http2_streams=streams,
+        address_connections=tuple(sorted(by_address.items())),
     )

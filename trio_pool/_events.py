@@ -65,7 +65,8 @@ logger: Final = logging.getLogger("trio_pool")
 #: - ``"pool_closed"``: the pool closed;
 #: - ``"lost"``: a multiplexed (HTTP/2) connection failed: the socket broke, the peer
 #:   broke the protocol, or it left a PING unanswered (``h2_ping_timeout``);
-#: - ``"goaway"``: the peer sent GOAWAY, and the connection's last stream ended.
+#: - ``"goaway"``: the peer sent GOAWAY, and the connection's last stream ended;
+#: - ``"drained"``: an idle connection to an address that left its host's DNS answer.
 CloseReason: TypeAlias = Literal[
     "idle_timeout",
     "lifetime",
@@ -76,6 +77,7 @@ CloseReason: TypeAlias = Literal[
     "pool_closed",
     "lost",
     "goaway",
+    "drained",
 ]
 
 

@@ -7,6 +7,7 @@ import trio
 __all__ = [
     "ConnectError",
     "ConnectTimeout",
+    "HostUnavailable",
     "PoolClosed",
     "PoolError",
     "PoolExhausted",
@@ -33,6 +34,38 @@ class ConnectError(PoolError, OSError):
 class ConnectTimeout(ConnectError, TimeoutError):
     """Opening a new connection (TCP connect and TLS handshake) took longer than
     ``connection_timeout``."""
+
+
+class HostUnavailable(ConnectError):
+    """Every address of a host is ejected after failing (see :doc:`upstreams`): no
+    connect is tried until the first backoff ends.
+
+    Raised at once by an acquire that would connect, and given to the tasks waiting
+    in line for a connect of the key, so a host that is down costs no dial per
+    request.
+
+    Attributes:
+        host: The host name.
+        port: The port.
+        addresses: How many addresses the host has, all of them ejected.
+        retry_at: When (:func:`trio.current_time`) the next trial connect may go, or
+            ``None`` while a trial connect is in flight.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str = "",
+        port: int = 0,
+        addresses: int = 0,
+        retry_at: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.addresses = addresses
+        self.retry_at = retry_at
 
 
 class ProxyError(ConnectError):

@@ -26,7 +26,6 @@ __all__ = [
     "NetworkStream",
     "check_limits",
     "check_retries",
-    "check_unsupported",
     "http2_mode",
     "limits_config",
     "tls_settings",
@@ -161,20 +160,6 @@ def check_retries(retries: object) -> int:
 def retry_delay(attempt: int) -> float:
     """httpcore's backoff before connect retry ``attempt`` (1-based): 0, 0.5, 1, 2..."""
     return 0.0 if attempt <= 1 else 0.5 * 2 ** (attempt - 2)
-
-
-def check_unsupported(local_address: object, socket_options: object) -> None:
-    """``local_address`` and ``socket_options`` are not supported yet.
-
-    Raises:
-        NotImplementedError: Either is given.
-    """
-    for name, value in (("local_address", local_address), ("socket_options", socket_options)):
-        if value is not None:
-            raise NotImplementedError(
-                f"PoolTransport does not support {name} yet (the pool's connects take"
-                " no per-key socket settings)"
-            )
 
 
 def limits_config(limits: object) -> dict[str, Any]:

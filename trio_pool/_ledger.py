@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from trio.lowlevel import enable_ki_protection
 
+from ._addresses import AddressBook
 from ._config import PoolConfig
 from ._connection import ConnectionOwner, ConnectionState, PooledConnection
 from ._counters import retire, zero_counters
@@ -120,6 +121,8 @@ class Ledger:
         self.wake_at = -float("inf")
         # The event hook (guarded: it never raises), or None: then no event is built.
         self.on_event: EventHook | None = on_event
+        # The addresses of the host names the pool dials itself, and their health.
+        self.addresses = AddressBook(config.dns_ttl, config.eject_after, config.eject_for)
 
     # -- keys ------------------------------------------------------------------
 
@@ -206,6 +209,17 @@ class Ledger:
         self.total -= 1
         if evicted:
             state.evicted += 1
+        address = conn._address
+        if address is not None:
+            counts = state.address_counts
+            left = counts[address] - 1  # type: ignore[index]
+            if left:
+                counts[address] = left  # type: ignore[index]
+            else:
+                del counts[address]  # type: ignore[arg-type]
+            if conn._unproven is not None:
+                conn._unproven = None
+                address.ended()  # no verdict: a trial on it may go again
         self._close_stream(conn)
         if self.on_event is not None:
             now = self._now()

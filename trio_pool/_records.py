@@ -13,6 +13,7 @@ import ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from ._addresses import Address, Upstream
 from ._connection import ConnectionState, PooledConnection
 from ._proxy import Proxy
 from ._shared import OpenMultiplexer, SharedConnection, StreamLease
@@ -91,6 +92,13 @@ class PoolKey(NamedTuple):
     #: (``acquire``, ``connection()``) may give one back mid-answer, its tail still on
     #: the way (after any probe could see it): raw and HTTP connections never mix.
     http: bool = False
+    #: The source IP address of its TCP connects (httpx's ``local_address``).
+    local_address: str | None = None
+    #: Options set on its socket right after connecting (httpcore's ``socket_options``):
+    #: ``(level, option, value)`` or ``(level, option, None, length)`` tuples.
+    socket_options: tuple[tuple[int, int, int | bytes] | tuple[int, int, None, int], ...] | None = (
+        None
+    )
 
 
 class Waiter:
@@ -171,6 +179,7 @@ class KeyState:
 
     __slots__ = (
         "acquire_timeouts",
+        "address_counts",
         "aliases",
         "closed",
         "connect_failures",
@@ -198,6 +207,7 @@ class KeyState:
         "shared_ready",
         "tls_handshakes",
         "tls_resumptions",
+        "upstream",
         "wait_count",
         "wait_seconds",
         "waiters",
@@ -248,6 +258,10 @@ class KeyState:
         # a connection that negotiated HTTP/1.1 sets it back.
         self.multiplexed: bool = key.http2 is not None
         self.open_shared: OpenMultiplexer | None = None  # set by the protocol layer
+        # A direct TCP key to a host name: its host's addresses (set by the connector on
+        # its first connect), and the key's open connections per address.
+        self.upstream: Upstream | None = None
+        self.address_counts: dict[Address, int] = {}
 
     @property
     def total(self) -> int:

@@ -21,7 +21,11 @@ from ._redact import redact_url
 from ._state import KeyState, PoolKey, PoolState
 from ._util import check_int
 
-__all__ = ["HTTP2_MODES", "KeyTable", "Route", "make_key"]
+__all__ = ["HTTP2_MODES", "KeyTable", "Route", "SocketOption", "check_socket", "make_key"]
+
+#: One socket option, as httpcore takes it: ``(level, option, value)`` with an ``int``
+#: or ``bytes`` value, or ``(level, option, None, length)``.
+SocketOption = tuple[int, int, int | bytes] | tuple[int, int, None, int]
 
 #: The HTTP/2 namespaces of a key: ``"h2"`` (TLS, ALPN decides), ``"h2c"`` (prior knowledge).
 HTTP2_MODES = frozenset({"h2", "h2c"})
@@ -39,6 +43,8 @@ class _RouteFields(NamedTuple):
     forward: bool
     http2: str | None
     http: bool
+    local_address: str | None
+    socket_options: tuple[SocketOption, ...] | None
 
 
 class Route(_RouteFields):
@@ -54,6 +60,10 @@ class Route(_RouteFields):
         http2: ``"h2"`` (TLS offers ALPN ``h2``) or ``"h2c"`` (HTTP/2 by prior
             knowledge): a key whose connections may be multiplexed; ``None`` otherwise.
         http: Lent only to trio_pool's HTTP/1.1 clients (see :attr:`PoolKey.http`).
+        local_address: The source IP address of TCP connects (as httpx's
+            ``local_address``), to the origin or to the proxy; not with ``uds``.
+        socket_options: ``(level, option, value)`` tuples (or ``(level, option, None,
+            length)``) set on the socket right after it connected, as httpcore does.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -75,6 +85,8 @@ class Route(_RouteFields):
         forward: object = False,
         http2: str | None = None,
         http: bool = False,
+        local_address: object = None,
+        socket_options: object = None,
     ) -> Route:
         _check_host(host)
         port = check_int("port", port)
@@ -89,8 +101,9 @@ class Route(_RouteFields):
             sni, verify_cert, ssl_context = None, True, None
         elif sni is None:
             sni = host
+        local_address, socket_options = check_socket(local_address, socket_options, uds)
         fields = (host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward, http2, http)
-        return tuple.__new__(cls, fields)
+        return tuple.__new__(cls, (*fields, local_address, socket_options))
 
     @property
     def key(self) -> PoolKey:
@@ -116,6 +129,65 @@ def make_key(
 ) -> PoolKey:
     """Validate acquire arguments and build their :class:`PoolKey` (see :class:`Route`)."""
     return Route(host, port, tls, sni, verify_cert, ssl_context, proxy, uds, forward).key
+
+
+def check_socket(
+    local_address: object, socket_options: object, uds: object = None
+) -> tuple[str | None, tuple[SocketOption, ...] | None]:
+    """Check and normalize ``local_address`` (an IP address) and ``socket_options``
+    (an iterable of tuples; none at all is ``None``, so it does not split the key).
+
+    Raises:
+        TypeError: Either has the wrong type.
+        ValueError: Not an IP address, a malformed option, or ``local_address`` with
+            ``uds``.
+    """
+    if local_address is not None:
+        if not isinstance(local_address, str):
+            raise TypeError(
+                f"local_address must be a str (an IP address) or None,"
+                f" not {type(local_address).__name__}"
+            )
+        try:
+            ipaddress.ip_address(local_address)
+        except ValueError:
+            raise ValueError(
+                f"local_address must be an IP address, got {local_address!r}"
+            ) from None
+        if uds is not None:
+            raise ValueError("local_address means nothing for a Unix socket (uds)")
+    if socket_options is None:
+        return local_address, None
+    if isinstance(socket_options, (str, bytes)) or not hasattr(socket_options, "__iter__"):
+        raise TypeError(
+            "socket_options must be an iterable of (level, option, value) tuples,"
+            f" not {type(socket_options).__name__}"
+        )
+    options: list[SocketOption] = []
+    for option in socket_options:
+        options.append(_check_option(option))
+    return local_address, tuple(options) or None
+
+
+def _check_option(option: object) -> SocketOption:
+    if not isinstance(option, tuple) or len(option) not in (3, 4):
+        raise TypeError(
+            "each socket option must be a tuple (level, option, value) or"
+            f" (level, option, None, length), got {option!r}"
+        )
+    level, name, value, *length = option
+    for what, number in (("level", level), ("option", name), *(("length", n) for n in length)):
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"a socket option's {what} must be an int, got {option!r}")
+    if length:
+        if value is not None:
+            raise ValueError(f"a socket option with a length has the value None, got {option!r}")
+        return (level, name, None, length[0])
+    if isinstance(value, bytearray):
+        value = bytes(value)
+    if not isinstance(value, (int, bytes)):
+        raise TypeError(f"a socket option's value must be an int or bytes, got {option!r}")
+    return (level, name, int(value) if isinstance(value, int) else value)
 
 
 def _check_host(host: object) -> None:
@@ -230,7 +302,7 @@ class KeyTable:
     A route maps to its key's state; so does each tuple of raw acquire arguments seen
     before (an *alias*), so the public acquire methods find their key with one tuple
     and one dict lookup, and check their arguments only the first time. Routes and
-    argument tuples share one dict: a route has 11 fields, an argument tuple 2 or 9.
+    argument tuples share one dict: a route has 13 fields, an argument tuple 2 or 9.
 
     Args:
         state: The pool's state machine (it holds the key states).

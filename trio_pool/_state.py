@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from trio.lowlevel import enable_ki_protection
 
+from ._addresses import Address
 from ._connection import ConnectionState, PooledConnection
 from ._counters import build_statistics
 from ._events import CloseReason, Discarded, Released, Reused
@@ -139,7 +140,10 @@ class PoolState(Streams):
                 # Dead, stale or dirty: never handed out. Its slot is ours to use below.
                 self._close(conn, self._why_not_taken(state, conn, now), evicted=True)
             if self.max_connecting is not None:
-                return self._miss(state)
+                return self._miss(state, now)
+        upstream = state.upstream
+        if upstream is not None and now < upstream.available_at:
+            raise upstream.unavailable(now)
         if state.waiters:
             return None
         if state.total >= self.max_size:
@@ -162,8 +166,15 @@ class PoolState(Streams):
             return "lifetime"
         return "unhealthy"
 
-    def _miss(self, state: KeyState) -> _Handoff | None:
-        """A miss with hand-off on: wait for a connect if there is room for one."""
+    def _miss(self, state: KeyState, now: float) -> _Handoff | None:
+        """A miss with hand-off on: wait for a connect if there is room for one.
+
+        Raises:
+            HostUnavailable: Every address of the key's host is ejected.
+        """
+        upstream = state.upstream
+        if upstream is not None and now < upstream.available_at:
+            raise upstream.unavailable(now)
         if state.total >= self.max_size or (state.waiters and state.line):
             return None  # full, or behind tasks waiting in line for a free slot
         if (
@@ -205,6 +216,7 @@ class PoolState(Streams):
         to_idle: bool = False,
         pending: PendingConnect | None = None,
         shared: Multiplexer | None = None,
+        address: Address | None = None,
     ) -> PooledConnection:
         """A connect in a reserved slot succeeded.
 
@@ -215,14 +227,24 @@ class PoolState(Streams):
                 key's next waiter, else the pool.
             shared: The connection is multiplexed (HTTP/2): it is lent as streams (see
                 :meth:`_connected_shared`).
+            address: The address it was dialed to (a host name's, see
+                :mod:`trio_pool._addresses`): counted per address, and a new
+                connection not multiplexed waits for its first response byte to
+                pass its verdict on (an HTTP/2 one got the peer's SETTINGS already).
         """
         state.connecting -= 1
         state.created += 1
         if shared is not None:
-            return self._connected_shared(state, stream, now, shared, to_idle, pending)
+            mux = self._connected_shared(state, stream, now, shared, to_idle, pending)
+            if address is not None and mux._state is not CLOSED:
+                self._count_address(state, mux, address)
+            return mux
         if state.multiplexed:  # the peer chose HTTP/1.1: connect as for any key again
             state.multiplexed = False
         conn = self._connection_type(self.pool, state, stream, now, self.expiry(now))
+        if address is not None:
+            self._count_address(state, conn, address)
+            conn._unproven = address
         self.live[conn] = None
         if pending is not None:
             owner = self._handoff_done(state, pending)
@@ -241,6 +263,32 @@ class PoolState(Streams):
         else:
             self._hand_out(state, conn, now, reused=False)
         return conn
+
+    def _count_address(self, state: KeyState, conn: PooledConnection, address: Address) -> None:
+        conn._address = address
+        state.address_counts[address] = state.address_counts.get(address, 0) + 1
+        if address.drained and conn._state is not CLOSED:
+            self._drain(conn, self._now())  # drained while it was connecting
+
+    @enable_ki_protection
+    def drain(self, addresses: list[Address], now: float) -> None:
+        """A re-resolution dropped ``addresses``: their connections are never handed out
+        again; idle ones close now, borrowed ones when they come back (as broken), an
+        HTTP/2 one lends no more streams and closes when its last one ends."""
+        if not addresses:
+            return
+        dropped = set(addresses)
+        for conn in list(self.live):
+            if conn._address in dropped:
+                self._drain(conn, now)
+
+    def _drain(self, conn: PooledConnection, now: float) -> None:
+        conn._broken = True
+        if isinstance(conn, SharedConnection):
+            self._capacity_changed(conn)
+        elif conn._state is IDLE:
+            self._evict(conn, "drained")
+            self._freed(conn._key, now)  # type: ignore[arg-type]
 
     @enable_ki_protection
     def connect_failed(

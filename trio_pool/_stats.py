@@ -39,6 +39,10 @@ class PoolStatistics:
             ``active_connections`` while streams are open and in
             ``idle_connections`` while none is.
         http2_streams: Streams open (or reserved) on them: requests in flight.
+        address_connections: Connections per address (``"ip:port"``, IPv6 in
+            brackets), open or connecting, of the keys that dial a host name's
+            addresses themselves (:doc:`upstreams`), sorted by address; ``dict()``
+            it for a mapping. Empty for IP literals, Unix sockets and proxies.
     """
 
     connections_created: int = 0
@@ -59,6 +63,7 @@ class PoolStatistics:
     waiters_rejected: int = 0
     http2_connections: int = 0
     http2_streams: int = 0
+    address_connections: tuple[tuple[str, int], ...] = ()
 
     @property
     def hit_rate(self) -> float:

@@ -88,6 +88,7 @@ async def open_transport(key: PoolKey, phase: Phase) -> trio.SocketStream:
     """Open the socket a connection of ``key`` runs on, keeping ``phase`` up to date.
 
     - ``key.uds``: a Unix-socket connect to that path.
+    - any TCP connect binds to ``key.local_address`` first when it is set.
     - no proxy: a TCP connect to ``key.host:key.port``.
     - ``key.forward``: a TCP connect to the HTTP proxy itself (``key.host:key.port`` are
       its address); the HTTP layer sends absolute-form requests on it.
@@ -112,12 +113,12 @@ async def open_transport(key: PoolKey, phase: Phase) -> trio.SocketStream:
             raise ConnectError(f"cannot connect to the Unix socket {key.uds!r}: {exc}") from exc
     proxy = key.proxy
     if proxy is None:
-        return await trio.open_tcp_stream(key.host, key.port)
+        return await trio.open_tcp_stream(key.host, key.port, local_address=key.local_address)
     # A name that cannot be sent to a proxy fails here, before any I/O.
     target = key.host if key.forward else _wire_host(key.host)
     phase.name = "TCP connect to the proxy"
     try:
-        stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+        stream = await trio.open_tcp_stream(proxy.host, proxy.port, local_address=key.local_address)
     except OSError as exc:
         raise ConnectError(f"cannot connect to the proxy {proxy.url}: {exc}") from exc
     if key.forward:

@@ -49,7 +49,6 @@ from ._httpx_compat import (
     NetworkStream,
     check_limits,
     check_retries,
-    check_unsupported,
     http2_mode,
     limits_config,
     retry_delay,
@@ -165,8 +164,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
             ``keepalive_expiry`` = ``max_idle_time``; see :func:`open_client`, which
             opens a pool with them).
         retries: httpx's connect retries (an ``int``).
-        local_address: Not supported yet (``NotImplementedError`` unless ``None``).
-        socket_options: Not supported yet (``NotImplementedError`` unless ``None``).
+        local_address: httpx's: the source IP address of the connections this
+            transport opens (its connections are pooled apart from others').
+        socket_options: httpx's: ``(level, option, value)`` tuples set on each new
+            socket right after it connected, as httpcore does.
 
     Request extensions read: ``timeout``, ``trace`` (httpcore's event names),
     ``sni_hostname``, ``target``. Responses carry ``http_version``,
@@ -176,7 +177,6 @@ class PoolTransport(httpx.AsyncBaseTransport):
     Raises:
         TypeError: An argument of the wrong type (named), before any I/O.
         ValueError: A bad value (named), before any I/O.
-        NotImplementedError: ``local_address`` or ``socket_options``.
 
     A refused tunnel raises ``httpx.ProxyError``; a request to an ``http://`` proxy
     that the proxy refuses (407, say) is its response, as with httpx. Request bodies
@@ -217,7 +217,6 @@ class PoolTransport(httpx.AsyncBaseTransport):
         socket_options: Iterable[Any] | None = None,
     ) -> None:
         self._retries = check_retries(retries)
-        check_unsupported(local_address, socket_options)
         if not isinstance(trust_env, bool):
             raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
         http2 = http2_mode(http1, http2)
@@ -237,6 +236,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
             uds=uds,
             trust_env=trust_env,
             http2=http2,
+            local_address=local_address,
+            socket_options=socket_options,
         )
         self._targets: dict[tuple[bytes, str, int | None], Target] = {}
         self._requests: dict[

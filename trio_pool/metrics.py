@@ -38,6 +38,8 @@ name                                       type      meaning
 ``trio_pool_connecting``                   gauge     connects in flight
 ``trio_pool_http2_connections``            gauge     open HTTP/2 (multiplexed) connections
 ``trio_pool_http2_streams``                gauge     HTTP/2 streams in flight
+``trio_pool_address_connections``          gauge     connections per address of a host name
+                                                     (label ``address``: ``ip:port``)
 ``trio_pool_acquire_wait_seconds``         histogram time a served acquire waited in line
 ========================================== ========= ==============================================
 
@@ -221,6 +223,15 @@ class PrometheusCollector:
             for labels, stats in labelled:
                 gauge.add_metric(labels, getattr(stats, field))
             yield gauge
+        per_address = core.GaugeMetricFamily(
+            prefix + "address_connections",
+            "Connections open or connecting per address of a host name the pool resolves.",
+            labels=(*_LABELS, "address"),
+        )
+        for labels, stats in labelled:
+            for address, count in stats.address_connections:
+                per_address.add_metric((*labels, address), count)
+        yield per_address
         histogram = core.HistogramMetricFamily(
             prefix + "acquire_wait_seconds",
             "Seconds a served acquire waited in line for a connection.",

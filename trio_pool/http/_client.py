@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Final, TypeAlias
 
@@ -21,6 +21,7 @@ from .._pool import ConnectionPool
 from .._proxy import Proxy, as_proxy
 from .._proxy_env import environment_proxy
 from .._redact import shape_of
+from .._route import SocketOption, check_socket
 from .._trace import Trace
 from ._body import Body
 from ._connect import connect
@@ -272,6 +273,11 @@ class HTTPClient:
             HTTP/1.1). A streamed request body is streamed over HTTP/2 too, as DATA
             frames as it is produced, within flow control, and touched only once a
             connection is chosen (and its protocol known).
+        local_address: The source IP address of its connections (httpx's
+            ``local_address``); not with ``uds``.
+        socket_options: ``(level, option, value)`` tuples set on each new socket right
+            after it connected (httpcore's ``socket_options``). Connections with other
+            socket settings are pooled apart.
 
     Raises:
         TypeError: ``pool`` is not a :class:`~trio_pool.ConnectionPool`, or an argument
@@ -296,6 +302,8 @@ class HTTPClient:
         uds: str | None = None,
         trust_env: bool = False,
         http2: bool | str = False,
+        local_address: str | None = None,
+        socket_options: Iterable[SocketOption] | None = None,
     ) -> None:
         if http2 not in (False, True, "prior-knowledge") or type(http2) not in (bool, str):
             raise ValueError(f"http2 must be False, True or 'prior-knowledge', got {http2!r}")
@@ -311,6 +319,7 @@ class HTTPClient:
             raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
         self._proxy = as_proxy(proxy, "proxy")
         self._uds = check_uds(uds)
+        self._socket = check_socket(local_address, socket_options, self._uds)
         if self._proxy is not None and self._uds is not None:
             raise ValueError("proxy and uds exclude each other: a connection takes one route")
         self._environ = (
@@ -543,6 +552,7 @@ class HTTPClient:
                     self._ssl_context,
                     attempt > 1,
                     limits,
+                    self._socket,
                 )
                 return await connection.handle_request(
                     target, event, content, idempotent, limits, trace

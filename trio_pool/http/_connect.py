@@ -19,7 +19,7 @@ from ._h2_client import ATTEMPTS, HTTP2Stream, open_multiplexed
 from ._h2_exceptions import RequestNotProcessed
 from ._http11 import HTTP11Connection
 from ._interfaces import HTTPConnectionInterface, Unprocessed
-from ._pool_access import acquire_http, lease_stream
+from ._pool_access import SocketSettings, acquire_http, lease_stream
 
 if TYPE_CHECKING:
     from .._pool import ConnectionPool
@@ -37,6 +37,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None,
     new: bool,
     limits: Timeout,
+    socket: SocketSettings = (None, None),
 ) -> HTTPConnectionInterface:
     """A connection for one request to ``target``.
 
@@ -49,6 +50,7 @@ async def connect(
         ssl_context: For https: the context to use.
         new: HTTP/1.1 only: a freshly opened socket (a retry).
         limits: The pool and connect limits.
+        socket: The client's ``local_address`` and ``socket_options`` (checked).
 
     Raises:
         Unprocessed: GOAWAY as an HTTP/2 connection opened: nothing was sent.
@@ -56,12 +58,12 @@ async def connect(
     if h2_mode is not None and target.proxy is None and (target.tls or h2_mode == "h2c"):
         try:
             lease = await lease_stream(
-                pool, target, verify_cert, ssl_context, h2_mode, open_multiplexed, limits
+                pool, target, verify_cert, ssl_context, h2_mode, open_multiplexed, limits, socket
             )
         except RequestNotProcessed as exc:
             raise Unprocessed(exc, ATTEMPTS, optional=False) from exc.__cause__
         if isinstance(lease, PooledConnection):  # ALPN: the server speaks HTTP/1.1
             return HTTP11Connection.of(pool, lease)
         return HTTP2Stream(lease)
-    conn = await acquire_http(pool, target, verify_cert, ssl_context, new, limits)
+    conn = await acquire_http(pool, target, verify_cert, ssl_context, new, limits, socket)
     return HTTP11Connection.of(pool, conn)

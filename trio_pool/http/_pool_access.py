@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._exceptions import PoolExhausted
-from .._route import Route
+from .._route import Route, SocketOption
 from ._exceptions import PoolTimeout
 
 if TYPE_CHECKING:
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from ._models import Target
     from ._timeouts import Timeout
 
-__all__ = ["acquire_http", "discard", "lease_stream", "release"]
+__all__ = ["SocketSettings", "acquire_http", "discard", "lease_stream", "release"]
+
+#: A client's ``local_address`` and ``socket_options``, checked (see ``check_socket``).
+SocketSettings = tuple["str | None", "tuple[SocketOption, ...] | None"]
 
 
 #: Routes made so far, per distinct target and settings: a route is checked once when
@@ -38,6 +41,7 @@ def route_for(
     verify_cert: bool,
     ssl_context: ssl.SSLContext | None,
     http2: str | None = None,
+    socket: SocketSettings = (None, None),
 ) -> Route:
     """The pool route of ``target``'s connections: under the HTTP clients' keys (raw
     borrowers' connections are never shared with HTTP clients), or with ``http2`` a
@@ -45,14 +49,22 @@ def route_for(
     distinct target and settings."""
     where: tuple[object, ...] = (http2, target.host, target.port, target.tls, target.sni)
     where += (target.proxy,)
-    where += (target.uds, target.forward, verify_cert, ssl_context)
+    where += (target.uds, target.forward, verify_cert, ssl_context, socket)
     route = _routes.get(where)
     if route is not None:
         return route
     proxy = None if http2 is not None else target.proxy
     if target.forward and http2 is None:
         assert proxy is not None
-        route = Route(proxy.host, proxy.port, proxy=proxy, forward=True, http=True)
+        route = Route(
+            proxy.host,
+            proxy.port,
+            proxy=proxy,
+            forward=True,
+            http=True,
+            local_address=socket[0],
+            socket_options=socket[1],
+        )
     elif target.tls:
         route = Route(
             target.host,
@@ -65,10 +77,19 @@ def route_for(
             target.uds,
             http2=http2,
             http=http2 is None,
+            local_address=socket[0],
+            socket_options=socket[1],
         )
     else:  # (h2c: the client's TLS settings are for its https requests)
         route = Route(
-            target.host, target.port, proxy=proxy, uds=target.uds, http2=http2, http=http2 is None
+            target.host,
+            target.port,
+            proxy=proxy,
+            uds=target.uds,
+            http2=http2,
+            http=http2 is None,
+            local_address=socket[0],
+            socket_options=socket[1],
         )
     if len(_routes) >= _ROUTES_SIZE:
         _routes.clear()
@@ -83,6 +104,7 @@ async def acquire_http(
     ssl_context: ssl.SSLContext | None,
     new: bool,
     limits: Timeout,
+    socket: SocketSettings = (None, None),
 ) -> PooledConnection:
     """Borrow a connection for ``target`` from the pool's HTTP keys, directly or
     through the proxy or Unix socket (the pool opens the tunnel); ``new``: a freshly
@@ -91,7 +113,7 @@ async def acquire_http(
     Raises:
         PoolTimeout: No connection within the pool limit.
     """
-    key = pool.lookup(route_for(target, verify_cert, ssl_context))
+    key = pool.lookup(route_for(target, verify_cert, ssl_context, socket=socket))
     try:
         conn = await pool.acquire_on(key, limits.pool, limits.connect, new=new)
     except PoolExhausted as exc:
@@ -107,6 +129,7 @@ async def lease_stream(
     mode: str,
     opener: OpenMultiplexer,
     limits: Timeout,
+    socket: SocketSettings = (None, None),
 ) -> PooledConnection | H2StreamSlot:
     """A stream of a shared HTTP/2 connection for ``target`` (``mode``: ``"h2"`` or
     ``"h2c"``; ``opener`` starts HTTP/2 on a new socket), or the socket itself when
@@ -116,7 +139,7 @@ async def lease_stream(
         PoolTimeout: No stream within the pool limit.
         RequestNotProcessed: GOAWAY as the connection opened (nothing was sent).
     """
-    key = pool.lookup(route_for(target, verify_cert, ssl_context, mode), opener)
+    key = pool.lookup(route_for(target, verify_cert, ssl_context, mode, socket), opener)
     try:
         lease = await pool.acquire_on(key, limits.pool, limits.connect)
     except PoolExhausted as exc:

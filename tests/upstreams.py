@@ -1,0 +1,119 @@
+"""Replicas of one upstream on loopback: 127.0.0.2 ... 127.0.0.9 on one port number, and
+a hostname resolver (no DNS) that answers ``replicas.test`` with some of them."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from functools import partial
+
+import trio
+
+from .servers import echo, reset
+
+NAME = "replicas.test"
+IPS = [f"127.0.0.{n}" for n in range(2, 10)]
+
+
+class ReplicaResolver(trio.abc.HostnameResolver):
+    """Answers :data:`NAME` with :attr:`answer` (change it mid-test); counts lookups."""
+
+    def __init__(self, answer: list[str]) -> None:
+        self.answer = answer
+        self.lookups = 0
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[
+        tuple[
+            socket.AddressFamily,
+            socket.SocketKind,
+            int,
+            str,
+            tuple[str, int] | tuple[str, int, int, int],
+        ]
+    ]:
+        await trio.lowlevel.checkpoint()
+        if host not in (NAME.encode(), NAME):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        assert isinstance(port, (int, bytes, str))
+        self.lookups += 1
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, int(port)))
+            for ip in self.answer
+        ]
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+class Replicas:
+    """Servers on ``IPS`` sharing :attr:`port`, each started, stopped or stalled alone.
+
+    Attributes:
+        accepted: Connections each replica accepted.
+        peers: The client address of every accepted connection, per replica.
+        mode: Per replica, what it does with a connection: ``"echo"`` or ``"reset"``
+            (closed with a reset before any byte).
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.port = 0
+        self.accepted: Counter[str] = Counter()
+        self.peers: dict[str, list[str]] = {}
+        self.mode: dict[str, str] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._stalled: dict[str, list[socket.socket]] = {}
+
+    async def start(self, ip: str, mode: str = "echo") -> None:
+        """Serve on ``ip`` (the first one started picks the port)."""
+        self.mode[ip] = mode
+        scope = self._scopes[ip] = trio.CancelScope()
+
+        async def serve(task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+            with scope:
+                await trio.serve_tcp(
+                    partial(self._handle, ip), self.port, host=ip, task_status=task_status
+                )
+
+        listeners = await self._nursery.start(serve)
+        self.port = int(listeners[0].socket.getsockname()[1])
+
+    def stop(self, ip: str) -> None:
+        """Stop listening on ``ip`` (connects are refused) and drop its connections."""
+        self._scopes.pop(ip).cancel()
+
+    def stall(self, ip: str) -> None:
+        """Listen on ``ip`` but never accept, backlog full: connects hang."""
+        listener = socket.socket()
+        listener.bind((ip, self.port))
+        listener.listen(0)
+        held = [listener]
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((ip, self.port))
+            held.append(filler)
+        self._stalled[ip] = held
+
+    def close(self) -> None:
+        for held in self._stalled.values():
+            for sock in held:
+                sock.close()
+
+    async def _handle(self, ip: str, stream: trio.SocketStream) -> None:
+        self.accepted[ip] += 1
+        self.peers.setdefault(ip, []).append(stream.socket.getpeername()[0])
+        if self.mode[ip] == "reset":
+            reset(stream)
+            return
+        await echo(stream)
