@@ -23,11 +23,12 @@ from .state_fakes import World, fake_stream, make_key
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
 FOUR = [(V4, f"127.0.0.{n}") for n in range(2, 6)]
+KEY = make_key("replicas.test")  # whose connects: the events' key
 
 
 def resolved(book: AddressBook, answer: list[tuple[int, str]], now: float = 0.0) -> Upstream:
     upstream = book.upstream("replicas.test", 80)
-    book.resolved(upstream, answer, now)
+    book.resolved(upstream, answer, now, KEY)
     return upstream
 
 
@@ -40,7 +41,7 @@ def first_choice(
 def fail(book: AddressBook, address: Address, times: int, now: float) -> None:
     for _ in range(times):
         book.attempt(address, now)
-        book.failed(address, now)
+        book.failed(address, now, KEY)
 
 
 def test_fewest_connections_first_ties_in_turn() -> None:
@@ -85,7 +86,7 @@ def test_ejected_after_eject_after_failures_in_a_row(caplog: pytest.LogCaptureFi
     upstream = resolved(book, FOUR)
     bad = upstream.addresses["127.0.0.2"]
     fail(book, bad, 2, 1.0)
-    book.succeeded(bad, 1.0)  # a success resets the count
+    book.succeeded(bad, 1.0, KEY)  # a success resets the count
     with caplog.at_level(logging.INFO, logger="trio_pool"):
         fail(book, bad, 2, 2.0)
         assert bad.ejected_until is None
@@ -138,7 +139,7 @@ def test_all_ejected_host_unavailable_then_one_trial(caplog: pytest.LogCaptureFi
     # At 6.0 b's backoff ended too: it is the next trial, a's is still in flight.
     assert book.plan(upstream, {}, 6.0) == [b]
     with caplog.at_level(logging.INFO, logger="trio_pool"):
-        book.succeeded(a, 7.0)
+        book.succeeded(a, 7.0, KEY)
     assert a.ejected_until is None
     assert a.failures == 0
     assert "restored" in caplog.records[-1].getMessage()
@@ -184,11 +185,11 @@ def test_restored_and_ejected_again_soon_doubles_then_starts_over() -> None:
     a = upstream.addresses["127.0.0.2"]
     fail(book, a, 1, 0.0)
     book.attempt(a, 5.0)
-    book.succeeded(a, 5.5)
+    book.succeeded(a, 5.5, KEY)
     fail(book, a, 1, 6.0)  # ejected again within the longest backoff: doubled
     assert a.ejected_until == 6.0 + 10.0
     book.attempt(a, 16.0)
-    book.succeeded(a, 16.0)
+    book.succeeded(a, 16.0, KEY)
     fail(book, a, 1, 100.0)  # healthy for longer than the longest backoff: 5 s again
     assert a.ejected_until == 105.0
 
@@ -201,7 +202,7 @@ def test_reresolution_keeps_health_and_drains_dropped_addresses() -> None:
     kept = upstream.addresses["127.0.0.3"]
     fail(book, kept, 1, 1.0)
     dropped = upstream.addresses["127.0.0.2"]
-    drained = book.resolved(upstream, [(V4, "127.0.0.3"), (V4, "127.0.0.9")], 10.0)
+    drained = book.resolved(upstream, [(V4, "127.0.0.3"), (V4, "127.0.0.9")], 10.0, KEY)
     assert sorted(a.ip for a in drained) == ["127.0.0.2", "127.0.0.4", "127.0.0.5"]
     assert dropped in drained
     assert all(a.drained for a in drained)
@@ -216,7 +217,7 @@ def test_failed_resolution_keeps_the_known_addresses() -> None:
     upstream = book.upstream("replicas.test", 80)
     assert book.stale(upstream, 0.0)
     assert not book.resolve_failed(upstream, 0.0)
-    book.resolved(upstream, FOUR, 0.0)
+    book.resolved(upstream, FOUR, 0.0, KEY)
     assert book.resolve_failed(upstream, 10.0)
     assert upstream.expires_at == 20.0
     assert len(upstream.addresses) == 4
@@ -247,7 +248,7 @@ def test_take_fails_at_once_while_every_address_is_ejected() -> None:
     pool = world.state(eject_after=1)
     state = pool.key_state(make_key("replicas.test"), 0.0)
     upstream = state.upstream = pool.addresses.upstream("replicas.test", 80)
-    pool.addresses.resolved(upstream, FOUR[:1], 0.0)
+    pool.addresses.resolved(upstream, FOUR[:1], 0.0, KEY)
     fail(pool.addresses, upstream.addresses["127.0.0.2"], 1, 0.0)
     with pytest.raises(HostUnavailable):
         pool.take(state, 1.0)
@@ -260,7 +261,7 @@ def test_connections_counted_per_address_and_drained() -> None:
     pool = world.state(max_connecting=None)
     state = pool.key_state(make_key("replicas.test"), 0.0)
     upstream = state.upstream = pool.addresses.upstream("replicas.test", 80)
-    pool.addresses.resolved(upstream, FOUR[:2], 0.0)
+    pool.addresses.resolved(upstream, FOUR[:2], 0.0, KEY)
     a, b = upstream.addresses.values()
     conns = []
     for address in (a, a, b):
@@ -271,7 +272,7 @@ def test_connections_counted_per_address_and_drained() -> None:
     pool.release(conns[0], 1.0)  # idle
     # A re-resolution drops a: its idle connection closes now, its borrowed one when
     # it comes back; b's connection is untouched.
-    pool.drain(pool.addresses.resolved(upstream, FOUR[1:2], 2.0), 2.0)
+    pool.drain(pool.addresses.resolved(upstream, FOUR[1:2], 2.0, KEY), 2.0)
     assert world.closed == [conns[0]]
     assert state.address_counts == {a: 1, b: 1}
     pool.release(conns[1], 3.0)
@@ -286,7 +287,7 @@ def test_an_unproven_connection_closing_ends_its_trial() -> None:
     pool = world.state(max_connecting=None, eject_after=1)
     state = pool.key_state(make_key("replicas.test"), 0.0)
     upstream = state.upstream = pool.addresses.upstream("replicas.test", 80)
-    pool.addresses.resolved(upstream, FOUR[:1], 0.0)
+    pool.addresses.resolved(upstream, FOUR[:1], 0.0, KEY)
     (a,) = upstream.addresses.values()
     fail(pool.addresses, a, 1, 0.0)
     assert pool.take(state, 5.0) is CONNECT  # the backoff ended

@@ -148,6 +148,46 @@ async def test_every_address_ejected_fails_at_once_then_one_trial_restores(
         pool.release(conn)
 
 
+async def test_resolutions_ejections_and_restorations_are_events(
+    replicas: Replicas, resolver: ReplicaResolver, mock_clock: trio.testing.MockClock
+) -> None:
+    """A replica dies and comes back, told by events under the connecting key."""
+    resolver.answer = IPS[:1]
+    await replicas.start(IPS[0])
+    events: list[trio_pool.PoolEvent] = []
+    address_events = (trio_pool.Resolved, trio_pool.AddressEjected, trio_pool.AddressRestored)
+    async with trio_pool.open_pool(eject_after=2, eject_for=5.0, on_event=events.append) as pool:
+        conn = await pool.acquire(NAME, replicas.port)
+        await exchange(conn)
+        pool.discard(conn)
+        replicas.stop(IPS[0])
+        for _ in range(2):
+            with pytest.raises(ConnectError):
+                await pool.acquire_new(NAME, replicas.port)
+        ejected_at = trio.current_time()
+        mock_clock.jump(5.0)
+        await replicas.start(IPS[0])
+        conn = await pool.acquire(NAME, replicas.port)
+        await exchange(conn)
+        restored_at = trio.current_time()
+        pool.release(conn)
+    told = [event for event in events if isinstance(event, address_events)]
+    assert [type(event) for event in told] == [
+        trio_pool.Resolved,
+        trio_pool.AddressEjected,
+        trio_pool.AddressRestored,
+    ]
+    resolved, ejected, restored = told
+    assert all(event.key.host == NAME and event.key.port == replicas.port for event in told)
+    assert isinstance(resolved, trio_pool.Resolved)
+    assert (resolved.addresses, resolved.ttl) == ((IPS[0],), 10.0)
+    assert isinstance(ejected, trio_pool.AddressEjected)
+    assert (ejected.address, ejected.failures) == (IPS[0], 2)
+    assert (ejected.time, ejected.until) == (ejected_at, ejected_at + 5.0)
+    assert isinstance(restored, trio_pool.AddressRestored)
+    assert (restored.address, restored.time) == (IPS[0], restored_at)
+
+
 async def test_tasks_in_line_get_host_unavailable_too(
     replicas: Replicas, resolver: ReplicaResolver
 ) -> None:

@@ -29,9 +29,13 @@ import logging
 import math
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from ._events import AddressEjected, AddressRestored, EventHook, Resolved
 from ._exceptions import HostUnavailable
+
+if TYPE_CHECKING:
+    from ._records import PoolKey
 
 __all__ = ["MAX_BACKOFF_FACTOR", "Address", "AddressBook", "Upstream"]
 
@@ -76,13 +80,13 @@ class Address:
 
     # The verdicts a connection passes on (see PooledConnection.receive_some).
 
-    def succeeded(self, now: float) -> None:
-        """A connection to it got its first response byte."""
-        self.book.succeeded(self, now)
+    def succeeded(self, now: float, key: PoolKey) -> None:
+        """A connection of ``key``'s to it got its first response byte."""
+        self.book.succeeded(self, now, key)
 
-    def failed(self, now: float) -> None:
-        """A new connection to it failed before its first response byte."""
-        self.book.failed(self, now)
+    def failed(self, now: float, key: PoolKey) -> None:
+        """A new connection of ``key``'s to it failed before its first response byte."""
+        self.book.failed(self, now, key)
 
     def ended(self) -> None:
         """A connection to it closed with no verdict (nothing was ever read)."""
@@ -152,14 +156,26 @@ class AddressBook:
         ttl: ``dns_ttl``: seconds an answer is reused (``None``: forever).
         eject_after: Consecutive failures that eject an address (``None``: never).
         eject_for: Seconds of the first ejection.
+        on_event: Told of resolutions, ejections and restorations (as
+            :class:`~trio_pool.Resolved`, :class:`~trio_pool.AddressEjected` and
+            :class:`~trio_pool.AddressRestored`, under the key whose connect or
+            connection brought them about); ``None``: no event is built. The pool
+            replaces it when a listener is added.
     """
 
-    __slots__ = ("eject_after", "eject_for", "ttl", "upstreams")
+    __slots__ = ("eject_after", "eject_for", "on_event", "ttl", "upstreams")
 
-    def __init__(self, ttl: float | None, eject_after: int | None, eject_for: float) -> None:
+    def __init__(
+        self,
+        ttl: float | None,
+        eject_after: int | None,
+        eject_for: float,
+        on_event: EventHook | None = None,
+    ) -> None:
         self.ttl = ttl
         self.eject_after = eject_after
         self.eject_for = eject_for
+        self.on_event = on_event
         self.upstreams: dict[tuple[str, int], Upstream] = {}
 
     def upstream(self, host: str, port: int) -> Upstream:
@@ -176,9 +192,14 @@ class AddressBook:
         return now >= upstream.expires_at
 
     def resolved(
-        self, upstream: Upstream, answer: Iterable[tuple[int, str]], now: float
+        self,
+        upstream: Upstream,
+        answer: Iterable[tuple[int, str]],
+        now: float,
+        key: PoolKey,
     ) -> list[Address]:
-        """A resolution of ``upstream`` returned ``answer`` (family, IP), in order.
+        """A resolution of ``upstream`` (for a connect of ``key``'s) returned ``answer``
+        (family, IP), in order.
 
         Addresses kept keep their health; new ones join healthy; addresses no longer
         in the answer are drained.
@@ -205,6 +226,8 @@ class AddressBook:
         upstream.addresses = fresh
         upstream.expires_at = math.inf if self.ttl is None else now + self.ttl
         upstream.refresh()
+        if self.on_event is not None:
+            self.on_event(Resolved(key, now, tuple(fresh), self.ttl))
         return drained
 
     def resolve_failed(self, upstream: Upstream, now: float) -> bool:
@@ -268,23 +291,23 @@ class AddressBook:
 
     # -- verdicts -------------------------------------------------------------------
 
-    def failed(self, address: Address, now: float) -> None:
-        """A connect to ``address`` failed, or its new connection failed before the
-        first response byte: eject it at ``eject_after`` in a row (at once after a
-        failed trial)."""
+    def failed(self, address: Address, now: float, key: PoolKey) -> None:
+        """A connect of ``key``'s to ``address`` failed, or its new connection failed
+        before the first response byte: eject it at ``eject_after`` in a row (at once
+        after a failed trial)."""
         address.failures += 1
         if address.trial:
             address.trial = False
-            self._eject(address, now, repeat=True)
+            self._eject(address, now, key, repeat=True)
         elif (
             self.eject_after is not None
             and address.ejected_until is None
             and address.failures >= self.eject_after
         ):
-            self._eject(address, now)
+            self._eject(address, now, key)
 
-    def succeeded(self, address: Address, now: float) -> None:
-        """A connection to ``address`` got its first response byte."""
+    def succeeded(self, address: Address, now: float, key: PoolKey) -> None:
+        """A connection of ``key``'s to ``address`` got its first response byte."""
         address.failures = 0
         if address.ejected_until is not None:
             address.ejected_until = None
@@ -296,6 +319,8 @@ class AddressBook:
                 address.ip,
                 address.upstream.name,
             )
+            if self.on_event is not None:
+                self.on_event(AddressRestored(key, now, address.ip))
 
     def abandoned(self, address: Address) -> None:
         """A connect to ``address`` was cancelled, or its connection closed with no
@@ -304,7 +329,7 @@ class AddressBook:
             address.trial = False
             address.upstream.refresh()
 
-    def _eject(self, address: Address, now: float, *, repeat: bool = False) -> None:
+    def _eject(self, address: Address, now: float, key: PoolKey, *, repeat: bool = False) -> None:
         """Eject ``address``: for ``eject_for``, doubled per ejection in a row (a failed
         trial, or a new ejection within the longest backoff of its restoration)."""
         longest = self.eject_for * MAX_BACKOFF_FACTOR
@@ -321,6 +346,8 @@ class AddressBook:
             backoff,
             address.failures,
         )
+        if self.on_event is not None:
+            self.on_event(AddressEjected(key, now, address.ip, address.failures, now + backoff))
 
 
 def answer_of(

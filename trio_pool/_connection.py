@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 import select
 import socket
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from ._probe import Health, _peek, probe_tls
 from ._tls import is_tls_error
+
+if TYPE_CHECKING:
+    from ._records import PoolKey
 
 __all__ = [
     "ConnectionKey",
@@ -57,14 +60,6 @@ class ConnectionOwner(Protocol):
     def closed(self) -> bool: ...
 
 
-class _HostPort(Protocol):
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-
 class Verdicts(Protocol):
     """What a connection tells the address it was opened to
     (``trio_pool._addresses.Address``): whether it got a response."""
@@ -72,9 +67,9 @@ class Verdicts(Protocol):
     @property
     def ip(self) -> str: ...
 
-    def succeeded(self, now: float, /) -> None: ...
+    def succeeded(self, now: float, key: PoolKey, /) -> None: ...
 
-    def failed(self, now: float, /) -> None: ...
+    def failed(self, now: float, key: PoolKey, /) -> None: ...
 
     def ended(self) -> None: ...
 
@@ -83,7 +78,7 @@ class ConnectionKey(Protocol):
     """What a connection needs of its key's state (``trio_pool._state.KeyState``)."""
 
     @property
-    def key(self) -> _HostPort: ...
+    def key(self) -> PoolKey: ...
 
     def save_session(self, stream: trio.SSLStream[trio.SocketStream], /) -> bool: ...
 
@@ -350,9 +345,9 @@ class PooledConnection(trio.abc.Stream):
         assert address is not None
         self._unproven = None
         if success:
-            address.succeeded(trio.current_time())
+            address.succeeded(trio.current_time(), self._key.key)
         else:
-            address.failed(trio.current_time())
+            address.failed(trio.current_time(), self._key.key)
 
     def _failed(self, exc: BaseException) -> None:
         """A read or write raised: never reuse the connection, and after a TLS error never

@@ -220,7 +220,7 @@ class Connector:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         shared: Multiplexer | None = None
         phase = Phase()
-        attempts = Dial(state.address_counts) if self._is_booked(key) else None
+        attempts = Dial(key, state.address_counts) if self._is_booked(key) else None
         try:
             try:
                 with trio.move_on_after(timeout) as scope:
@@ -300,7 +300,7 @@ class Connector:
             address = attempts.won()
             if shared is not None and address is not None:
                 # The peer's SETTINGS arrived: a response, so the address works.
-                self.state.addresses.succeeded(address, now)
+                self.state.addresses.succeeded(address, now, key)
         if self.state.on_event is not None:
             self.state.on_event(ConnectDone(key, now, now - started, shared is not None))
         return self.state.connected(
@@ -351,7 +351,7 @@ class Connector:
             upstream = state.upstream
             if upstream is None:
                 upstream = state.upstream = book.upstream(key.host, key.port)
-            await self._resolve(upstream, phase)
+            await self._resolve(upstream, phase, key)
             plan = book.plan(upstream, state.address_counts, trio.current_time())
             phase.name = "TCP connect"
             stream = await dial(book, plan, key.port, attempts, key.local_address)
@@ -359,7 +359,7 @@ class Connector:
             _set_options(stream, key.socket_options)
         return stream
 
-    async def _resolve(self, upstream: Upstream, phase: Phase) -> None:
+    async def _resolve(self, upstream: Upstream, phase: Phase, key: PoolKey) -> None:
         """Resolve ``upstream`` if its answer is stale (one lookup at a time per
         upstream: others wait for it). A failed lookup keeps the known addresses.
 
@@ -394,7 +394,7 @@ class Connector:
                 )
             else:
                 now = trio.current_time()
-                self.state.drain(book.resolved(upstream, answer, now), now)
+                self.state.drain(book.resolved(upstream, answer, now, key), now)
             finally:
                 del self._resolving[upstream]
                 done.set()

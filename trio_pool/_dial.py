@@ -19,6 +19,7 @@ from typing import Final
 import trio
 
 from ._addresses import Address, AddressBook
+from ._records import PoolKey
 
 __all__ = ["ATTEMPT_DELAY", "Dial", "dial"]
 
@@ -35,9 +36,10 @@ class Dial:
     spread over the addresses before any of them has connected.
     """
 
-    __slots__ = ("address", "counts", "in_flight")
+    __slots__ = ("address", "counts", "in_flight", "key")
 
-    def __init__(self, counts: dict[Address, int]) -> None:
+    def __init__(self, key: PoolKey, counts: dict[Address, int]) -> None:
+        self.key = key  # whose connect it is (for the book's events)
         self.counts = counts
         self.in_flight: list[Address] = []
         self.address: Address | None = None  # connected (TLS and the rest may follow)
@@ -74,7 +76,7 @@ class Dial:
         for address in addresses:
             self.stop(address)
             if failed:
-                book.failed(address, now)
+                book.failed(address, now, self.key)
             else:
                 book.abandoned(address)
 
@@ -103,7 +105,7 @@ async def dial(
         except OSError as exc:
             attempts.in_flight.remove(address)
             attempts.stop(address)
-            book.failed(address, trio.current_time())
+            book.failed(address, trio.current_time(), attempts.key)
             errors.append(exc)
             failed.set()
             return
@@ -116,7 +118,7 @@ async def dial(
                 attempts.in_flight.remove(address)
                 attempts.stop(address)
                 if number < winner_started:
-                    book.failed(address, trio.current_time())
+                    book.failed(address, trio.current_time(), attempts.key)
                 else:
                     book.abandoned(address)
             raise

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from ._records import PoolKey
+if TYPE_CHECKING:
+    from ._records import PoolKey
 
 __all__ = [
     "AcquireTimedOut",

@@ -276,7 +276,7 @@ class ConnectionPool(metaclass=NoPublicConstructor):
         for trio_pool's Prometheus collector). Like the hook, ``listener`` is called
         synchronously and what it raises is logged and swallowed."""
         self._listeners.add(listener)
-        self._state.on_event = self._listeners.emit
+        self._state.on_event = self._state.addresses.on_event = self._listeners.emit
 
     def lookup(self, route: Route, opener: OpenMultiplexer | None = None) -> KeyState:
         """The state of ``route``'s key, for :meth:`acquire_on` (internal: for

@@ -8,8 +8,10 @@ to do:
 * a GOAWAY received does not close the connection's state machine, so the streams at
   or below ``last_stream_id`` still finish (:class:`_StateMachine`);
 * the count of open outbound streams comes from our own O(1) count, h2's O(streams)
-  scan (``_open_streams``) running only to forget closed streams, amortized
-  (:class:`_H2`).
+  scan (its own ``open_outbound_streams``, reached through ``super()``) running only
+  to forget closed streams, amortized (:class:`_H2`).
+
+Both use public names only (a subclass, ``state_machine``, the property).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class _H2(h2.connection.H2Connection):
     """h2's connection, counting the open streams in O(1) (amortized).
 
     h2 reads ``open_outbound_streams`` on every new stream, and computes it by scanning
-    every stream it holds (``_open_streams``, which also forgets the closed ones): O(open
-    streams) per request. Our own count of open streams (``H2Connection._streams``,
+    every stream it holds (which also forgets the closed ones): O(open streams) per
+    request. Our own count of open streams (``H2Connection._streams``,
     registered right after HEADERS and unregistered when the stream closes) answers
     instead, and the scan runs only when h2 holds twice as many streams as after the
     last one, plus 64, to forget closed streams in amortized O(1).
@@ -52,7 +54,7 @@ class _H2(h2.connection.H2Connection):
     def open_outbound_streams(self) -> int:
         count_open = self.count_open
         if count_open is None or len(self.streams) >= self._scan_at:
-            count = self._open_streams(int(self.config.client_side))
+            count: int = super().open_outbound_streams  # h2's scan, forgetting closed streams
             self._scan_at = 2 * len(self.streams) + 64
             return count
         return count_open()
