@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 import trio_pool
 from trio_pool.httpx import PoolTransport, open_client
 
-from .h2servers import App, start_hypercorn
+from .h2servers import App, start_hypercorn, write_cert
 from .servers import HOST, refused_port, start_server
 
 Transport = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -326,11 +326,13 @@ async def test_retries_retry_connects(make: Transport) -> None:
 
 async def _trace_names(make: Transport, url: str, **kwargs: Any) -> list[list[str]]:
     """The trace events of two requests (a new connection, then reused), each as its
-    name and the keys of its info."""
+    name and the keys of its info (but ``http2.receive_remote_settings``, which
+    PoolTransport does not report: its connection's own task reads the SETTINGS)."""
     names: list[list[str]] = []
 
     async def trace(name: str, info: dict[str, Any]) -> None:
-        names[-1].append(f"{name} {sorted(info)}")
+        if not name.startswith("http2.receive_remote_settings"):
+            names[-1].append(f"{name} {sorted(info)}")
 
     async with make(**kwargs) as client:
         for content in (None, b"data"):
@@ -361,6 +363,76 @@ async def test_trace_events_when_http2_falls_back(tls: Seen, ca_file: str) -> No
     expected = await _trace_names(theirs, url, http2=True, **kwargs)
     assert await _trace_names(ours, url, http2=True, **kwargs) == expected
     assert any(name.startswith("http11.send_request_headers") for name in expected[0])
+
+
+@pytest.fixture
+async def h2_port(nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path) -> AsyncIterator[int]:
+    """hypercorn on TLS, ALPN ``h2`` (and ``http/1.1``), certificate for 127.0.0.1."""
+    pytest.importorskip("h2")
+    cert_files = write_cert(ca.issue_cert(HOST), tmp_path / "h2")
+    port, shutdown = await start_hypercorn(nursery, App(), cert_files=cert_files)
+    yield port
+    shutdown.set()
+
+
+async def test_http2_trace_events_as_httpx(h2_port: int, ca_file: str) -> None:
+    url = f"https://{HOST}:{h2_port}/"
+    kwargs: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca_file)}
+    expected = await _trace_names(theirs, url, http2=True, **kwargs)
+    assert await _trace_names(ours, url, http2=True, **kwargs) == expected
+    assert "http2.send_connection_init.complete ['return_value']" in expected[0]
+    assert "http2.send_request_headers.started ['request', 'stream_id']" in expected[1]
+    reused = expected[1]
+    assert not any(name.startswith(("connection.", "http2.send_connection")) for name in reused)
+    assert expected[1][-1].startswith("http2.response_closed.complete")
+
+
+async def _h2_trace_values(make: Transport, url: str, ca_file: str) -> list[tuple[str, Any]]:
+    """The stream ids and the head's status and header names two requests report."""
+    events: list[tuple[str, Any]] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if "stream_id" in info:
+            events.append((name, info["stream_id"]))
+        if name == "http2.receive_response_headers.complete":
+            status, headers = info["return_value"]
+            events.append((name, (status, [n for n, _ in headers if n != b"date"])))
+
+    async with make(http2=True, verify=ssl.create_default_context(cafile=ca_file)) as client:
+        for _ in range(2):
+            response = await client.get(url, extensions={"trace": trace})
+            assert response.http_version == "HTTP/2"
+    return events
+
+
+async def test_http2_trace_info_as_httpx(h2_port: int, ca_file: str) -> None:
+    """The values httpcore reports: stream ids, the head's status and headers."""
+    url = f"https://{HOST}:{h2_port}/"
+    expected = await _h2_trace_values(theirs, url, ca_file)
+    assert await _h2_trace_values(ours, url, ca_file) == expected
+    assert ("http2.response_closed.started", 3) in expected
+
+
+async def _h2_failed_head(make: Transport, url: str, ca_file: str) -> list[str]:
+    """The response-side events of a request whose head never comes (read timeout)."""
+    events: list[str] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        if name.startswith(("http2.receive_response", "http2.response")):
+            events.append(f"{name} {sorted(info)}")
+
+    async with make(http2=True, verify=ssl.create_default_context(cafile=ca_file)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url, extensions={"trace": trace}, timeout=httpx.Timeout(5, read=0.2))
+    return events
+
+
+async def test_http2_trace_of_a_failed_head_as_httpx(h2_port: int, ca_file: str) -> None:
+    """A read timeout waiting for the head: ``.failed``, then ``response_closed``."""
+    url = f"https://{HOST}:{h2_port}/hold"
+    expected = await _h2_failed_head(theirs, url, ca_file)
+    assert await _h2_failed_head(ours, url, ca_file) == expected
+    assert expected[1] == "http2.receive_response_headers.failed ['exception']"
 
 
 @both
@@ -405,6 +477,49 @@ async def test_network_stream_extra_info(make: Transport, tls: Seen, ca_file: st
         assert stream.get_extra_info("is_readable") in (True, False)
         assert stream.get_extra_info("no such thing") is None
         await response.aread()
+
+
+async def _h2_extra_info(make: Transport, url: str, ca_file: str) -> dict[str, Any]:
+    """What ``get_extra_info`` says on an HTTP/2 response, in comparable form."""
+    async with (
+        make(http2=True, verify=ssl.create_default_context(cafile=ca_file)) as client,
+        client.stream("GET", url) as response,
+    ):
+        assert response.http_version == "HTTP/2"
+        stream = response.extensions["network_stream"]
+        tls = stream.get_extra_info("ssl_object")
+        client_addr = stream.get_extra_info("client_addr")
+        said = {
+            "server_addr": stream.get_extra_info("server_addr"),
+            "client_host": client_addr[0],
+            "tls": (tls.version(), tls.selected_alpn_protocol()),
+            "is_readable": type(stream.get_extra_info("is_readable")),
+            "other": stream.get_extra_info("no such thing"),
+        }
+        await response.aread()
+    return said
+
+
+async def test_http2_network_stream_extra_info(h2_port: int, ca_file: str) -> None:
+    url = f"https://{HOST}:{h2_port}/"
+    expected = await _h2_extra_info(theirs, url, ca_file)
+    assert await _h2_extra_info(ours, url, ca_file) == expected
+    assert expected["server_addr"] == (HOST, h2_port)
+    assert expected["tls"][1] == "h2"
+
+
+async def test_http2_network_stream_is_not_for_reading(h2_port: int, ca_file: str) -> None:
+    """A shared connection's stream: reading, writing or closing it would break the
+    other requests on it."""
+    async with (
+        ours(http2=True, verify=ssl.create_default_context(cafile=ca_file)) as client,
+        client.stream("GET", f"https://{HOST}:{h2_port}/") as response,
+    ):
+        stream = response.extensions["network_stream"]
+        for attempt in (stream.read(10), stream.write(b"x"), stream.aclose()):
+            with pytest.raises(RuntimeError, match="shared HTTP/2"):
+                await attempt
+        assert await response.aread() == b"ok"
 
 
 async def echo_websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -225,38 +225,60 @@ class NetworkStream:
     """The ``network_stream`` response extension: httpcore's ``AsyncNetworkStream``
     interface on a pooled connection.
 
-    ``get_extra_info`` works on every response. ``read``/``write``/``aclose`` only on a
+    ``get_extra_info`` works on every response, over HTTP/1.1 and HTTP/2 (there the
+    shared connection's socket, as httpcore's). ``read``/``write``/``aclose`` only on a
     stream handed over by ``101 Switching Protocols`` or a 2xx to ``CONNECT``: that
     connection is the caller's for good (never pooled again; ``aclose`` closes it and
     frees its pool slot). Errors are httpcore's (``ReadError``, ``WriteTimeout`` ...),
     as clients written for httpx's transport (httpx-ws) catch them.
+
+    Args:
+        stream: The connection's trio stream (what ``get_extra_info`` reads).
+        conn: The pooled connection, when it is the request's alone (HTTP/1.1);
+            ``None`` for a shared HTTP/2 connection.
+        pool: Its pool.
+        buffered: Bytes read after the head of a handed-over stream (then the
+            caller's); ``None`` while the pool's.
     """
 
-    __slots__ = ("_buffered", "_conn", "_owned", "_pool")
+    __slots__ = ("_buffered", "_conn", "_owned", "_pool", "_stream")
 
-    def __init__(self, conn: PooledConnection, pool: ConnectionPool, buffered: bytes | None):
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: PooledConnection | None,
+        pool: ConnectionPool,
+        buffered: bytes | None,
+    ) -> None:
+        self._stream = stream
         self._conn = conn
         self._pool = pool
-        self._owned = buffered is not None
+        self._owned = buffered is not None and conn is not None
         self._buffered = buffered or b""
 
-    def _check_owned(self) -> None:
-        if not self._owned:
+    def _check_owned(self) -> PooledConnection:
+        if not self._owned or self._conn is None:
+            if self._conn is None:
+                raise RuntimeError(
+                    "this network_stream is a shared HTTP/2 connection's: only its"
+                    " get_extra_info works"
+                )
             raise RuntimeError(
                 "this network_stream belongs to the pool: it can be read and written"
                 " only after 101 Switching Protocols or a 2xx to CONNECT"
             )
+        return self._conn
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` at the end of the stream."""
-        self._check_owned()
+        conn = self._check_owned()
         if self._buffered:
             data, self._buffered = self._buffered[:max_bytes], self._buffered[max_bytes:]
             await trio.lowlevel.checkpoint()
             return data
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             try:
-                return bytes(await self._conn.receive_some(max_bytes))
+                return bytes(await conn.receive_some(max_bytes))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
         assert scope.cancelled_caught
@@ -264,10 +286,10 @@ class NetworkStream:
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         """Send all of ``buffer``."""
-        self._check_owned()
+        conn = self._check_owned()
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             try:
-                await self._conn.send_all(buffer)
+                await conn.send_all(buffer)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
             return
@@ -276,9 +298,9 @@ class NetworkStream:
 
     async def aclose(self) -> None:
         """Close the connection for good (it leaves the pool)."""
-        self._check_owned()
+        conn = self._check_owned()
         self._owned = False
-        self._pool.discard(self._conn)
+        self._pool.discard(conn)
         await trio.lowlevel.checkpoint()
 
     async def start_tls(
@@ -295,10 +317,11 @@ class NetworkStream:
         :class:`trio.SSLStream`, which answers ``selected_alpn_protocol()``,
         ``getpeercert()``, ``version()``, ``cipher()`` as an ``SSLObject`` does),
         ``socket``, ``is_readable``; ``None`` for any other."""
-        stream = self._conn.stream
-        sock = (
-            stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
-        )
+        stream = self._stream
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        if not isinstance(raw, trio.SocketStream):  # pragma: no cover - the pool opens these
+            return None
+        sock = raw.socket
         if info == "ssl_object":
             return stream if isinstance(stream, trio.SSLStream) else None
         if info == "socket":

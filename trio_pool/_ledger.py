@@ -122,9 +122,7 @@ class Ledger:
         # The event hook (guarded: it never raises), or None: then no event is built.
         self.on_event: EventHook | None = on_event
         # The addresses of the host names the pool dials itself, and their health.
-        self.addresses = AddressBook(
-            config.dns_ttl, config.eject_after, config.eject_for, on_event
-        )
+        self.addresses = AddressBook(config.dns_ttl, config.eject_after, config.eject_for, on_event)
 
     # -- keys ------------------------------------------------------------------
 

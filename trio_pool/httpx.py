@@ -171,8 +171,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
     Request extensions read: ``timeout``, ``trace`` (httpcore's event names),
     ``sni_hostname``, ``target``. Responses carry ``http_version``,
-    ``reason_phrase`` and, over HTTP/1.1, ``network_stream``; after ``101`` or a 2xx
-    to ``CONNECT`` that stream is the caller's and never returns to the pool.
+    ``reason_phrase`` and ``network_stream`` (over HTTP/2, the shared connection's:
+    ``get_extra_info`` only); after ``101`` or a 2xx to ``CONNECT`` that stream is
+    the caller's and never returns to the pool.
 
     Raises:
         TypeError: An argument of the wrong type (named), before any I/O.
@@ -441,8 +442,8 @@ USE_DEFAULT: Final = UseDefault()
 
 
 def _extensions(exchange: BodyReader, pool: ConnectionPool, switched: bool) -> dict[str, Any]:
-    """A response's extensions: ``http_version``, ``reason_phrase`` and, over
-    HTTP/1.1, ``network_stream``. After ``101`` or a 2xx to ``CONNECT`` (``switched``)
+    """A response's extensions: ``http_version``, ``reason_phrase`` and
+    ``network_stream``. After ``101`` or a 2xx to ``CONNECT`` (``switched``)
     the connection leaves HTTP: it is the caller's, never pooled again."""
     head = exchange.response
     extensions: dict[str, Any] = {
@@ -453,9 +454,15 @@ def _extensions(exchange: BodyReader, pool: ConnectionPool, switched: bool) -> d
     if connection is not None:  # the socket is the request's alone (HTTP/1.1)
         if switched:
             connection, buffered = exchange.detach()
-            extensions["network_stream"] = NetworkStream(connection, pool, buffered)
+            extensions["network_stream"] = NetworkStream(
+                connection.stream, connection, pool, buffered
+            )
         else:
-            extensions["network_stream"] = NetworkStream(connection, pool, None)
+            extensions["network_stream"] = NetworkStream(connection.stream, connection, pool, None)
+    else:  # a stream of a shared HTTP/2 connection: its socket's details only
+        stream = exchange.shared_stream
+        if stream is not None:
+            extensions["network_stream"] = NetworkStream(stream, None, pool, None)
     return extensions
 
 
@@ -531,7 +538,7 @@ class _TracedResponseStream(_ResponseStream):
         name = self._prefix + "receive_response_body"
         if not self._started:
             self._started = True
-            await self._trace(name + ".started", {})
+            await self._trace(name + ".started", self._exchange.trace_info)
         try:
             return await super().__anext__()
         except StopAsyncIteration:
@@ -546,7 +553,7 @@ class _TracedResponseStream(_ResponseStream):
 
     async def aclose(self) -> None:
         name = self._prefix + "response_closed"
-        await self._trace(name + ".started", {})
+        await self._trace(name + ".started", self._exchange.trace_info)
         await super().aclose()
         await self._trace(name + ".complete", {})
 

@@ -56,6 +56,15 @@ class H2Body(BodyReader):
             status_code=self._status, headers=self._headers, http_version=b"2", reason=b""
         )
 
+    @property
+    def shared_stream(self) -> trio.abc.Stream:
+        # The connection's own module's attribute (this module is its body side).
+        return self._conn._stream
+
+    @property
+    def trace_info(self) -> dict[str, object]:
+        return {"stream_id": self._stream.id}
+
     def make_response(self, content: bytes | None) -> Response:
         return Response(
             self._status,

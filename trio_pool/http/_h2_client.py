@@ -12,12 +12,13 @@ used: the ``h2`` extra).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import h11
 import trio
 
 from .._shared import Multiplexer, MultiplexOptions
+from .._trace import connect_trace
 from ._body import chunk_bytes, close_iterator
 from ._exceptions import LocalProtocolError, RequestTimeout
 from ._h2_exceptions import RequestNotProcessed
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ._body import Body
     from ._h2_body import H2Body
     from ._h2_liveness import Pinger
-    from ._http2 import H2Connection, H2RequestStream, H2StreamSlot
+    from ._http2 import H2Connection, H2RequestStream, H2Response, H2StreamSlot
     from ._models import Target
     from ._timeouts import Timeout
 
@@ -47,7 +48,12 @@ async def open_multiplexed(
     options: MultiplexOptions,
 ) -> Multiplexer:
     """The pool's opener for keys that offer HTTP/2: start it on a new connection,
-    with a :class:`~trio_pool.http._h2_liveness.Pinger` if ``h2_ping_interval``."""
+    with a :class:`~trio_pool.http._h2_liveness.Pinger` if ``h2_ping_interval``.
+
+    A connect traced for its request (:data:`~trio_pool._trace.connect_trace`) reports
+    the opening (our preface and SETTINGS, the wait for the server's) as httpcore's
+    ``http2.send_connection_init.*``.
+    """
     from ._h2_liveness import Pinger
 
     pinger = None
@@ -55,7 +61,17 @@ async def open_multiplexed(
         pinger = Pinger(
             options.ping_interval, options.ping_timeout, key=options.key, events=options.events
         )
-    return await open_h2(stream, nursery, pinger)
+    trace = connect_trace.get()
+    if trace is None:
+        return await open_h2(stream, nursery, pinger)
+    await trace("http2.send_connection_init.started", {})
+    try:
+        conn = await open_h2(stream, nursery, pinger)
+    except Exception as exc:
+        await trace("http2.send_connection_init.failed", {"exception": exc})
+        raise
+    await trace("http2.send_connection_init.complete", {})
+    return conn
 
 
 async def open_h2(
@@ -111,8 +127,11 @@ class HTTP2Stream:
                 end_stream=upload.empty,
                 slot=slot,
             )
-            await upload.send(request, limits.write)
-            response = await request.receive_response(timeout=limits.read)
+            if trace is None:
+                await upload.send(request, limits.write)
+                response = await request.receive_response(timeout=limits.read)
+            else:
+                response = await _traced_exchange(trace, request, upload, limits)
         except RequestNotProcessed as exc:
             attempts = ATTEMPTS if upload.replayable else 1
             raise Unprocessed(exc, attempts, optional=False) from exc.__cause__
@@ -124,6 +143,38 @@ class HTTP2Stream:
         return H2Body(
             response._conn, response._stream, response.status, response.headers, target, limits
         )
+
+
+async def _traced_exchange(
+    trace: Trace, request: H2RequestStream, upload: _Upload, limits: Timeout
+) -> H2Response:
+    """The body and the wait for the head, reporting httpcore's events (``stream_id``
+    in each ``.started``): ``http2.send_request_headers.*`` (the HEADERS are queued
+    by then), ``.send_request_body.*``, ``.receive_response_headers.*`` (its
+    ``return_value`` the status and headers), and ``.response_closed.*`` if any of
+    them fails, the stream then being reset."""
+    info: dict[str, Any] = {"stream_id": request.stream_id}
+    name = "http2.send_request_headers"
+    try:
+        await trace(name + ".started", info)
+        await trace(name + ".complete", {})
+        name = "http2.send_request_body"
+        await trace(name + ".started", info)
+        await upload.send(request, limits.write)
+        await trace(name + ".complete", {})
+        name = "http2.receive_response_headers"
+        await trace(name + ".started", info)
+        response = await request.receive_response(timeout=limits.read)
+        value = (response.status, response.headers)
+        await trace(name + ".complete", {"return_value": value})
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            if isinstance(exc, Exception):
+                await trace(name + ".failed", {"exception": exc})
+            await trace("http2.response_closed.started", info)
+            await trace("http2.response_closed.complete", {})
+        raise
+    return response
 
 
 class _Upload:

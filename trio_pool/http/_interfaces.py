@@ -99,6 +99,13 @@ class BodyReader:
         (HTTP/1.1); ``None`` for a stream of a shared connection."""
         return None
 
+    @property
+    def shared_stream(self) -> trio.abc.Stream | None:
+        """The stream of the shared connection the body comes on (HTTP/2), for its
+        addresses and TLS details only; ``None`` where :attr:`connection` is the
+        request's alone."""
+        return None
+
     def make_response(self, content: bytes | None) -> Response:  # pragma: no cover
         """The :class:`Response`: with ``content``, or reading its body from here."""
         raise NotImplementedError
@@ -117,6 +124,12 @@ class BodyReader:
         ``CONNECT``), with the bytes already read after the head: only where
         :attr:`connection` is not ``None``."""
         raise RuntimeError("only a body on a connection of its own can be detached")
+
+    @property
+    def trace_info(self) -> dict[str, object]:
+        """What the body's trace events carry besides httpcore's usual keys (HTTP/2:
+        ``stream_id``)."""
+        return {}
 
     def read_complete_nowait(self) -> bytes | None:
         """The whole body if it already arrived (it is then ``complete``), else
