@@ -95,6 +95,7 @@ async def test_connection_exit_changes_state_protected(echo_port: int) -> None:
         async def exit_context(conn: PooledConnection) -> None:
             context = pool.connection(HOST, echo_port)
             context._conn, context._lease = conn, conn._lease
+            context._task = trio.lowlevel.current_task()  # as acquire_on records it
             await context.__aexit__(None, None, None)
 
         assert await served_while(pool, echo_port, exit_context) == [True]
