@@ -2,8 +2,9 @@
 
 Discovers every ``benchmarks/bench_<name>.py``, runs those named (all by default; a name
 is ``<name>`` or ``bench_<name>``), writes each result as JSON (and, for ``http``,
-``pooling``, ``spike`` and ``httpx``, a PNG chart beside it: :mod:`benchmarks._charts`),
-and ends with a summary of every ratio. Exits 1 if a benchmark raised (the others still run).
+``pooling``, ``spike``, ``httpx``, ``http2`` and ``upstream``, a PNG chart beside it:
+:mod:`benchmarks._charts`), and ends with a summary of every ratio. Exits 1 if a benchmark
+raised (the others still run).
 """
 
 from __future__ import annotations

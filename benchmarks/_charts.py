@@ -11,6 +11,9 @@ One chart per benchmark that has one:
   concurrency (throughput ratio, and the client-CPU ratio beside it), the goal as a line.
 * ``http2``: our HTTP/2 against our HTTP/1.1 at each concurrency, one bar for the
   throughput ratio and one for the client-CPU-per-request ratio, the parity line at 1.
+* ``upstream``: latency over the run, one panel per variant (with and without ejection):
+  the median and slowest request of each 100 ms (log scale), a dot per request that paid
+  a fallback, and lines at the replica's stall and at its ejection.
 
 matplotlib (the ``bench`` extra) is imported only when a chart is drawn, with the
 non-interactive Agg backend; without it :func:`write_chart` raises
@@ -27,16 +30,18 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "CHARTED",
     "ChartsUnavailable",
+    "UpstreamPanel",
     "http2_series",
     "http_series",
     "httpx_series",
     "pooling_series",
     "spike_series",
+    "upstream_series",
     "write_chart",
 ]
 
@@ -121,6 +126,46 @@ def http2_series(result: Mapping[str, Any]) -> list[tuple[int, float, float]]:
             cpu = ratios[f"trio_pool h2_cpu/ours_http11_cpu@{n}"]
             points.append((int(n), float(value), float(cpu)))
     return sorted(points)
+
+
+class UpstreamPanel(NamedTuple):
+    """One variant of ``bench_upstream``, times in seconds from the run's start."""
+
+    variant: str
+    requests: int
+    failed: int
+    p99_ms: float | None
+    stall_s: float
+    ejected_s: float | None  # when the stalled replica was ejected; None: never
+    #: ``(bin start, median ms, slowest ms)`` of the bins with a request, in time order.
+    bins: list[tuple[float, float, float]]
+    slow: list[tuple[float, float]]  # ``(start, latency ms)`` of the slow requests, sorted
+
+
+def upstream_series(result: Mapping[str, Any]) -> list[UpstreamPanel]:
+    """``bench_upstream``: one :class:`UpstreamPanel` per variant, in the result's order."""
+    stall = float(result["parameters"]["stall_at_s"])
+    panels = []
+    for variant, run in result["runs"].items():
+        ejected = run["ejected_after_s"]
+        bins = sorted(
+            (float(b["start_s"]), float(b["p50_ms"]), float(b["max_ms"]))
+            for b in run["timeline"]
+            if b["requests"]
+        )
+        panels.append(
+            UpstreamPanel(
+                variant=variant,
+                requests=int(run["requests"]),
+                failed=int(run["failed"]),
+                p99_ms=None if run["p99_ms"] is None else float(run["p99_ms"]),
+                stall_s=stall,
+                ejected_s=None if ejected is None else stall + float(ejected),
+                bins=bins,
+                slow=sorted((float(start), float(ms)) for start, ms in run["slow_requests"]),
+            )
+        )
+    return panels
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -344,12 +389,89 @@ def _draw_http2(result: Mapping[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def _draw_upstream(result: Mapping[str, Any], path: Path) -> None:
+    panels = upstream_series(result)
+    parameters = result["parameters"]
+    step = float(parameters.get("bin_s", 0.1))
+    slow_ms = float(parameters.get("slow_ms", 200))
+    figure, axes_list = _figure(len(panels), height=1.2 + 2.4 * len(panels), sharex=True)
+    for index, (axes, panel) in enumerate(zip(axes_list, panels, strict=True)):
+        first = index == 0
+        if panel.bins:
+            starts = [start for start, _, _ in panel.bins]
+            for values, color, label in (
+                ([p50 for _, p50, _ in panel.bins], "C0", f"median of each {step * 1e3:.0f} ms"),
+                ([top for _, _, top in panel.bins], "C1", f"slowest of each {step * 1e3:.0f} ms"),
+            ):
+                axes.step(
+                    starts,
+                    values,
+                    where="post",
+                    color=color,
+                    linewidth=1.3,
+                    label=label if first else None,
+                )
+        if panel.slow:
+            axes.scatter(
+                [start for start, _ in panel.slow],
+                [ms for _, ms in panel.slow],
+                s=14,
+                marker="x",
+                color="C3",
+                zorder=3,
+                label=f"a request >= {slow_ms:.0f} ms" if first else None,
+            )
+        axes.axvline(
+            panel.stall_s,
+            color="0.3",
+            linestyle="--",
+            linewidth=1.2,
+            label="a replica stalls" if first else None,
+        )
+        if panel.ejected_s is not None:
+            axes.axvline(panel.ejected_s, color="C2", linewidth=1.6, label="it is ejected")
+        axes.set_yscale("log")
+        axes.set_ylabel("latency, ms (log)")
+        axes.grid(True, alpha=0.3)
+        info = [f"{panel.requests:,} requests", f"{panel.failed} failed"]
+        if panel.p99_ms is not None:
+            info.append(f"p99 {panel.p99_ms:.1f} ms")
+        info.append(f"{len(panel.slow)} >= {slow_ms:.0f} ms")
+        info.append(
+            "never ejected"
+            if panel.ejected_s is None
+            else f"ejected {panel.ejected_s - panel.stall_s:.2f} s after the stall"
+        )
+        axes.set_title(f"{panel.variant}: {', '.join(info)}", fontsize=9, loc="left")
+    handles: dict[str, Any] = {}
+    for axes in axes_list:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    axes_list[0].legend(
+        handles.values(),
+        handles.keys(),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
+    axes_list[-1].set_xlabel("seconds from the run's start (each request at its start)")
+    axes_list[-1].set_xlim(0, float(parameters.get("seconds", 0)) or None)
+    figure.suptitle(
+        "Four replicas, a new connection per request; one replica stops accepting\n"
+        + _subtitle(result),
+        fontsize=10,
+    )
+    figure.savefig(path)
+
+
 CHARTED: dict[str, Callable[[Mapping[str, Any], Path], None]] = {
     "http": _draw_http,
     "pooling": _draw_pooling,
     "spike": _draw_spike,
     "httpx": _draw_httpx,
     "http2": _draw_http2,
+    "upstream": _draw_upstream,
 }
 
 

@@ -8,6 +8,11 @@ failed requests, p99 latency of the requests (each needed a new connection), and
 long after the stall the replica was ejected (no more dials but one trial per backoff;
 ``never`` without ejection). Then balance: 100 connections held at once, most/fewest
 per replica (goal <= 1.25).
+
+For a chart the JSON also holds, per variant, a timeline in 100 ms bins of the requests
+started in each (count, failed, median and slowest latency) and every request of 200 ms or
+more as ``[start, latency ms]``, times in seconds from the run's start; the stall is at
+``parameters.stall_at_s`` and the ejection ``ejected_after_s`` later.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ NAME: Final = "replicas.bench"
 IPS: Final = [f"127.0.0.{n}" for n in range(2, 6)]
 WORKERS: Final = 16
 CONNECT_TIMEOUT: Final = 1.0
+BIN: Final = 0.1  # seconds per bin of the timeline
+SLOW: Final = 0.2  # a request this slow paid a fallback (the 250 ms attempt delay)
 
 
 class _Resolver(trio.abc.HostnameResolver):
@@ -85,8 +92,35 @@ async def _stall(ip: str, port: int) -> list[socket.socket]:
     return held
 
 
+def _timeline(
+    done: list[tuple[float, float]], failures: list[float], seconds: float
+) -> list[dict[str, Any]]:
+    """Per ``BIN`` from the run's start: requests started there that succeeded, those that
+    failed, and the median and slowest latency (ms) of the first; ``done`` holds
+    ``(start, latency)`` and ``failures`` starts, in seconds."""
+    count = max(1, round(seconds / BIN))
+    latencies: list[list[float]] = [[] for _ in range(count)]
+    failed = [0] * count
+    for start, latency in done:
+        latencies[min(int(start / BIN), count - 1)].append(latency)
+    for start in failures:
+        failed[min(int(start / BIN), count - 1)] += 1
+    return [
+        {
+            "start_s": round(index * BIN, 3),
+            "requests": len(values),
+            "failed": failed[index],
+            "p50_ms": round(percentile(values, 50) * 1e3, 3) if values else None,
+            "max_ms": round(max(values) * 1e3, 3) if values else None,
+        }
+        for index, values in enumerate(latencies)
+    ]
+
+
 async def _variant(eject_after: int | None, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
+    done: list[tuple[float, float]] = []  # (start from the run's start, latency)
+    failures: list[float] = []
     failed = 0
     ejected_after: float | None = None
     held: list[socket.socket] = []
@@ -96,7 +130,8 @@ async def _variant(eject_after: int | None, seconds: float) -> dict[str, Any]:
             eject_after=eject_after, connection_timeout=CONNECT_TIMEOUT, max_size=1000
         ) as pool:
             stalled = IPS[2]
-            stall_at = trio.current_time() + seconds / 4
+            began = trio.current_time()
+            stall_at = began + seconds / 4
             end = trio.current_time() + seconds
 
             async def worker() -> None:
@@ -110,9 +145,11 @@ async def _variant(eject_after: int | None, seconds: float) -> dict[str, Any]:
                         pool.discard(conn)
                     except (trio_pool.ConnectError, trio.BrokenResourceError):
                         failed += 1
+                        failures.append(start - began)
                         await trio.sleep(0.01)
                         continue
                     latencies.append(trio.current_time() - start)
+                    done.append((start - began, latencies[-1]))
 
             async def staller() -> None:
                 nonlocal ejected_after
@@ -138,8 +175,12 @@ async def _variant(eject_after: int | None, seconds: float) -> dict[str, Any]:
         "requests": len(latencies),
         "failed": failed,
         "p99_ms": percentile(latencies, 99) * 1e3 if latencies else None,
-        "slow": sum(1 for latency in latencies if latency >= 0.2),
+        "slow": sum(1 for latency in latencies if latency >= SLOW),
         "ejected_after_s": ejected_after,
+        "timeline": _timeline(done, failures, seconds),
+        "slow_requests": sorted(
+            [round(start, 4), round(latency * 1e3, 2)] for start, latency in done if latency >= SLOW
+        ),
     }
 
 
@@ -191,7 +232,16 @@ async def _main(quick: bool) -> dict[str, Any]:
     with_, without = runs["eject_after=5"], runs["eject_after=None"]
     return {
         "name": "upstream",
-        "parameters": {"seconds": seconds, "workers": WORKERS, "connect_timeout": CONNECT_TIMEOUT},
+        "parameters": {
+            "seconds": seconds,
+            "workers": WORKERS,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "replicas": IPS,
+            "stalled": IPS[2],
+            "stall_at_s": seconds / 4,
+            "bin_s": BIN,
+            "slow_ms": SLOW * 1e3,
+        },
         "runs": runs,
         "ratios": {
             "upstream_p99_without_vs_with_ejection": (

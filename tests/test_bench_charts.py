@@ -15,11 +15,13 @@ import pytest
 
 from benchmarks._charts import (
     ChartsUnavailable,
+    UpstreamPanel,
     http2_series,
     http_series,
     httpx_series,
     pooling_series,
     spike_series,
+    upstream_series,
     write_chart,
 )
 
@@ -95,6 +97,64 @@ def http2_result() -> dict[str, Any]:
     return {"name": "http2", "quick": True, "results": [], "ratios": ratios}
 
 
+def upstream_result() -> dict[str, Any]:
+    def bins(slowest: float) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = [
+            {"start_s": 0.1, "requests": 20, "failed": 0, "p50_ms": 3.0, "max_ms": slowest},
+            {"start_s": 0.0, "requests": 20, "failed": 0, "p50_ms": 2.0, "max_ms": 9.0},
+        ]
+        rows.append({"start_s": 0.2, "requests": 0, "failed": 2, "p50_ms": None, "max_ms": None})
+        return rows
+
+    def run(p99: float | None, ejected: float | None, slow: list[list[float]]) -> dict[str, Any]:
+        return {
+            "requests": 40,
+            "failed": 2,
+            "p99_ms": p99,
+            "slow": len(slow),
+            "ejected_after_s": ejected,
+            "timeline": bins(max((ms for _, ms in slow), default=9.0)),
+            "slow_requests": slow,
+        }
+
+    return {
+        "name": "upstream",
+        "quick": True,
+        "parameters": {"seconds": 0.3, "stall_at_s": 0.075, "bin_s": 0.1, "slow_ms": 200.0},
+        "runs": {
+            "eject_after=5": run(12.5, 0.25, [[0.08, 251.0]]),
+            "eject_after=None": run(None, None, [[0.15, 252.0], [0.09, 250.5]]),
+        },
+        "ratios": {},
+    }
+
+
+def test_upstream_series_per_variant_with_the_stall_and_the_ejection_in_run_time() -> None:
+    panels = upstream_series(upstream_result())
+    assert panels == [
+        UpstreamPanel(
+            variant="eject_after=5",
+            requests=40,
+            failed=2,
+            p99_ms=12.5,
+            stall_s=0.075,
+            ejected_s=0.325,  # the stall plus ejected_after_s
+            bins=[(0.0, 2.0, 9.0), (0.1, 3.0, 251.0)],  # in time order; the empty bin left out
+            slow=[(0.08, 251.0)],
+        ),
+        UpstreamPanel(
+            variant="eject_after=None",
+            requests=40,
+            failed=2,
+            p99_ms=None,
+            stall_s=0.075,
+            ejected_s=None,  # never
+            bins=[(0.0, 2.0, 9.0), (0.1, 3.0, 252.0)],
+            slow=[(0.09, 250.5), (0.15, 252.0)],
+        ),
+    ]
+
+
 def test_http2_series_is_ours_against_our_http11_by_concurrency() -> None:
     assert http2_series(http2_result()) == [(10, 0.8, 1.2), (100, 0.95, 1.05), (1000, 1.1, 0.9)]
 
@@ -145,7 +205,8 @@ def test_without_matplotlib_write_chart_says_so(
 
 
 @pytest.mark.parametrize(
-    "make", [http_result, pooling_result, spike_result, httpx_result, http2_result]
+    "make",
+    [http_result, pooling_result, spike_result, httpx_result, http2_result, upstream_result],
 )
 def test_chart_is_a_png_beside_the_json(make: Any, tmp_path: Path) -> None:
     result = make()
