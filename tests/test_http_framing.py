@@ -10,7 +10,6 @@ against a loopback server that records every request it parses.
 from __future__ import annotations
 
 import array
-import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -28,6 +27,7 @@ from trio_pool.http import HTTPClient
 from trio_pool.httpx import PoolTransport
 
 from .checks import assert_settled
+from .resolvers import LoopbackResolver
 from .servers import HOST, start_server
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -242,39 +242,6 @@ async def test_httpx_body_is_framed_by_byte_count(server: RecordingServer) -> No
 
 
 # -- defect 7: the Host header names the host connected to -------------------------------------
-
-
-class LoopbackResolver(trio.abc.HostnameResolver):
-    """Resolves every name to 127.0.0.1 and records the names asked for (no DNS)."""
-
-    def __init__(self) -> None:
-        self.names: list[bytes | str | None] = []
-
-    async def getaddrinfo(
-        self,
-        host: bytes | None,
-        port: bytes | str | int | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[
-        tuple[
-            socket.AddressFamily,
-            socket.SocketKind,
-            int,
-            str,
-            tuple[str, int] | tuple[str, int, int, int],
-        ]
-    ]:
-        self.names.append(host)
-        assert isinstance(port, (int, bytes, str))
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (HOST, int(port)))]
-
-    async def getnameinfo(
-        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
-    ) -> tuple[str, str]:  # pragma: no cover - never called
-        raise NotImplementedError
 
 
 @pytest.fixture

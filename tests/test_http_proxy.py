@@ -27,6 +27,7 @@ from trio_pool.httpx import PoolTransport
 from .checks import assert_settled
 from .nginx import open_nginx
 from .proxies import open_microsocks, open_tinyproxy, read_head
+from .resolvers import LoopbackResolver
 from .servers import HOST, open_fds, start_server, wait_unix_listening
 from .test_http import H11Server, ok, send_response, start_h11
 from .test_tls import server_context
@@ -178,20 +179,11 @@ async def test_https_through_tinyproxy_tunnel_is_pooled_and_resumes_tls(
     assert resolver.names == []  # the proxy resolved "localhost", we did not
 
 
-class _LocalhostResolver(trio.abc.HostnameResolver):
-    """Records every lookup and answers none: proxied requests must not resolve."""
+class _LocalhostResolver(LoopbackResolver):
+    """Answers only the literal 127.0.0.1: proxied requests must not resolve."""
 
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # type: ignore[no-untyped-def]
-        self.names.append(host.decode() if isinstance(host, bytes) else host)
-        if host in ("127.0.0.1", b"127.0.0.1"):
-            return [(trio.socket.AF_INET, trio.socket.SOCK_STREAM, 6, "", (HOST, int(port)))]
-        raise OSError(f"test resolver: no DNS for {host!r}")
-
-    async def getnameinfo(self, sockaddr, flags):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    def answer_for(self, name: str) -> list[str] | None:
+        return [HOST] if name == HOST else None
 
 
 async def test_refused_tunnel_is_proxy_error_with_status(

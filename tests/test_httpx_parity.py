@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,28 +23,8 @@ import trio_pool
 from trio_pool.httpx import PoolTransport, open_client
 
 from .h2servers import App, start_hypercorn, write_cert
+from .httpx_pair import Transport, ours, theirs
 from .servers import HOST, refused_port, start_server
-
-Transport = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
-@asynccontextmanager
-async def ours(**kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on a PoolTransport of a pool of its own."""
-    async with (
-        trio_pool.open_pool() as pool,
-        httpx.AsyncClient(transport=PoolTransport(pool, **kwargs)) as client,
-    ):
-        yield client
-
-
-@asynccontextmanager
-async def theirs(**kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on httpx's own transport with the same arguments."""
-    kwargs.setdefault("trust_env", False)  # as PoolTransport's default
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(**kwargs)) as client:
-        yield client
-
 
 both = pytest.mark.parametrize("make", [ours, theirs], ids=["pool", "httpx"])
 

@@ -5,8 +5,8 @@ the same server), the HTTP client, and a host name's address book."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -18,8 +18,8 @@ import trio_pool
 from trio_pool import ConnectError
 from trio_pool._route import Route
 from trio_pool.http import HTTPClient
-from trio_pool.httpx import PoolTransport
 
+from .httpx_pair import ours, theirs
 from .servers import HOST
 from .upstreams import IPS, NAME, ReplicaResolver, Replicas
 
@@ -58,21 +58,6 @@ async def server(nursery: trio.Nursery) -> PeerServer:
     listeners = await nursery.start(partial(trio.serve_tcp, peer.handle, 0, host=HOST))
     peer.port = listeners[0].socket.getsockname()[1]
     return peer
-
-
-@asynccontextmanager
-async def ours(**kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        trio_pool.open_pool() as pool,
-        httpx.AsyncClient(transport=PoolTransport(pool, **kwargs)) as client,
-    ):
-        yield client
-
-
-@asynccontextmanager
-async def theirs(**kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(**kwargs)) as client:
-        yield client
 
 
 Make = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

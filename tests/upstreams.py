@@ -9,50 +9,26 @@ from functools import partial
 
 import trio
 
+from .resolvers import LoopbackResolver
 from .servers import echo, reset
 
 NAME = "replicas.test"
 IPS = [f"127.0.0.{n}" for n in range(2, 10)]
 
 
-class ReplicaResolver(trio.abc.HostnameResolver):
+class ReplicaResolver(LoopbackResolver):
     """Answers :data:`NAME` with :attr:`answer` (change it mid-test); counts lookups."""
 
     def __init__(self, answer: list[str]) -> None:
+        super().__init__()
         self.answer = answer
-        self.lookups = 0
 
-    async def getaddrinfo(
-        self,
-        host: bytes | None,
-        port: bytes | str | int | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[
-        tuple[
-            socket.AddressFamily,
-            socket.SocketKind,
-            int,
-            str,
-            tuple[str, int] | tuple[str, int, int, int],
-        ]
-    ]:
-        await trio.lowlevel.checkpoint()
-        if host not in (NAME.encode(), NAME):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        assert isinstance(port, (int, bytes, str))
-        self.lookups += 1
-        return [
-            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, int(port)))
-            for ip in self.answer
-        ]
+    def answer_for(self, name: str) -> list[str] | None:
+        return self.answer if name == NAME else None
 
-    async def getnameinfo(
-        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
-    ) -> tuple[str, str]:  # pragma: no cover - never called
-        raise NotImplementedError
+    @property
+    def lookups(self) -> int:
+        return sum(1 for name in self.names if name in (NAME, NAME.encode()))
 
 
 class Replicas:
