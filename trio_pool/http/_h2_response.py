@@ -10,6 +10,7 @@ import trio
 
 from ._exceptions import RemoteProtocolError
 from ._h2_stream import _Stream, acknowledge, cancel_stream
+from ._models import first_header
 
 if TYPE_CHECKING:
     from ._http2 import H2Connection
@@ -68,11 +69,7 @@ class H2Response:
 
     def header(self, name: str | bytes) -> bytes | None:
         """The value of the first header called ``name`` (any case), or ``None``."""
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
-        for header, value in self.headers:
-            if header == key:
-                return value
-        return None
+        return first_header(self.headers, name)
 
     @property
     def trailers(self) -> list[tuple[bytes, bytes]] | None:

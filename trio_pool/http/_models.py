@@ -36,7 +36,15 @@ class Exchange(Protocol):
     def closed_error(self) -> StreamClosed: ...
 
 
-__all__ = ["Response", "Target", "authority", "check_method", "h11_request", "parse_url"]
+__all__ = [
+    "Response",
+    "Target",
+    "authority",
+    "check_method",
+    "first_header",
+    "h11_request",
+    "parse_url",
+]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # RFC 9110 token: what a method may be made of.
@@ -194,6 +202,15 @@ def check_method(method: object) -> bytes:
     return method.encode("ascii")
 
 
+def first_header(headers: Sequence[tuple[bytes, bytes]], name: str | bytes) -> bytes | None:
+    """The value of the first of ``headers`` called ``name`` (any case), or ``None``."""
+    key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+    for header, value in headers:
+        if header == key:
+            return value
+    return None
+
+
 class Response:
     """An HTTP response.
 
@@ -256,11 +273,7 @@ class Response:
 
     def header(self, name: str | bytes) -> bytes | None:
         """The value of the first header called ``name`` (any case), or ``None``."""
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
-        for header, value in self.headers:
-            if header == key:
-                return value
-        return None
+        return first_header(self.headers, name)
 
     @property
     def keep_alive(self) -> bool:
