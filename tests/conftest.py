@@ -14,7 +14,7 @@ import trio_pool
 from trio_pool import ConnectionPool
 from trio_pool.http import HTTPClient
 
-from .servers import HOST, echo, start_server, unroutable_listener
+from .servers import HOST, echo, stall, start_server, unroutable_listener
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,12 @@ def client(pool: ConnectionPool) -> HTTPClient:
 async def echo_port(nursery: trio.Nursery) -> int:
     """Port of a loopback echo server running for the test."""
     return await start_server(nursery, echo)
+
+
+@pytest.fixture
+async def stall_port(nursery: trio.Nursery) -> int:
+    """Port of a loopback server running for the test that accepts, then never answers."""
+    return await start_server(nursery, stall)
 
 
 @pytest.fixture

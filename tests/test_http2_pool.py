@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import h2.settings
 import httpx
@@ -17,7 +19,7 @@ import trio
 import trustme
 
 import trio_pool
-from trio_pool.http import HTTPClient, StreamReset
+from trio_pool.http import DEFAULT_TIMEOUT, HTTPClient, StreamReset, Timeout
 
 from .checks import assert_settled, settle_connects
 from .h2servers import App, H2Server, ServerStream, open_nginx_h2, start_hypercorn, write_cert
@@ -41,6 +43,63 @@ def trusting(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+StartH2 = Callable[..., Awaitable[tuple[H2Server, int]]]
+StartApp = Callable[..., Awaitable[int]]
+OpenClient = Callable[..., AbstractAsyncContextManager[tuple[trio_pool.ConnectionPool, HTTPClient]]]
+
+
+@pytest.fixture
+def start_h2(nursery: trio.Nursery) -> StartH2:
+    """Starts a raw h2 server for the test (:class:`H2Server`'s keywords); returns it
+    and its port."""
+
+    async def start(**settings: Any) -> tuple[H2Server, int]:
+        server = H2Server(**settings)
+        return server, await server.start(nursery)
+
+    return start
+
+
+@pytest.fixture
+async def start_app(
+    nursery: trio.Nursery, cert: trustme.LeafCert, tmp_path: Path
+) -> AsyncIterator[StartApp]:
+    """Serves an :class:`App` with hypercorn for the test, shut down after it: with
+    ``tls=True`` on TLS with ALPN (the test CA's certificate), else plain (HTTP/1.1 and
+    h2c); other keywords go to :func:`start_hypercorn`. Returns the port."""
+    shutdowns: list[trio.Event] = []
+
+    async def start(app: App, *, tls: bool = False, **options: int) -> int:
+        cert_files = write_cert(cert, tmp_path) if tls else None
+        port, shutdown = await start_hypercorn(nursery, app, cert_files=cert_files, **options)
+        shutdowns.append(shutdown)
+        return port
+
+    yield start
+    for shutdown in shutdowns:
+        shutdown.set()
+
+
+@pytest.fixture
+def open_client(ca: trustme.CA) -> OpenClient:
+    """Opens a pool (:func:`trio_pool.open_pool`'s keywords) with an HTTP/2 client on it:
+    h2c by prior knowledge, or with ``tls=True`` HTTP/2 by ALPN with a context trusting
+    the test CA; ``timeout`` is the client's."""
+
+    @asynccontextmanager
+    async def open_client(
+        *, tls: bool = False, timeout: float | Timeout | None = DEFAULT_TIMEOUT, **config: Any
+    ) -> AsyncIterator[tuple[trio_pool.ConnectionPool, HTTPClient]]:
+        async with trio_pool.open_pool(**config) as pool:
+            if tls:
+                client = HTTPClient(pool, http2=True, ssl_context=trusting(ca), timeout=timeout)
+            else:
+                client = HTTPClient(pool, http2="prior-knowledge", timeout=timeout)
+            yield pool, client
+
+    return open_client
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -69,12 +128,10 @@ def holding(release: trio.Event) -> Callable[[ServerStream], object]:
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls-alpn", "h2c"])
 async def test_hypercorn_requests_share_one_connection(
-    tls: bool, ca: trustme.CA, cert: trustme.LeafCert, tmp_path: Path, nursery: trio.Nursery
+    tls: bool, ca: trustme.CA, start_app: StartApp
 ) -> None:
     app = App()
-    port, shutdown = await start_hypercorn(
-        nursery, app, cert_files=write_cert(cert, tmp_path) if tls else None
-    )
+    port = await start_app(app, tls=tls)
     scheme = "https" if tls else "http"
     async with trio_pool.open_pool(max_size=10) as pool:
         client = HTTPClient(
@@ -104,15 +161,16 @@ async def test_hypercorn_requests_share_one_connection(
             body = b"".join([chunk async for chunk in response.aiter_bytes()])
         assert len(body) == 300_000
         await settled(pool)
-    shutdown.set()
 
 
 async def test_nginx_http2_and_alpn_fallback(
-    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+    tmp_path: Path, cert: trustme.LeafCert, open_client: OpenClient
 ) -> None:
     require_nginx()
-    async with open_nginx_h2(tmp_path, cert) as (_nginx, port), trio_pool.open_pool() as pool:
-        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca))
+    async with (
+        open_nginx_h2(tmp_path, cert) as (_nginx, port),
+        open_client(tls=True) as (pool, client),
+    ):
         results: list[tuple[int, str, int]] = []
 
         async def one() -> None:
@@ -128,7 +186,7 @@ async def test_nginx_http2_and_alpn_fallback(
 
 
 async def test_alpn_falls_back_to_http11(
-    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+    tmp_path: Path, cert: trustme.LeafCert, open_client: OpenClient
 ) -> None:
     require_nginx()
     chain, key = write_cert(cert, tmp_path / "certs")
@@ -143,9 +201,8 @@ async def test_alpn_falls_back_to_http11(
 """
     async with (
         open_nginx(tmp_path, extra_servers=server, keepalive_requests=1000),
-        trio_pool.open_pool(max_size=4) as pool,
+        open_client(tls=True, max_size=4) as (pool, client),
     ):
-        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca))
         results: list[tuple[int, str, bytes]] = []
 
         async def one() -> None:
@@ -162,13 +219,11 @@ async def test_alpn_falls_back_to_http11(
         await settled(pool)
 
 
-async def test_httpx_transport_http2(
-    ca: trustme.CA, cert: trustme.LeafCert, tmp_path: Path, nursery: trio.Nursery
-) -> None:
+async def test_httpx_transport_http2(ca: trustme.CA, start_app: StartApp) -> None:
     from trio_pool.httpx import PoolTransport
 
     app = App()
-    port, shutdown = await start_hypercorn(nursery, app, cert_files=write_cert(cert, tmp_path))
+    port = await start_app(app, tls=True)
     async with trio_pool.open_pool() as pool:
         transport = PoolTransport(pool, http2=True, ssl_context=trusting(ca))
         async with httpx.AsyncClient(transport=transport) as client:
@@ -185,18 +240,17 @@ async def test_httpx_transport_http2(
             }
         assert pool.statistics().connections_created == 1
         await settled(pool)
-    shutdown.set()
 
 
 # -- stream limits ----------------------------------------------------------------------
 
 
-async def test_full_connection_opens_another_within_max_size(nursery: trio.Nursery) -> None:
+async def test_full_connection_opens_another_within_max_size(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     release = trio.Event()
-    server = H2Server(max_concurrent_streams=3, routes={"/hold": holding(release)})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool(max_size=3) as pool:
-        client = HTTPClient(pool, http2="prior-knowledge")
+    server, port = await start_h2(max_concurrent_streams=3, routes={"/hold": holding(release)})
+    async with open_client(max_size=3) as (pool, client):
         statuses: list[int] = []
 
         async def one() -> None:
@@ -219,12 +273,12 @@ async def test_full_connection_opens_another_within_max_size(nursery: trio.Nurse
         await settled(pool)
 
 
-async def test_peer_lowering_its_limit_is_honoured(nursery: trio.Nursery) -> None:
+async def test_peer_lowering_its_limit_is_honoured(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     release = trio.Event()
-    server = H2Server(max_concurrent_streams=5, routes={"/hold": holding(release)})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool(max_size=1) as pool:
-        client = HTTPClient(pool, http2="prior-knowledge")
+    server, port = await start_h2(max_concurrent_streams=5, routes={"/hold": holding(release)})
+    async with open_client(max_size=1) as (pool, client):
         statuses: list[int] = []
 
         async def one(path: str) -> None:
@@ -251,12 +305,12 @@ async def test_peer_lowering_its_limit_is_honoured(nursery: trio.Nursery) -> Non
 # -- GOAWAY, RST_STREAM ---------------------------------------------------------------------
 
 
-async def test_goaway_mid_flight_retries_above_last_stream_id(nursery: trio.Nursery) -> None:
+async def test_goaway_mid_flight_retries_above_last_stream_id(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     release = trio.Event()
-    server = H2Server(routes={"/hold": holding(release)})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        client = HTTPClient(pool, http2="prior-knowledge")
+    server, port = await start_h2(routes={"/hold": holding(release)})
+    async with open_client(max_size=2) as (pool, client):
         bodies: list[bytes] = []
 
         async def one() -> None:
@@ -283,16 +337,16 @@ async def test_goaway_mid_flight_retries_above_last_stream_id(nursery: trio.Nurs
         assert len(server.connections) == 2
 
 
-async def test_rst_stream_fails_only_that_request(nursery: trio.Nursery) -> None:
+async def test_rst_stream_fails_only_that_request(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     release = trio.Event()
 
     async def reset(stream: ServerStream) -> None:
         await stream.reset_stream()
 
-    server = H2Server(routes={"/hold": holding(release), "/reset": reset})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool, http2="prior-knowledge")
+    server, port = await start_h2(routes={"/hold": holding(release), "/reset": reset})
+    async with open_client() as (pool, client):
         held: list[int] = []
 
         async def hold() -> None:
@@ -313,11 +367,11 @@ async def test_rst_stream_fails_only_that_request(nursery: trio.Nursery) -> None
 # -- idle, statistics, cancellation ------------------------------------------------------------
 
 
-async def test_idle_http2_connection_evicted_by_max_idle_time(nursery: trio.Nursery) -> None:
-    server = H2Server()
-    port = await server.start(nursery)
-    async with trio_pool.open_pool(max_idle_time=0.2, health_check_interval=0.05) as pool:
-        client = HTTPClient(pool, http2="prior-knowledge")
+async def test_idle_http2_connection_evicted_by_max_idle_time(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
+    server, port = await start_h2()
+    async with open_client(max_idle_time=0.2, health_check_interval=0.05) as (pool, client):
         assert (await client.request("GET", f"http://{HOST}:{port}/")).status == 200
         assert pool.statistics().idle_connections == 1
         await wait_until(lambda: pool.statistics().connections_closed == 1, "evicted")
@@ -328,14 +382,15 @@ async def test_idle_http2_connection_evicted_by_max_idle_time(nursery: trio.Nurs
         await settled(pool)
 
 
-async def test_cancellation_storm_through_the_pool(nursery: trio.Nursery) -> None:
+async def test_cancellation_storm_through_the_pool(
+    start_app: StartApp, open_client: OpenClient
+) -> None:
     app = App()
-    port, shutdown = await start_hypercorn(nursery, app, max_concurrent_streams=50)
+    port = await start_app(app, max_concurrent_streams=50)
     fds = open_fds()
     rng = random.Random(14)
     completed = 0
-    async with trio_pool.open_pool(max_size=4) as pool:
-        client = HTTPClient(pool, http2="prior-knowledge", timeout=20)
+    async with open_client(max_size=4, timeout=20) as (pool, client):
 
         async def one(path: str, deadline: float | None) -> None:
             nonlocal completed
@@ -364,7 +419,6 @@ async def test_cancellation_storm_through_the_pool(nursery: trio.Nursery) -> Non
         assert (await client.request("GET", f"http://{HOST}:{port}/")).status == 200
         await settled(pool)
     await wait_until(lambda: open_fds() <= fds, "no socket left open")
-    shutdown.set()
 
 
 def test_http2_argument_checked() -> None:
@@ -379,12 +433,12 @@ def test_http2_argument_checked() -> None:
 
 
 async def test_one_context_for_http2_and_http11_clients(
-    ca: trustme.CA, cert: trustme.LeafCert, tmp_path: Path, nursery: trio.Nursery
+    ca: trustme.CA, start_app: StartApp
 ) -> None:
     """A caller's context gets ALPN h2 for the HTTP/2 client's connections only: the
     HTTP/1.1 client's handshakes on the same context still offer http/1.1 alone."""
     app = App()
-    port, shutdown = await start_hypercorn(nursery, app, cert_files=write_cert(cert, tmp_path))
+    port = await start_app(app, tls=True)
     context = trusting(ca)
     async with trio_pool.open_pool() as pool:
         both = [
@@ -400,38 +454,37 @@ async def test_one_context_for_http2_and_http11_clients(
         assert pool.statistics().connections_created == 2
         await settled(pool)
     assert app.http_versions == {"2", "1.1"}
-    shutdown.set()
 
 
-async def test_httpx_transport_maps_http2_errors(nursery: trio.Nursery) -> None:
+async def test_httpx_transport_maps_http2_errors(
+    start_h2: StartH2, pool: trio_pool.ConnectionPool
+) -> None:
     from trio_pool.httpx import PoolTransport
 
     async def reset(stream: ServerStream) -> None:
         await stream.reset_stream()
 
-    server = H2Server(routes={"/reset": reset})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool() as pool:
-        transport = PoolTransport(pool, http2="prior-knowledge")
-        async with httpx.AsyncClient(transport=transport) as client:
-            with pytest.raises(httpx.RemoteProtocolError, match="reset"):
-                await client.get(f"http://{HOST}:{port}/reset")
-            response = await client.get(f"http://{HOST}:{port}/")
-            assert (response.status_code, response.http_version) == (200, "HTTP/2")
-        assert len(server.connections) == 1  # the reset cost only its stream
-        await settled(pool)
+    server, port = await start_h2(routes={"/reset": reset})
+    transport = PoolTransport(pool, http2="prior-knowledge")
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="reset"):
+            await client.get(f"http://{HOST}:{port}/reset")
+        response = await client.get(f"http://{HOST}:{port}/")
+        assert (response.status_code, response.http_version) == (200, "HTTP/2")
+    assert len(server.connections) == 1  # the reset cost only its stream
+    await settled(pool)
 
 
-async def test_read_timeouts_reset_only_their_stream(nursery: trio.Nursery) -> None:
+async def test_read_timeouts_reset_only_their_stream(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     never = trio.Event()
 
     async def silent(stream: ServerStream) -> None:
         await never.wait()
 
-    server = H2Server(routes={"/silent": silent})
-    port = await server.start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(pool, http2="prior-knowledge", timeout=0.2)
+    server, port = await start_h2(routes={"/silent": silent})
+    async with open_client(timeout=0.2) as (pool, client):
         with pytest.raises(trio_pool.http.ReadTimeout, match="response head"):
             await client.request("GET", f"http://{HOST}:{port}/silent")
         await wait_until(lambda: len(server.resets) == 1, "the stream was reset")
@@ -441,16 +494,15 @@ async def test_read_timeouts_reset_only_their_stream(nursery: trio.Nursery) -> N
 
 
 async def test_nginx_goaway_after_keepalive_requests_through_the_pool(
-    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+    tmp_path: Path, cert: trustme.LeafCert, open_client: OpenClient
 ) -> None:
     """nginx sends GOAWAY after 7 streams a connection: every request still succeeds,
     on new connections, and the old ones close."""
     require_nginx()
     async with (
         open_nginx_h2(tmp_path, cert, keepalive_requests=7) as (_nginx, port),
-        trio_pool.open_pool(max_size=4) as pool,
+        open_client(tls=True, max_size=4) as (pool, client),
     ):
-        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca))
         statuses: list[int] = []
 
         async def one() -> None:
@@ -469,16 +521,16 @@ async def test_nginx_goaway_after_keepalive_requests_through_the_pool(
         await settled(pool)
 
 
-async def test_pool_closed_with_streams_in_flight(nursery: trio.Nursery) -> None:
+async def test_pool_closed_with_streams_in_flight(
+    start_h2: StartH2, open_client: OpenClient
+) -> None:
     """Closing the pool lends no new stream; streams in flight complete, then their
     connection closes and its reader task ends (open_pool's exit does not hang)."""
     release = trio.Event()
-    server = H2Server(routes={"/hold": holding(release)})
-    port = await server.start(nursery)
+    server, port = await start_h2(routes={"/hold": holding(release)})
     statuses: list[int] = []
     with trio.fail_after(10):
-        async with trio_pool.open_pool() as pool:
-            client = HTTPClient(pool, http2="prior-knowledge")
+        async with open_client() as (pool, client):
 
             async def one() -> None:
                 statuses.append((await client.request("GET", f"http://{HOST}:{port}/hold")).status)
@@ -497,17 +549,16 @@ async def test_pool_closed_with_streams_in_flight(nursery: trio.Nursery) -> None
 
 
 async def test_cancellation_storm_nginx_through_the_pool(
-    tmp_path: Path, ca: trustme.CA, cert: trustme.LeafCert
+    tmp_path: Path, cert: trustme.LeafCert, open_client: OpenClient
 ) -> None:
     require_nginx()
     rng = random.Random(7)
     completed = 0
     async with (
         open_nginx_h2(tmp_path, cert, max_concurrent_streams=32) as (_nginx, port),
-        trio_pool.open_pool(max_size=3) as pool,
+        open_client(tls=True, max_size=3, timeout=20) as (pool, client),
     ):
         fds = open_fds()
-        client = HTTPClient(pool, http2=True, ssl_context=trusting(ca), timeout=20)
 
         async def one(path: str, deadline: float) -> None:
             nonlocal completed
@@ -530,7 +581,7 @@ async def test_cancellation_storm_nginx_through_the_pool(
         await wait_until(lambda: open_fds() <= fds, "no socket left open")
 
 
-async def test_http2_gauges_exported(nursery: trio.Nursery) -> None:
+async def test_http2_gauges_exported(start_h2: StartH2, open_client: OpenClient) -> None:
     from prometheus_client import CollectorRegistry
 
     from trio_pool.metrics import PrometheusCollector
@@ -538,12 +589,10 @@ async def test_http2_gauges_exported(nursery: trio.Nursery) -> None:
     from .test_metrics import scrape, value
 
     release = trio.Event()
-    server = H2Server(routes={"/hold": holding(release)})
-    port = await server.start(nursery)
+    server, port = await start_h2(routes={"/hold": holding(release)})
     registry = CollectorRegistry()
-    async with trio_pool.open_pool() as pool:
+    async with open_client() as (pool, client):
         registry.register(PrometheusCollector(pool))
-        client = HTTPClient(pool, http2="prior-knowledge")
         async with trio.open_nursery() as inner:
             for _ in range(3):
                 inner.start_soon(client.request, "GET", f"http://{HOST}:{port}/hold")
@@ -560,13 +609,11 @@ async def test_http2_gauges_exported(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize("pool_timeout", [None, 0], ids=["hand-off", "own-connect"])
-async def test_peer_allowing_no_stream(pool_timeout: float | None, nursery: trio.Nursery) -> None:
-    server = H2Server(max_concurrent_streams=0)
-    port = await server.start(nursery)
-    async with trio_pool.open_pool() as pool:
-        client = HTTPClient(
-            pool, http2="prior-knowledge", timeout=trio_pool.http.Timeout(5, pool=pool_timeout)
-        )
+async def test_peer_allowing_no_stream(
+    pool_timeout: float | None, start_h2: StartH2, open_client: OpenClient
+) -> None:
+    server, port = await start_h2(max_concurrent_streams=0)
+    async with open_client(timeout=trio_pool.http.Timeout(5, pool=pool_timeout)) as (pool, client):
         with pytest.raises(trio_pool.ConnectError, match="stream"):
             await client.request("GET", f"http://{HOST}:{port}/")
         await settled(pool)
@@ -575,7 +622,9 @@ async def test_peer_allowing_no_stream(pool_timeout: float | None, nursery: trio
         assert server.requests == 0
 
 
-async def test_httpx_transport_http2_body_whole_or_late(nursery: trio.Nursery) -> None:
+async def test_httpx_transport_http2_body_whole_or_late(
+    start_h2: StartH2, pool: trio_pool.ConnectionPool
+) -> None:
     """Over HTTP/2 a body that came with its head is handed to httpx in one piece; one
     that comes later is read as it comes; traced either way."""
     from trio_pool.httpx import PoolTransport
@@ -591,24 +640,22 @@ async def test_httpx_transport_http2_body_whole_or_late(nursery: trio.Nursery) -
         stream.conn._close_stream(stream)
         await stream.conn.flush()
 
-    server = H2Server(routes={"/late": late})
-    port = await server.start(nursery)
+    server, port = await start_h2(routes={"/late": late})
     events: list[str] = []
 
     async def trace(name: str, info: dict[str, object]) -> None:
         events.append(name)
 
-    async with trio_pool.open_pool() as pool:
-        transport = PoolTransport(pool, http2="prior-knowledge")
-        async with httpx.AsyncClient(transport=transport) as client:
-            for _ in range(3):
-                response = await client.get(f"http://{HOST}:{port}/", extensions={"trace": trace})
-                assert (response.http_version, response.content) == ("HTTP/2", b"ok")
-            async with client.stream("GET", f"http://{HOST}:{port}/late") as response:
-                go.set()
-                assert [chunk async for chunk in response.aiter_raw()] == [b"late"]
-            assert (await client.get(f"http://{HOST}:{port}/")).content == b"ok"
-        assert events.count("http2.receive_response_body.complete") == 3
-        assert events.count("http2.response_closed.complete") == 3
-        assert len(server.connections) == 1
-        await settled(pool)
+    transport = PoolTransport(pool, http2="prior-knowledge")
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            response = await client.get(f"http://{HOST}:{port}/", extensions={"trace": trace})
+            assert (response.http_version, response.content) == ("HTTP/2", b"ok")
+        async with client.stream("GET", f"http://{HOST}:{port}/late") as response:
+            go.set()
+            assert [chunk async for chunk in response.aiter_raw()] == [b"late"]
+        assert (await client.get(f"http://{HOST}:{port}/")).content == b"ok"
+    assert events.count("http2.receive_response_body.complete") == 3
+    assert events.count("http2.response_closed.complete") == 3
+    assert len(server.connections) == 1
+    await settled(pool)

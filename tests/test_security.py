@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -20,9 +20,10 @@ import trio.testing
 import trustme
 
 import trio_pool
+from trio_pool import ConnectionPool
 
 from .checks import roundtrip
-from .servers import HOST, echo, refused_port, stall, start_server
+from .servers import HOST, echo, refused_port, start_server
 
 TLSHandler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
 
@@ -40,6 +41,13 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ConnectionPool]:
+    """This file's pool: ``max_size=2``, open for the test and closed after it."""
+    async with trio_pool.open_pool(max_size=2) as opened:
+        yield opened
 
 
 class TLSServer:
@@ -82,6 +90,15 @@ async def tls_echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
         await stream.send_all(data)
 
 
+@pytest.fixture
+async def tls_echo_server(
+    nursery: trio.Nursery, server_context: ssl.SSLContext
+) -> tuple[TLSServer, int]:
+    """A loopback TLS echo server for the test, and its port."""
+    server = TLSServer(tls_echo)
+    return server, await server.start(nursery, server_context)
+
+
 async def tls_reply_then_junk(stream: trio.SSLStream[trio.SocketStream]) -> None:
     """Echo one message, then send unrequested application data, then echo on."""
     data = await stream.receive_some()
@@ -103,10 +120,9 @@ async def wait_readable(conn: trio_pool.PooledConnection) -> None:
 
 
 async def test_plain_and_tls_never_share(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    tls_echo_server: tuple[TLSServer, int], client_context: ssl.SSLContext
 ) -> None:
-    server = TLSServer(tls_echo)
-    port = await server.start(nursery, server_context)
+    _, port = tls_echo_server
     async with trio_pool.open_pool(max_size=4) as pool:
         async with pool.connection(HOST, port, tls=True, ssl_context=client_context) as conn:
             await roundtrip(conn)
@@ -123,13 +139,12 @@ async def test_plain_and_tls_never_share(
 
 
 async def test_tls_keys_never_share(
-    nursery: trio.Nursery,
+    tls_echo_server: tuple[TLSServer, int],
     ca: trustme.CA,
-    server_context: ssl.SSLContext,
     client_context: ssl.SSLContext,
+    pool: ConnectionPool,
 ) -> None:
-    server = TLSServer(tls_echo)
-    port = await server.start(nursery, server_context)
+    server, port = tls_echo_server
     other_context = ssl.create_default_context()
     ca.configure_trust(other_context)
     variants: list[dict[str, Any]] = [
@@ -139,82 +154,75 @@ async def test_tls_keys_never_share(
         {"verify_cert": False},
         {"verify_cert": False, "sni": "localhost"},
     ]
-    async with trio_pool.open_pool(max_size=2) as pool:
-        first: list[trio_pool.PooledConnection] = []
-        for kwargs in variants:
-            conn = await pool.acquire_tls(HOST, port, **kwargs)
-            assert not conn.reused, kwargs
-            assert all(conn is not other for other in first), kwargs
-            await roundtrip(conn)
-            first.append(conn)
-            pool.release(conn)
-        assert pool.statistics().idle_connections == len(variants)
-        # Every variant gets back exactly its own connection.
-        for kwargs, expected in zip(variants, first, strict=True):
-            conn = await pool.acquire_tls(HOST, port, **kwargs)
-            assert conn is expected, kwargs
-            assert conn.reused
-            pool.release(conn)
-        assert server.handshakes == len(variants)
+    first: list[trio_pool.PooledConnection] = []
+    for kwargs in variants:
+        conn = await pool.acquire_tls(HOST, port, **kwargs)
+        assert not conn.reused, kwargs
+        assert all(conn is not other for other in first), kwargs
+        await roundtrip(conn)
+        first.append(conn)
+        pool.release(conn)
+    assert pool.statistics().idle_connections == len(variants)
+    # Every variant gets back exactly its own connection.
+    for kwargs, expected in zip(variants, first, strict=True):
+        conn = await pool.acquire_tls(HOST, port, **kwargs)
+        assert conn is expected, kwargs
+        assert conn.reused
+        pool.release(conn)
+    assert server.handshakes == len(variants)
 
 
 async def test_unverified_connection_never_serves_a_verifying_acquire(
-    nursery: trio.Nursery, server_context: ssl.SSLContext
+    tls_echo_server: tuple[TLSServer, int], pool: ConnectionPool
 ) -> None:
     """The pooled connection made with verify_cert=False must not satisfy a default
     (verifying) acquire: that acquire connects itself, and its verification fails."""
-    server = TLSServer(tls_echo)
-    port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        unverified = await pool.acquire_tls(HOST, port, verify_cert=False)
-        await roundtrip(unverified)
-        pool.release(unverified)
-        with pytest.raises(trio_pool.ConnectError) as info:
-            await pool.acquire_tls(HOST, port)
-        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        stats = pool.statistics()
-        assert stats.idle_connections == 1
-        assert stats.active_connections == 0
-        assert unverified.state is trio_pool.ConnectionState.IDLE
+    _, port = tls_echo_server
+    unverified = await pool.acquire_tls(HOST, port, verify_cert=False)
+    await roundtrip(unverified)
+    pool.release(unverified)
+    with pytest.raises(trio_pool.ConnectError) as info:
+        await pool.acquire_tls(HOST, port)
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    stats = pool.statistics()
+    assert stats.idle_connections == 1
+    assert stats.active_connections == 0
+    assert unverified.state is trio_pool.ConnectionState.IDLE
 
 
 # -- verification on by default -------------------------------------------------------
 
 
 async def test_default_context_rejects_untrusted_certificate(
-    nursery: trio.Nursery, server_context: ssl.SSLContext
+    tls_echo_server: tuple[TLSServer, int], pool: ConnectionPool
 ) -> None:
-    server = TLSServer(tls_echo)
-    port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        for acquire in (
-            partial(pool.acquire_tls, HOST, port),
-            partial(pool.acquire, HOST, port, tls=True),
-        ):
-            with pytest.raises(trio_pool.ConnectError) as info:
-                await acquire()
-            assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        stats = pool.statistics()
-        assert stats.connections_created == 0
-        assert stats.connecting == 0
-        assert stats.connect_failures == 2
+    server, port = tls_echo_server
+    for acquire in (
+        partial(pool.acquire_tls, HOST, port),
+        partial(pool.acquire, HOST, port, tls=True),
+    ):
+        with pytest.raises(trio_pool.ConnectError) as info:
+            await acquire()
+        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    stats = pool.statistics()
+    assert stats.connections_created == 0
+    assert stats.connecting == 0
+    assert stats.connect_failures == 2
     assert server.handshakes == 0
 
 
 async def test_hostname_is_checked(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    tls_echo_server: tuple[TLSServer, int], client_context: ssl.SSLContext, pool: ConnectionPool
 ) -> None:
-    server = TLSServer(tls_echo)
-    port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        with pytest.raises(trio_pool.ConnectError) as info:
-            await pool.acquire_tls(HOST, port, ssl_context=client_context, sni="evil.example")
-        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        assert "evil.example" in str(info.value.__cause__)
-        # The right name on the same port works: verification is what failed, nothing else.
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_context, sni="localhost")
-        await roundtrip(conn)
-        pool.release(conn)
+    _, port = tls_echo_server
+    with pytest.raises(trio_pool.ConnectError) as info:
+        await pool.acquire_tls(HOST, port, ssl_context=client_context, sni="evil.example")
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    assert "evil.example" in str(info.value.__cause__)
+    # The right name on the same port works: verification is what failed, nothing else.
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_context, sni="localhost")
+    await roundtrip(conn)
+    pool.release(conn)
 
 
 # -- unread bytes: never reused -------------------------------------------------------
@@ -229,25 +237,28 @@ async def reply_with_extra(stream: trio.SocketStream) -> None:
         pass
 
 
-async def test_unread_response_bytes_never_reused(nursery: trio.Nursery) -> None:
+async def test_unread_response_bytes_never_reused(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     port = await start_server(nursery, reply_with_extra)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire(HOST, port)
-        await conn.send_all(b"ping")
-        await wait_readable(conn)
-        assert await conn.receive_some(4) == b"ping"  # EXTRA stays unread
-        assert conn.has_pending_data()
-        pool.release(conn)
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.connections_closed) == (0, 1)
-        again = await pool.acquire(HOST, port)
-        assert again is not conn
-        assert not again.reused
-        pool.discard(again)
+    conn = await pool.acquire(HOST, port)
+    await conn.send_all(b"ping")
+    await wait_readable(conn)
+    assert await conn.receive_some(4) == b"ping"  # EXTRA stays unread
+    assert conn.has_pending_data()
+    pool.release(conn)
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.connections_closed) == (0, 1)
+    again = await pool.acquire(HOST, port)
+    assert again is not conn
+    assert not again.reused
+    pool.discard(again)
 
 
-async def test_junk_arriving_while_idle_never_reused(nursery: trio.Nursery) -> None:
+async def test_junk_arriving_while_idle_never_reused(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     junk_sent = trio.Event()
 
     async def reply_then_junk_later(stream: trio.SocketStream) -> None:
@@ -262,46 +273,50 @@ async def test_junk_arriving_while_idle_never_reused(nursery: trio.Nursery) -> N
             pass
 
     port = await start_server(nursery, reply_then_junk_later)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire(HOST, port)
-        await roundtrip(conn)
-        pool.release(conn)
-        await junk_sent.wait()
-        with trio.fail_after(5):
-            await wait_readable(conn)  # the junk is in our socket now
-        assert conn.state is trio_pool.ConnectionState.IDLE
-        again = await pool.acquire(HOST, port)
-        assert again is not conn
-        assert not again.reused
-        assert conn.is_closed
-        pool.discard(again)
+    conn = await pool.acquire(HOST, port)
+    await roundtrip(conn)
+    pool.release(conn)
+    await junk_sent.wait()
+    with trio.fail_after(5):
+        await wait_readable(conn)  # the junk is in our socket now
+    assert conn.state is trio_pool.ConnectionState.IDLE
+    again = await pool.acquire(HOST, port)
+    assert again is not conn
+    assert not again.reused
+    assert conn.is_closed
+    pool.discard(again)
 
 
 async def test_tls_junk_arriving_while_idle_never_reused(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    pool: ConnectionPool,
 ) -> None:
     server = TLSServer(tls_reply_then_junk)
     port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_context)
-        await roundtrip(conn)
-        pool.release(conn)
-        # The junk follows the reply at once; wait until the pool can see it.
-        with trio.fail_after(5):
-            # No event tells when the kernel has the bytes: poll (sync checks, 1 ms apart).
-            idle = trio_pool.ConnectionState.IDLE
-            while not conn.has_pending_data() and conn.state is idle:  # noqa: ASYNC110
-                await trio.sleep(0.001)
-        again = await pool.acquire_tls(HOST, port, ssl_context=client_context)
-        assert again is not conn
-        assert not again.reused
-        assert conn.is_closed
-        await roundtrip(again)  # the new connection is in sync
-        pool.release(again)
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_context)
+    await roundtrip(conn)
+    pool.release(conn)
+    # The junk follows the reply at once; wait until the pool can see it.
+    with trio.fail_after(5):
+        # No event tells when the kernel has the bytes: poll (sync checks, 1 ms apart).
+        idle = trio_pool.ConnectionState.IDLE
+        while not conn.has_pending_data() and conn.state is idle:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+    again = await pool.acquire_tls(HOST, port, ssl_context=client_context)
+    assert again is not conn
+    assert not again.reused
+    assert conn.is_closed
+    await roundtrip(again)  # the new connection is in sync
+    pool.release(again)
 
 
 async def test_partially_read_tls_response_never_reused(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    pool: ConnectionPool,
 ) -> None:
     async def tls_reply_with_extra(stream: trio.SSLStream[trio.SocketStream]) -> None:
         async for data in stream:
@@ -309,63 +324,58 @@ async def test_partially_read_tls_response_never_reused(
 
     server = TLSServer(tls_reply_with_extra)
     port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire_tls(HOST, port, ssl_context=client_context)
-        await conn.send_all(b"ping")
-        assert await conn.receive_some(4) == b"ping"  # EXTRA is decrypted but unread
-        pool.release(conn)
-        assert conn.is_closed
-        assert pool.statistics().idle_connections == 0
+    conn = await pool.acquire_tls(HOST, port, ssl_context=client_context)
+    await conn.send_all(b"ping")
+    assert await conn.receive_some(4) == b"ping"  # EXTRA is decrypted but unread
+    pool.release(conn)
+    assert conn.is_closed
+    assert pool.statistics().idle_connections == 0
 
 
 # -- cancelled in flight: never back in the pool ----------------------------------------
 
 
-async def test_cancelled_in_connection_body_is_discarded(nursery: trio.Nursery) -> None:
-    port = await start_server(nursery, stall)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        seen: list[trio_pool.PooledConnection] = []
-        with trio.move_on_after(0.05) as scope:
-            async with pool.connection(HOST, port) as conn:
-                seen.append(conn)
-                await conn.send_all(b"request")
-                await conn.receive_some()  # the server never answers
-        assert scope.cancelled_caught
-        (conn,) = seen
-        assert conn.is_closed
-        stats = pool.statistics()
-        assert (stats.idle_connections, stats.active_connections) == (0, 0)
-        assert stats.connections_closed == 1
-        # The next user gets a fresh connection, never the one with a request in flight.
-        async with pool.connection(HOST, port) as again:
-            assert again is not conn
-            assert not again.reused
+async def test_cancelled_in_connection_body_is_discarded(
+    stall_port: int, pool: ConnectionPool
+) -> None:
+    seen: list[trio_pool.PooledConnection] = []
+    with trio.move_on_after(0.05) as scope:
+        async with pool.connection(HOST, stall_port) as conn:
+            seen.append(conn)
+            await conn.send_all(b"request")
+            await conn.receive_some()  # the server never answers
+    assert scope.cancelled_caught
+    (conn,) = seen
+    assert conn.is_closed
+    stats = pool.statistics()
+    assert (stats.idle_connections, stats.active_connections) == (0, 0)
+    assert stats.connections_closed == 1
+    # The next user gets a fresh connection, never the one with a request in flight.
+    async with pool.connection(HOST, stall_port) as again:
+        assert again is not conn
+        assert not again.reused
 
 
-async def test_cancelled_receive_then_release_closes(nursery: trio.Nursery) -> None:
+async def test_cancelled_receive_then_release_closes(stall_port: int, pool: ConnectionPool) -> None:
     """Even a caller that *releases* after a cancelled read cannot pool it."""
-    port = await start_server(nursery, stall)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire(HOST, port)
-        await conn.send_all(b"request")
-        with trio.move_on_after(0.05):
-            await conn.receive_some()
-        pool.release(conn)
-        assert conn.is_closed
-        assert pool.statistics().idle_connections == 0
+    conn = await pool.acquire(HOST, stall_port)
+    await conn.send_all(b"request")
+    with trio.move_on_after(0.05):
+        await conn.receive_some()
+    pool.release(conn)
+    assert conn.is_closed
+    assert pool.statistics().idle_connections == 0
 
 
-async def test_cancelled_send_then_release_closes(nursery: trio.Nursery) -> None:
-    port = await start_server(nursery, stall)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        conn = await pool.acquire(HOST, port)
-        with trio.move_on_after(0.05) as scope:
-            while True:  # fill the socket buffers until send blocks, then get cancelled
-                await conn.send_all(b"x" * 65536)
-        assert scope.cancelled_caught
-        pool.release(conn)
-        assert conn.is_closed
-        assert pool.statistics().idle_connections == 0
+async def test_cancelled_send_then_release_closes(stall_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, stall_port)
+    with trio.move_on_after(0.05) as scope:
+        while True:  # fill the socket buffers until send blocks, then get cancelled
+            await conn.send_all(b"x" * 65536)
+    assert scope.cancelled_caught
+    pool.release(conn)
+    assert conn.is_closed
+    assert pool.statistics().idle_connections == 0
 
 
 # -- bad input: clear errors before any I/O ---------------------------------------------
@@ -406,26 +416,29 @@ class CountingServer:
 
 @pytest.mark.parametrize(("override", "error", "field"), BAD_ACQUIRE)
 async def test_bad_acquire_arguments_fail_before_io(
-    nursery: trio.Nursery, override: dict[str, Any], error: type[Exception], field: str
+    nursery: trio.Nursery,
+    pool: ConnectionPool,
+    override: dict[str, Any],
+    error: type[Exception],
+    field: str,
 ) -> None:
     server = CountingServer()
     port = await start_server(nursery, server.handler)
     kwargs: dict[str, Any] = {"host": HOST, "port": port, **override}
     host, port_arg = kwargs.pop("host"), kwargs.pop("port")
-    async with trio_pool.open_pool(max_size=2) as pool:
+    with pytest.raises(error, match=field):
+        await pool.acquire(host, port_arg, **kwargs)
+    with pytest.raises(error, match=field):
+        await pool.acquire_new(host, port_arg, **kwargs)
+    with pytest.raises(error, match=field):
+        # Checked when the context is created, not when it is entered.
+        pool.connection(host, port_arg, **kwargs)
+    if "tls" not in kwargs:
         with pytest.raises(error, match=field):
-            await pool.acquire(host, port_arg, **kwargs)
-        with pytest.raises(error, match=field):
-            await pool.acquire_new(host, port_arg, **kwargs)
-        with pytest.raises(error, match=field):
-            # Checked when the context is created, not when it is entered.
-            pool.connection(host, port_arg, **kwargs)
-        if "tls" not in kwargs:
-            with pytest.raises(error, match=field):
-                await pool.acquire_tls(host, port_arg, **kwargs)
-        stats = pool.statistics()
-        assert stats == trio_pool.PoolStatistics()
-        await trio.testing.wait_all_tasks_blocked()
+            await pool.acquire_tls(host, port_arg, **kwargs)
+    stats = pool.statistics()
+    assert stats == trio_pool.PoolStatistics()
+    await trio.testing.wait_all_tasks_blocked()
     assert server.accepted == 0
 
 
@@ -462,17 +475,18 @@ async def test_bad_config_fails_before_opening(
             trio_pool.PoolConfig(**override)
 
 
-async def test_bad_prewarm_count_fails_before_io(nursery: trio.Nursery) -> None:
+async def test_bad_prewarm_count_fails_before_io(
+    nursery: trio.Nursery, pool: ConnectionPool
+) -> None:
     server = CountingServer()
     port = await start_server(nursery, server.handler)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        for count, error in ((-1, ValueError), (3, ValueError), ("1", TypeError)):
-            with pytest.raises(error, match="count"):
-                await pool.prewarm(HOST, port, count=count)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="port"):
-            await pool.prewarm(HOST, 0, count=1)
-        await trio.testing.wait_all_tasks_blocked()
-        assert pool.statistics().connections_created == 0
+    for count, error in ((-1, ValueError), (3, ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="count"):
+            await pool.prewarm(HOST, port, count=count)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="port"):
+        await pool.prewarm(HOST, 0, count=1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.statistics().connections_created == 0
     assert server.accepted == 0
 
 
@@ -562,21 +576,23 @@ async def test_cancelled_http_request_never_returns_its_connection(
 
 
 async def test_https_verifies_by_default(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    pool: ConnectionPool,
 ) -> None:
     from trio_pool.http import HTTPClient
 
     http = TinyHTTP()
     server = TLSServer(http.serve)
     port = await server.start(nursery, server_context)
-    async with trio_pool.open_pool(max_size=2) as pool:
-        with pytest.raises(trio_pool.ConnectError) as info:
-            await HTTPClient(pool).request("GET", f"https://127.0.0.1:{port}/")
-        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        # Naming the wrong host fails too, with a context that trusts the CA.
-        trusting = HTTPClient(pool, ssl_context=client_context)
-        with pytest.raises(trio_pool.ConnectError):
-            await trusting.request("GET", f"https://wrong.localhost:{port}/")
-        response = await trusting.request("GET", f"https://localhost:{port}/")
-        assert response.content == b"ok"
-        assert pool.statistics().connections_created == 1
+    with pytest.raises(trio_pool.ConnectError) as info:
+        await HTTPClient(pool).request("GET", f"https://127.0.0.1:{port}/")
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    # Naming the wrong host fails too, with a context that trusts the CA.
+    trusting = HTTPClient(pool, ssl_context=client_context)
+    with pytest.raises(trio_pool.ConnectError):
+        await trusting.request("GET", f"https://wrong.localhost:{port}/")
+    response = await trusting.request("GET", f"https://localhost:{port}/")
+    assert response.content == b"ok"
+    assert pool.statistics().connections_created == 1
