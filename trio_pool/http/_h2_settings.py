@@ -12,7 +12,7 @@ import h2.connection
 import h2.settings
 
 from ._h2_adapter import new_h2_connection
-from ._h2_hpack import CachingEncoder
+from ._h2_hpack import CachingDecoder, CachingEncoder
 
 __all__ = ["DEFAULT_WINDOW", "MAX_WINDOW", "check_limits", "new_state_machine"]
 
@@ -57,6 +57,7 @@ def new_state_machine(
     )
     state = new_h2_connection(config, count_open)
     state.encoder = CachingEncoder()  # repeated request heads encoded once
+    state.decoder = CachingDecoder.replacing(state.decoder)  # repeated response heads
     state.local_settings = h2.settings.Settings(
         client=True,
         initial_values={
