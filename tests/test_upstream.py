@@ -5,6 +5,7 @@ that refuse, stall, reset, or die and come back."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +14,9 @@ import trio.testing
 
 import trio_pool
 from trio_pool import ConnectError, ConnectionPool, HostUnavailable, PooledConnection
+from trio_pool._route import Route
 
+from .resolvers import LoopbackResolver
 from .upstreams import IPS, NAME, ReplicaResolver, Replicas
 
 
@@ -186,6 +189,57 @@ async def test_resolutions_ejections_and_restorations_are_events(
     assert (ejected.time, ejected.until) == (ejected_at, ejected_at + 5.0)
     assert isinstance(restored, trio_pool.AddressRestored)
     assert (restored.address, restored.time) == (IPS[0], restored_at)
+
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _AnyTestName(LoopbackResolver):
+    """Answers every ``*.test`` name with the first replica."""
+
+    def answer_for(self, name: str) -> list[str] | None:
+        return [IPS[0]] if name.endswith(".test") else None
+
+
+async def test_the_book_forgets_the_hosts_of_dropped_keys(
+    replicas: Replicas, mock_clock: trio.testing.MockClock
+) -> None:
+    """A pool that talks to ever new host names keeps no address book entry for keys
+    it forgot (unused for max_idle_time); one still held by another key stays."""
+    await replicas.start(IPS[0])
+    trio.socket.set_custom_hostname_resolver(_AnyTestName())
+    config = {"max_idle_time": 5.0, "health_check_interval": 1.0}
+    async with trio_pool.open_pool(**config) as pool:
+        for n in range(20):
+            conn = await pool.acquire(f"host{n}.test", replicas.port)
+            await exchange(conn)
+            pool.discard(conn)
+        book = pool._state.addresses
+        assert len(book.upstreams) == 20
+        kept = await pool.acquire("host0.test", replicas.port)
+        # A second key on host0's upstream (its own socket options), dropped with the rest.
+        other = await pool.acquire_on(
+            pool.lookup(Route("host0.test", replicas.port, socket_options=(NODELAY,))),
+            None,
+            None,
+        )
+        assert isinstance(other, PooledConnection)
+        pool.discard(other)
+        mock_clock.jump(6.0)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert list(book.upstreams) == [("host0.test", replicas.port)]  # kept holds it
+        assert await exchange(kept) == b"ping"
+        pool.discard(kept)
+        mock_clock.jump(6.0)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert book.upstreams == {}
+        conn = await pool.acquire("host0.test", replicas.port)  # looked up anew
+        assert conn.address == IPS[0]
+        pool.release(conn)
 
 
 async def test_tasks_in_line_get_host_unavailable_too(

@@ -103,9 +103,11 @@ class Upstream:
             is in flight for the last one (``inf``): a connect fails at once with
             :class:`~trio_pool.HostUnavailable`. ``-inf`` while an address is in the
             rotation.
+        users: The key states that hold it (:meth:`AddressBook.attach`); the book
+            forgets it when the last one is dropped.
     """
 
-    __slots__ = ("addresses", "available_at", "expires_at", "host", "port", "turn")
+    __slots__ = ("addresses", "available_at", "expires_at", "host", "port", "turn", "users")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -114,6 +116,7 @@ class Upstream:
         self.expires_at = -math.inf
         self.available_at = -math.inf
         self.turn = 0
+        self.users = 0
 
     @property
     def name(self) -> str:
@@ -184,6 +187,20 @@ class AddressBook:
         if upstream is None:
             upstream = self.upstreams[(host, port)] = Upstream(host, port)
         return upstream
+
+    def attach(self, host: str, port: int) -> Upstream:
+        """:meth:`upstream`, for a key state that keeps it until :meth:`detach`."""
+        upstream = self.upstream(host, port)
+        upstream.users += 1
+        return upstream
+
+    def detach(self, upstream: Upstream) -> None:
+        """A key state that held ``upstream`` was dropped: with no key state left on
+        it, the book forgets it (its addresses' health included), so a pool that talks
+        to ever new host names does not keep every one it ever dialed."""
+        upstream.users -= 1
+        if upstream.users <= 0 and self.upstreams.get((upstream.host, upstream.port)) is upstream:
+            del self.upstreams[(upstream.host, upstream.port)]
 
     # -- resolution ------------------------------------------------------------------
 

@@ -350,7 +350,7 @@ class Connector:
             book = self.state.addresses
             upstream = state.upstream
             if upstream is None:
-                upstream = state.upstream = book.upstream(key.host, key.port)
+                upstream = state.upstream = book.attach(key.host, key.port)
             await self._resolve(upstream, phase, key)
             plan = book.plan(upstream, state.address_counts, trio.current_time())
             phase.name = "TCP connect"

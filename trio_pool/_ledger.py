@@ -139,6 +139,9 @@ class Ledger:
         retire(self.retired, state)
         del self.keys[state.key]
         state.dropped = True
+        if state.upstream is not None:
+            self.addresses.detach(state.upstream)
+            state.upstream = None
 
     def expiry(self, now: float) -> float:
         """When a connection opened now must be closed (``max_lifetime`` less 0-2.5%)."""
