@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from trio_pool import ConnectionPool, PooledConnection, PoolStatistics
+from trio_pool import ConnectionPool, PooledConnection, PoolEvent, PoolStatistics
 
 
 def _stats(subject: ConnectionPool | PoolStatistics) -> PoolStatistics:
@@ -47,3 +47,24 @@ async def roundtrip(conn: PooledConnection, message: bytes = b"ping") -> None:
         assert data, "server closed early"
         received += data
     assert received == message
+
+
+class Recorder:
+    """An ``on_event`` hook that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[PoolEvent] = []
+
+    def __call__(self, event: PoolEvent) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[PoolEvent]) -> list[PoolEvent]:
+        return [event for event in self.events if type(event) is kind]
+
+    def kinds(self) -> list[str]:
+        return [type(event).__name__ for event in self.events]
+
+    def take(self) -> list[str]:
+        kinds = self.kinds()
+        self.events.clear()
+        return kinds

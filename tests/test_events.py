@@ -31,29 +31,9 @@ from trio_pool import (
 )
 from trio_pool._events import Listeners
 
+from .checks import Recorder
 from .servers import HOST, echo, refused_port
 from .state_fakes import World, fake_stream, make_key
-
-
-class Recorder:
-    """A hook that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[PoolEvent] = []
-
-    def __call__(self, event: PoolEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[PoolEvent]) -> list[PoolEvent]:
-        return [event for event in self.events if type(event) is kind]
-
-    def kinds(self) -> list[str]:
-        return [type(event).__name__ for event in self.events]
-
-    def take(self) -> list[str]:
-        kinds = self.kinds()
-        self.events.clear()
-        return kinds
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ from trio_pool import (
     PingAnswered,
     PingSent,
     PingTimedOut,
-    PoolEvent,
     Reused,
 )
 from trio_pool.http import HTTPClient, ReadError, RequestNotProcessed
 from trio_pool.http._h2_client import open_h2
 from trio_pool.http._h2_liveness import Liveness, Pinger
 
+from .checks import Recorder
 from .h2servers import H2Server, ServerStream
 from .servers import HOST
 
@@ -79,17 +79,6 @@ def never_answer() -> Callable[[ServerStream], object]:
         await trio.sleep_forever()
 
     return hold
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[PoolEvent] = []
-
-    def __call__(self, event: PoolEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[PoolEvent]) -> list[PoolEvent]:
-        return [event for event in self.events if type(event) is kind]
 
 
 async def until(condition: Callable[[], bool]) -> None:
