@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import socket
 import statistics
@@ -32,6 +33,7 @@ __all__ = [
     "HOST",
     "MESSAGE",
     "Tls",
+    "callgrind_instructions",
     "echo_server",
     "fmt_us",
     "loopback_hosts",
@@ -48,6 +50,41 @@ __all__ = [
 
 
 # -- numbers ----------------------------------------------------------------------------
+
+
+def callgrind_instructions(module: str, args: Sequence[str], seed: int | None = None) -> int:
+    """User-space instructions of ``python -m <module> client <args...>`` under valgrind's
+    callgrind, run from the project's root (with ``PYTHONHASHSEED=seed`` if given).
+
+    Raises:
+        RuntimeError: The client failed, or valgrind printed no count.
+    """
+    env = dict(os.environ)
+    if seed is not None:
+        env["PYTHONHASHSEED"] = str(seed)
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            module,
+            "client",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env,
+    )
+    if out.returncode:
+        raise RuntimeError(f"the client failed:\n{out.stderr[-3000:]}")
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:  # pragma: no cover - valgrind's output changed
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    return int(found.group(1))
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

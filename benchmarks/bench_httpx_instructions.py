@@ -14,17 +14,14 @@ difference over 2N cancels start-up). The glue-free figure in instructions is
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import trio
 
-from ._common import print_table, tls_files
+from ._common import callgrind_instructions, print_table, tls_files
 from .bench_httpx import MODES, NullTransport, _http2, _url, nginx_three_ways
 
 __all__ = ["run"]
@@ -76,33 +73,8 @@ async def _client(client: str, mode: str, tasks: int, requests: int, url: str, c
 
 def _count(client: str, mode: str, tasks: int, requests: int, url: str, cafile: str) -> int:
     """Instructions of one client run under callgrind."""
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            "-m",
-            "benchmarks.bench_httpx_instructions",
-            "client",
-            client,
-            mode,
-            str(tasks),
-            str(requests),
-            url,
-            cafile,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    if out.returncode:
-        raise RuntimeError(f"the client failed:\n{out.stderr[-3000:]}")
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:  # pragma: no cover - valgrind's output changed
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
-    return int(found.group(1))
+    args = [client, mode, str(tasks), str(requests), url, cafile]
+    return callgrind_instructions("benchmarks.bench_httpx_instructions", args)
 
 
 def run(
@@ -138,7 +110,9 @@ def run(
                     zip(
                         jobs,
                         executor.map(
-                            lambda job: _count(*job, _url(job[1], ports), cafile),  # type: ignore[misc]
+                            lambda job: _count(
+                                job[0], job[1], job[2], job[3], _url(job[1], ports), cafile
+                            ),
                             jobs,
                         ),
                         strict=True,

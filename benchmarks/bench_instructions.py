@@ -27,10 +27,7 @@ and reports nothing. A child of this script is the client:
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +37,7 @@ import trio
 
 import trio_pool
 
-from ._common import HOST, echo_server, median, print_table
+from ._common import HOST, callgrind_instructions, echo_server, median, print_table
 from .bench_e2e import _request, open_streams
 
 VARIANTS = ("dedicated", "floor", "pooled")
@@ -93,30 +90,8 @@ SEEDS = (1, 2, 3)
 
 def _count(variant: str, tasks: int, requests: int, port: int, seed: int) -> int:
     """Instructions of one client run under callgrind, with hash seed ``seed``."""
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            "-m",
-            "benchmarks.bench_instructions",
-            "client",
-            variant,
-            str(tasks),
-            str(requests),
-            str(port),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        env={**os.environ, "PYTHONHASHSEED": str(seed)},
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:  # pragma: no cover - valgrind's output changed
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
-    return int(found.group(1))
+    args = [variant, str(tasks), str(requests), str(port)]
+    return callgrind_instructions("benchmarks.bench_instructions", args, seed)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
