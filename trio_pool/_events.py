@@ -104,7 +104,7 @@ class Resolved(PoolEvent):
 
     Attributes:
         addresses: The addresses, in the order they are tried.
-        ttl: How long (seconds) the answer is reused; ``None``: not cached.
+        ttl: How long (seconds) the answer is reused (``dns_ttl``); ``None``: for good.
     """
 
     addresses: tuple[str, ...]
