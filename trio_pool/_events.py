@@ -103,7 +103,7 @@ class Resolved(PoolEvent):
     """The key's host name was resolved.
 
     Attributes:
-        addresses: The addresses, in the order they are tried.
+        addresses: The addresses, in the resolver's order (IPv4 and IPv6).
         ttl: How long (seconds) the answer is reused (``dns_ttl``); ``None``: for good.
     """
 
