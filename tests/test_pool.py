@@ -111,6 +111,17 @@ async def test_second_acquire_is_a_hit_on_the_same_socket(
     assert_balanced(stats)
 
 
+async def test_the_lease_tells_one_loan_from_the_next(echo_port: int, pool: ConnectionPool) -> None:
+    conn = await pool.acquire(HOST, echo_port)
+    first = conn.lease
+    assert conn.lease == first  # stable while the loan lasts
+    pool.release(conn)
+    again = await pool.acquire(HOST, echo_port)
+    assert again is conn
+    assert again.lease != first
+    pool.release(again)
+
+
 async def test_reuse_is_lifo(echo_port: int, pool: ConnectionPool) -> None:
     conns = [await pool.acquire(HOST, echo_port) for _ in range(3)]
     assert len({id(c) for c in conns}) == 3

@@ -196,6 +196,14 @@ class PooledConnection(trio.abc.Stream):
         return self._state
 
     @property
+    def lease(self) -> int:
+        """A number that changes each time the connection is lent: a wrapper that noted
+        it when the connection was handed to it can tell whether it still holds the
+        same loan (``conn.state is IN_USE and conn.lease == noted``), or whether the
+        connection went back to the pool, maybe to another borrower, meanwhile."""
+        return self._lease
+
+    @property
     def broken(self) -> bool:
         """Whether it may never be pooled again: a read or write on it failed, it saw
         the peer close, or :meth:`mark_broken` was called. Releasing it closes it."""

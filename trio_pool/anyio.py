@@ -114,7 +114,7 @@ class AnyioStream(ByteStream):
                 f"connection is {conn.state.value}: only a borrowed connection can be wrapped"
             )
         self._conn = conn
-        self._lease = conn._lease
+        self._lease = conn.lease
 
     def __repr__(self) -> str:
         return f"<AnyioStream {self._conn!r}>"
@@ -126,7 +126,7 @@ class AnyioStream(ByteStream):
 
     def _owns(self) -> bool:
         conn = self._conn
-        return conn._state is IN_USE and conn._lease == self._lease
+        return conn.state is IN_USE and conn.lease == self._lease
 
     def _check(self) -> PooledConnection:
         if not self._owns():
