@@ -48,8 +48,8 @@ def _variants(
             release()
         return (time.process_time() - start) / n
 
-    async def acquire_release() -> float:
-        acquire, release = pool.acquire, pool.release
+    async def acquire_release(on: trio_pool.ConnectionPool = pool) -> float:
+        acquire, release = on.acquire, on.release
         start = time.process_time()
         for _ in range(n):
             conn = await acquire(HOST, port)
@@ -58,12 +58,7 @@ def _variants(
 
     async def acquire_release_hooked() -> float:
         # The same on a pool with an on_event hook that does nothing: the events' cost.
-        acquire, release = hooked.acquire, hooked.release
-        start = time.process_time()
-        for _ in range(n):
-            conn = await acquire(HOST, port)
-            release(conn)
-        return (time.process_time() - start) / n
+        return await acquire_release(hooked)
 
     async def context() -> float:
         connection = pool.connection
